@@ -1,0 +1,68 @@
+"""Normalisation layers selectable by name: FrozenBN, BN, SyncBN, GN."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm with fixed statistics and affine parameters ("BN in test mode", as the paper).
+
+    Fine-tuning detectors uses 1-2 images per GPU; batch statistics that small are noise, so the
+    ImageNet statistics are kept. Parameter names match nn.BatchNorm2d so torchvision checkpoints load.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def scale_and_shift(self):
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.scale_and_shift()
+        return x * scale.to(x.dtype).reshape(1, -1, 1, 1) + shift.to(x.dtype).reshape(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+NORMS = ("FrozenBN", "BN", "SyncBN", "GN")
+
+
+def make_norm(name: str, channels: int, gn_groups: int = 32) -> nn.Module:
+    if name == "FrozenBN":
+        return FrozenBatchNorm2d(channels)
+    if name == "BN":
+        return nn.BatchNorm2d(channels)
+    if name == "SyncBN":
+        return nn.SyncBatchNorm(channels)
+    if name == "GN":
+        return nn.GroupNorm(min(gn_groups, channels), channels)
+    raise ValueError(f"unknown norm '{name}'; valid: {', '.join(NORMS)}")
+
+
+def freeze_module(module: nn.Module) -> None:
+    """Stop gradients and turn trainable BN into frozen BN (its statistics are then fixed too)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    for name, child in module.named_children():
+        if isinstance(child, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+            frozen = FrozenBatchNorm2d(child.num_features, child.eps)
+            frozen.weight.copy_(child.weight.detach())
+            frozen.bias.copy_(child.bias.detach())
+            frozen.running_mean.copy_(child.running_mean)
+            frozen.running_var.copy_(child.running_var)
+            setattr(module, name, frozen)
+        else:
+            freeze_module(child)

@@ -1,0 +1,78 @@
+"""RoI feature extraction: RoIAlign or RoIPool over one or several feature levels.
+
+With several levels (FPN), each RoI is pooled from the level given by the FPN paper's rule
+k = floor(k0 + log2(sqrt(area) / 224) + 1e-6), clamped to the available levels (same as
+torchvision's MultiScaleRoIAlign). The spatial scale of each level is 2 ** round(log2(feature /
+padded image)), inferred from the shapes like torchvision does.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import roi_align, roi_pool
+
+from ..registry import ROI_POOLERS
+
+
+def boxes_to_rois(boxes: List[Tensor]) -> Tensor:
+    """Per-image (Ni, 4) boxes -> (sum Ni, 5) rois with the image index in column 0."""
+    idx = torch.cat([torch.full((len(b), 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)])
+    return torch.cat([idx, torch.cat(boxes)], dim=1)
+
+
+class _MultiLevelPooler(nn.Module):
+    def __init__(self, *, output_size: int, canonical_scale: float = 224, canonical_level: int = 4):
+        super().__init__()
+        self.output_size = (output_size, output_size)
+        self.canonical_scale = canonical_scale
+        self.canonical_level = canonical_level
+
+    def pool_level(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
+        raise NotImplementedError  # implemented by the two registered poolers below
+
+    def forward(self, features: Sequence[Tensor], boxes: List[Tensor], image_size: Tuple[int, int]) -> Tensor:
+        """features: one (N, C, H, W) tensor per level, finest first; boxes: per-image (Ni, 4)."""
+        rois = boxes_to_rois([b.to(features[0].dtype) for b in boxes])
+        scales = [2.0 ** round(math.log2(f.shape[-2] / image_size[0])) for f in features]
+        if len(features) == 1:
+            return self.pool_level(features[0], rois, scales[0])
+        k_min = -int(math.log2(scales[0]))
+        k_max = -int(math.log2(scales[-1]))
+        area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
+        eps = torch.tensor(1e-6, dtype=area.dtype)
+        lvl = torch.floor(self.canonical_level + torch.log2(torch.sqrt(area) / self.canonical_scale) + eps)
+        lvl = lvl.clamp(min=k_min, max=k_max).to(torch.int64) - k_min
+        out = rois.new_zeros((len(rois), features[0].shape[1]) + self.output_size)
+        for level, (feature, scale) in enumerate(zip(features, scales)):
+            idx = torch.where(lvl == level)[0]
+            if len(idx):
+                out[idx] = self.pool_level(feature, rois[idx], scale).to(out.dtype)
+        return out
+
+
+@ROI_POOLERS.register()
+class ROIAlign(_MultiLevelPooler):
+    """Bilinear sampling at regularly spaced points (no quantisation); ``aligned=True`` uses the
+    half-pixel-corrected coordinates (Detectron2), ``False`` matches torchvision's Faster R-CNN."""
+
+    def __init__(self, *, output_size: int = 7, sampling_ratio: int = 2, aligned: bool = False, **kw):
+        super().__init__(output_size=output_size, **kw)
+        self.sampling_ratio = sampling_ratio
+        self.aligned = aligned
+
+    def pool_level(self, feature, rois, scale):
+        return roi_align(feature, rois.to(feature.dtype), self.output_size, scale, self.sampling_ratio, self.aligned)
+
+
+@ROI_POOLERS.register()
+class ROIPool(_MultiLevelPooler):
+    """Max pooling over quantised bins: the original Fast/Faster R-CNN RoI pooling (as the paper)."""
+
+    def __init__(self, *, output_size: int = 7, sampling_ratio: int = 0, aligned: bool = False, **kw):
+        super().__init__(output_size=output_size, **kw)
+
+    def pool_level(self, feature, rois, scale):
+        return roi_pool(feature, rois.to(feature.dtype), self.output_size, scale)

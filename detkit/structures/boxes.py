@@ -1,0 +1,85 @@
+"""Box math on Tensor[N, 4] in XYXY absolute pixels (continuous coordinates, width = x2 - x1).
+
+IoU, NMS and RoI pooling come from ``torchvision.ops`` (nothing to compile); this module adds the
+pieces detkit needs around them: the box coder, clipping and small-box removal.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Tuple
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou, batched_nms, nms  # noqa: F401  (re-exported)
+
+# exp() of a larger log-scale delta would explode; 1000/16 is the ratio used since Fast R-CNN.
+DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def clip_boxes(boxes: Tensor, size: Tuple[int, int]) -> Tensor:
+    """Clip boxes (..., 4) to an image of ``size`` = (height, width)."""
+    h, w = size
+    x = boxes[..., 0::2].clamp(min=0, max=w)
+    y = boxes[..., 1::2].clamp(min=0, max=h)
+    return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+
+
+def nonempty(boxes: Tensor, min_size: float) -> Tensor:
+    """Indices of boxes whose width and height are both >= min_size."""
+    ws = boxes[:, 2] - boxes[:, 0]
+    hs = boxes[:, 3] - boxes[:, 1]
+    return torch.where((ws >= min_size) & (hs >= min_size))[0]
+
+
+class BoxCoder:
+    """Encodes a box relative to a reference box as (dx, dy, dw, dh) and back.
+
+    dx = wx * (gx - px) / pw, dw = ww * log(gw / pw); the weights scale the deltas so that the
+    regression targets have roughly unit variance (10, 10, 5, 5 for the RoI head).
+    """
+
+    def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), scale_clamp: float = DEFAULT_SCALE_CLAMP):
+        self.weights = tuple(float(w) for w in weights)
+        self.scale_clamp = scale_clamp
+
+    def encode(self, reference: Tensor, target: Tensor) -> Tensor:
+        """Deltas (N, 4) that turn ``reference`` boxes (N, 4) into ``target`` boxes (N, 4)."""
+        wx, wy, ww, wh = self.weights
+        pw = reference[:, 2] - reference[:, 0]
+        ph = reference[:, 3] - reference[:, 1]
+        px = reference[:, 0] + 0.5 * pw
+        py = reference[:, 1] + 0.5 * ph
+        gw = target[:, 2] - target[:, 0]
+        gh = target[:, 3] - target[:, 1]
+        gx = target[:, 0] + 0.5 * gw
+        gy = target[:, 1] + 0.5 * gh
+        return torch.stack(
+            (wx * (gx - px) / pw, wy * (gy - py) / ph, ww * torch.log(gw / pw), wh * torch.log(gh / ph)), dim=1
+        )
+
+    def decode(self, deltas: Tensor, reference: Tensor) -> Tensor:
+        """Boxes from ``deltas`` (N, 4*C) applied to ``reference`` (N, 4); returns (N, 4*C).
+
+        Box math is done in float32 even when the deltas come from a bf16/fp16 head.
+        """
+        deltas = deltas.float()
+        reference = reference.to(deltas.dtype)
+        wx, wy, ww, wh = self.weights
+        pw = (reference[:, 2] - reference[:, 0])[:, None]
+        ph = (reference[:, 3] - reference[:, 1])[:, None]
+        px = reference[:, 0, None] + 0.5 * pw
+        py = reference[:, 1, None] + 0.5 * ph
+        dx = deltas[:, 0::4] / wx
+        dy = deltas[:, 1::4] / wy
+        dw = (deltas[:, 2::4] / ww).clamp(max=self.scale_clamp)
+        dh = (deltas[:, 3::4] / wh).clamp(max=self.scale_clamp)
+        cx = dx * pw + px
+        cy = dy * ph + py
+        half_w = 0.5 * (torch.exp(dw) * pw)
+        half_h = 0.5 * (torch.exp(dh) * ph)
+        boxes = torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=2)
+        return boxes.reshape(deltas.shape[0], -1)

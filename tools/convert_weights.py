@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Convert torchvision weights into detkit checkpoints (local files only; nothing is downloaded).
+
+    # a torchvision fasterrcnn_resnet50_fpn state dict (any class count) -> detkit checkpoint
+    python tools/convert_weights.py --from torchvision --config configs/frcnn_r50_fpn_coco.yaml SRC.pth DST.pth
+    # a torchvision ImageNet ResNet -> detkit backbone-initialised checkpoint
+    python tools/convert_weights.py --from torchvision-imagenet --config configs/frcnn_r101_coco.yaml SRC.pth DST.pth
+
+torchvision label i (1..K, 0 = background) becomes detkit label i - 1. Class names can be given with
+--class-names (a text file, one per line); COCO's 80 names are used when the checkpoint has 91
+outputs (torchvision's COCO layout with its 11 unused ids).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from detkit.config import load_config  # noqa: E402
+from detkit.modeling import build_model  # noqa: E402
+from detkit.modeling.weights import (COCO_TORCHVISION_NAMES, atomic_save, imagenet_to_detkit, load_state_file, torchvision_detector_to_detkit,  # noqa: E402
+                                     torchvision_num_classes)
+
+logger = logging.getLogger("detkit")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "torchvision-imagenet"])
+    p.add_argument("--config", required=True, help="detkit config describing the target architecture")
+    p.add_argument("--class-names", help="text file with one class name per line")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args = parse_args(argv)
+    state = load_state_file(args.src)
+    overrides = list(args.overrides)
+    if args.source == "torchvision":
+        num_classes = torchvision_num_classes(state)
+        overrides.append(f"model.num_classes={num_classes}")
+        converted = torchvision_detector_to_detkit(state)
+    else:
+        converted = None
+    cfg = load_config(args.config, overrides)
+    class_names = _class_names(args.class_names, cfg.model.num_classes)
+    model = build_model(cfg, class_names=class_names)
+    if converted is None:
+        converted = {**model.state_dict(), **imagenet_to_detkit(state, c4=model.neck is None)}
+    result = model.load_state_dict(converted, strict=args.source == "torchvision")
+    logger.info("converted %d tensors (%s)", len(converted), result)
+    atomic_save({"model": model.state_dict(), "config": cfg.to_dict(), "class_names": model.class_names,
+                 "source": f"{args.source}:{os.path.abspath(args.src)}"}, args.dst)
+    logger.info("wrote %s (num_classes=%d)", args.dst, cfg.model.num_classes)
+    return 0
+
+
+def _class_names(path, num_classes):
+    if path:
+        with open(path) as f:
+            names = [line.strip() for line in f if line.strip()]
+        if len(names) != num_classes:
+            raise SystemExit(f"{path} has {len(names)} names but the checkpoint has {num_classes} classes")
+        return names
+    if num_classes == 90:
+        return COCO_TORCHVISION_NAMES
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

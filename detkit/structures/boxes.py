@@ -82,4 +82,4 @@ class BoxCoder:
         half_w = 0.5 * (torch.exp(dw) * pw)
         half_h = 0.5 * (torch.exp(dh) * ph)
         boxes = torch.stack((cx - half_w, cy - half_h, cx + half_w, cy + half_h), dim=2)
-        return boxes.reshape(deltas.shape[0], -1)
+        return boxes.reshape(deltas.shape[0], deltas.shape[1])

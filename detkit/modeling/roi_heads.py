@@ -85,11 +85,10 @@ class ROIHeads(nn.Module):
         if self.training:
             return [], self.losses(images, features, proposals, gt_boxes, gt_labels)
         logits, deltas = self.predictor(self.region_features(images, features, proposals))
-        detections = self.postprocess(logits, deltas, proposals, images.image_sizes)
         if self.refine.get("enabled"):
             from .test_time import refine_detections  # test-time only; keeps training code small
-            detections = refine_detections(self, images, features, proposals, logits, deltas)
-        return detections, {}
+            return refine_detections(self, images, features, proposals, logits, deltas), {}
+        return self.postprocess(logits, deltas, proposals, images.image_sizes), {}
 
     # ---------------------------------------------------------------- training
     @torch.no_grad()

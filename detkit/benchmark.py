@@ -1,0 +1,101 @@
+"""Side-by-side timing of detkit and torchvision (inference, training step, data loading).
+
+Timing rule: warm-up iterations first, then every iteration is timed with the device synchronised
+before and after; the table reports the median. Both models get the same weights and the same
+input tensors in the same run.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+logger = logging.getLogger("detkit")
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Row:
+    impl: str
+    mode: str
+    precision: str
+    batch: int
+    ms_per_image: float
+    images_per_s: float
+    peak_mem_mb: float
+    ratio: Optional[float] = None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device: torch.device, precision: str):
+    dtype = DTYPES[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure(name: str, mode: str, precision: str, batch: int, fn: Callable[[], object], device: torch.device,
+            warmup: int, iters: int) -> Row:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with autocast(device, precision):
+        median = statistics.median(time_fn(fn, device, warmup, iters))
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    return Row(name, mode, precision, batch, 1000 * median / batch, batch / median, peak)
+
+
+def random_images(batch: int, height: int, width: int, device: torch.device, seed: int = 0) -> List[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8).to(device)
+            for _ in range(batch)]
+
+
+def random_targets(batch: int, height: int, width: int, num_classes: int, device, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(batch):
+        xy = torch.rand(8, 2, generator=g) * torch.tensor([width * 0.7, height * 0.7])
+        wh = 16 + torch.rand(8, 2, generator=g) * torch.tensor([width * 0.3, height * 0.3])
+        out.append((torch.cat([xy, xy + wh], 1).to(device), torch.randint(0, num_classes, (8,), generator=g).to(device)))
+    return out
+
+
+def format_table(rows: List[Row]) -> str:
+    head = f"{'impl':<12}{'mode':<7}{'prec':<6}{'batch':>6}{'ms/img':>10}{'img/s':>9}{'peak MB':>10}{'detkit/tv':>11}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
+        lines.append(f"{r.impl:<12}{r.mode:<7}{r.precision:<6}{r.batch:>6}{r.ms_per_image:>10.2f}"
+                     f"{r.images_per_s:>9.2f}{r.peak_mem_mb:>10.0f}{ratio:>11}")
+    return "\n".join(lines)
+
+
+def attach_ratios(rows: List[Row]) -> None:
+    """detkit img/s divided by torchvision img/s, on the detkit row of the same mode/precision/batch."""
+    ref: Dict[tuple, Row] = {(r.mode, r.precision, r.batch): r for r in rows if r.impl == "torchvision"}
+    for r in rows:
+        other = ref.get((r.mode, r.precision, r.batch))
+        if r.impl == "detkit" and other is not None:
+            r.ratio = r.images_per_s / other.images_per_s

@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""Time detkit side by side with torchvision on the same device, weights and inputs.
+
+    python tools/benchmark.py configs/frcnn_r50_fpn_coco.yaml --compare torchvision \
+        --batch-sizes 1,8 --precision fp32,bf16 [--train] [--images DIR] [--size 800x1333]
+    python tools/benchmark.py configs/frcnn_r101_coco.yaml --batch-sizes 1 --precision bf16
+    python tools/benchmark.py configs/quickstart.yaml --loader           # data-loader img/s
+    python tools/benchmark.py configs/frcnn_r50_fpn_coco.yaml --sweep    # time vs size, batch, proposals
+
+On CPU the defaults shrink (320x480 inputs, few iterations) so CI can smoke-test the tool.
+Prints a table: ms per image, img/s, peak GPU memory and the detkit/torchvision img/s ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import torch  # noqa: E402
+
+from detkit.benchmark import (Row, attach_ratios, format_table, measure, random_images,  # noqa: E402
+                              random_targets)
+from detkit.config import load_config  # noqa: E402
+from detkit.modeling import build_model  # noqa: E402
+from detkit.modeling.weights import torchvision_detector_to_detkit  # noqa: E402
+
+logger = logging.getLogger("detkit")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value")
+    p.add_argument("--compare", choices=["torchvision"], help="also time torchvision's equivalent model")
+    p.add_argument("--batch-sizes", default="1")
+    p.add_argument("--precision", default="fp32", help="comma list of fp32, bf16, fp16")
+    p.add_argument("--train", action="store_true", help="time a training step instead of inference")
+    p.add_argument("--images", help="folder of real images (resized to --size) instead of random pixels")
+    p.add_argument("--size", help="HxW of the network input (default 800x1333 on GPU, 320x480 on CPU)")
+    p.add_argument("--iters", type=int, help="timed iterations (default 50 GPU, 3 CPU)")
+    p.add_argument("--warmup", type=int, help="warm-up iterations (default 10 GPU, 1 CPU)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--loader", action="store_true", help="time the training data loader instead of the model")
+    p.add_argument("--sweep", action="store_true", help="time vs image size, batch size and proposals")
+    return p.parse_args(argv)
+
+
+def torchvision_twin(num_classes: int):
+    """torchvision's fasterrcnn_resnet50_fpn with frozen BN (as when fine-tuned from ImageNet)."""
+    import torchvision
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    backbone = _resnet_fpn_extractor(torchvision.models.resnet50(norm_layer=FrozenBatchNorm2d), 3)
+    return FasterRCNN(backbone, num_classes=num_classes + 1)
+
+
+def build_pair(cfg, device, compare: bool, size=None):
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    tv = None
+    if compare:
+        if cfg.model.neck.name != "FPN" or cfg.model.backbone.depth != 50:
+            raise SystemExit("--compare torchvision needs an R50-FPN config (torchvision has no equivalent of this one)")
+        tv = torchvision_twin(cfg.model.num_classes)
+        model.load_state_dict(torchvision_detector_to_detkit(tv.state_dict()))
+        if size is not None:  # inputs are already network-sized: keep torchvision from resizing them
+            tv.transform.min_size, tv.transform.max_size = (min(size),), max(size)
+        tv.to(device)
+    return model.to(device), tv
+
+
+def load_images(args, batch, h, w, device):
+    if not args.images:
+        return random_images(batch, h, w, device)
+    import glob
+
+    import cv2
+    files = sorted(glob.glob(os.path.join(args.images, "*.jpg")) + glob.glob(os.path.join(args.images, "*.png")))
+    if not files:
+        raise SystemExit(f"no .jpg/.png images in {args.images}")
+    out = []
+    for i in range(batch):
+        img = cv2.cvtColor(cv2.resize(cv2.imread(files[i % len(files)]), (w, h)), cv2.COLOR_BGR2RGB)
+        out.append(torch.from_numpy(img).permute(2, 0, 1).contiguous().to(device))
+    return out
+
+
+def inference_fns(model, tv, images, h, w):
+    samples = [{"image": im, "height": h, "width": w} for im in images]
+    fns = {"detkit": lambda: model(samples)}
+    if tv is not None:
+        floats = [im.float() / 255 for im in images]
+        fns["torchvision"] = lambda: tv(floats)
+    return fns
+
+
+def train_fns(model, tv, images, h, w, num_classes, device):
+    targets = random_targets(len(images), h, w, num_classes, device)
+    samples = [{"image": im, "height": h, "width": w, "gt_boxes": b, "gt_labels": l}
+               for im, (b, l) in zip(images, targets)]
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+
+    def step_detkit():
+        loss = sum(model(samples).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    fns = {"detkit": step_detkit}
+    if tv is not None:
+        tv_opt = torch.optim.SGD([p for p in tv.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+        floats = [im.float() / 255 for im in images]
+        tv_targets = [{"boxes": b, "labels": l + 1} for b, l in targets]
+
+        def step_tv():
+            loss = sum(tv(floats, tv_targets).values())
+            tv_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            tv_opt.step()
+
+        fns["torchvision"] = step_tv
+    return fns
+
+
+def run_models(args, cfg, device, h, w, warmup, iters) -> list:
+    model, tv = build_pair(cfg, device, args.compare == "torchvision", (h, w))
+    for m in filter(None, (model, tv)):
+        m.train(args.train)
+        if args.channels_last:
+            m.to(memory_format=torch.channels_last)
+    rows = []
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        images = load_images(args, batch, h, w, device)
+        for precision in args.precision.split(","):
+            fns = (train_fns(model, tv, images, h, w, cfg.model.num_classes, device) if args.train
+                   else inference_fns(model, tv, images, h, w))
+            for name, fn in fns.items():
+                with torch.set_grad_enabled(args.train):
+                    rows.append(measure(name, "train" if args.train else "infer", precision, batch, fn, device,
+                                        warmup, iters))
+                logger.info("%s", rows[-1])
+    attach_ratios(rows)
+    return rows
+
+
+def run_sweep(args, cfg, device, h, w, warmup, iters) -> list:
+    """detkit inference time as image size, batch size and proposals grow (first precision)."""
+    precision = args.precision.split(",")[0]
+    rows = []
+    model, _ = build_pair(cfg, device, False)
+    model.eval()
+    for scale in (0.5, 0.75, 1.0):
+        sh, sw = int(h * scale), int(w * scale)
+        fn = inference_fns(model, None, random_images(1, sh, sw, device), sh, sw)["detkit"]
+        rows.append(measure(f"{sh}x{sw}", "size", precision, 1, fn, device, warmup, iters))
+    for batch in (1, 2, 4, 8):
+        fn = inference_fns(model, None, random_images(batch, h, w, device), h, w)["detkit"]
+        rows.append(measure(f"batch {batch}", "batch", precision, batch, fn, device, warmup, iters))
+    for topk in (100, 300, 1000):
+        m, _ = build_pair(cfg.with_overrides([f"model.rpn.post_nms_topk_test={topk}"]), device, False)
+        fn = inference_fns(m.eval(), None, random_images(1, h, w, device), h, w)["detkit"]
+        rows.append(measure(f"{topk} props", "props", precision, 1, fn, device, warmup, iters))
+    return rows
+
+
+def run_loader(cfg, iters: int) -> list:
+    from detkit.data import build_dataset, build_train_loader
+
+    dataset = build_dataset(cfg, "train")
+    loader = iter(build_train_loader(cfg, dataset, 0, 1))
+    next(loader)  # workers started
+    import time
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(iters):
+        n += len(next(loader))
+    dt = time.perf_counter() - t0
+    return [Row("loader", "data", "-", cfg.solver.ims_per_batch, 1000 * dt / n, n / dt, float("nan"))]
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    cfg = load_config(args.config, args.overrides)
+    h, w = (int(v) for v in (args.size or ("800x1333" if gpu else "320x480")).split("x"))
+    warmup = args.warmup if args.warmup is not None else (10 if gpu else 1)
+    iters = args.iters or (50 if gpu else 3)
+    if args.loader:
+        rows = run_loader(cfg, iters * 5)
+    elif args.sweep:
+        rows = run_sweep(args, cfg, device, h, w, warmup, iters)
+    else:
+        rows = run_models(args, cfg, device, h, w, warmup, iters)
+    where = torch.cuda.get_device_name(device) if gpu else f"CPU ({os.cpu_count()} cores)"
+    table = format_table(rows)
+    print(f"device: {where}, input {h}x{w}, median of {iters} iterations after {warmup} warm-up")
+    print(table)  # the table is the tool's output (stdout, so it can be redirected)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

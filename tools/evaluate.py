@@ -1,0 +1,80 @@
+"""Score saved detections without a model.
+
+COCO (bbox):
+    python tools/evaluate.py --gt instances_val2017.json --results dets.json [--out metrics.json]
+        [--engine fast|pycocotools]
+PASCAL VOC (devkit result files <prefix><class>.txt, lines 'image_id score x1 y1 x2 y2', 1-based):
+    python tools/evaluate.py --voc VOCdevkit/VOC2007 --split test --results DIR
+        [--prefix comp4_det_test_] [--use-07-metric] [--iou 0.5] [--iou-ge] [--out metrics.json]
+
+Prints the metrics (and per-class AP) and writes them as JSON to --out (default metrics.json):
+COCO writes the 12 numbers AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl as
+fractions (-1: no ground truth in that area range) plus "per_class"; VOC writes "mAP" and "per_class".
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+try:
+    import detkit  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detkit.evaluation import evaluate_coco_results, evaluate_voc_files
+from detkit.evaluation.common import write_json
+
+logger = logging.getLogger("detkit")
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--gt", help="COCO ground-truth JSON (instances_*.json)")
+    mode.add_argument("--voc", help="a VOCdevkit/VOC20xx folder (Annotations/, ImageSets/Main/)")
+    parser.add_argument("--results", required=True,
+                        help="COCO: results JSON; VOC: folder holding <prefix><class>.txt")
+    parser.add_argument("--out", default="metrics.json", help="where to write the metrics JSON")
+    parser.add_argument("--engine", default="fast", choices=["fast", "pycocotools"],
+                        help="COCO engine (same numbers; fast is the vectorised one)")
+    parser.add_argument("--split", default="test", help="VOC image set (ImageSets/Main/<split>.txt)")
+    parser.add_argument("--prefix", default="comp4_det_test_", help="VOC result file prefix")
+    parser.add_argument("--use-07-metric", action="store_true", help="VOC2007 11-point AP")
+    parser.add_argument("--iou", type=float, default=0.5, help="VOC IoU threshold")
+    parser.add_argument("--iou-ge", action="store_true",
+                        help="VOC: match at IoU >= threshold (default: strictly >, as the devkit)")
+    args = parser.parse_args(argv)
+    if args.gt and any(getattr(args, k) != parser.get_default(k)
+                       for k in ("split", "prefix", "use_07_metric", "iou", "iou_ge")):
+        parser.error("--split/--prefix/--use-07-metric/--iou/--iou-ge apply to --voc only")
+    if args.voc and args.engine != "fast":
+        parser.error("--engine applies to --gt (COCO) only")
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.gt:
+            metrics = evaluate_coco_results(args.gt, args.results, engine=args.engine)
+        else:
+            if not Path(args.results).is_dir():
+                raise FileNotFoundError(f"VOC results folder not found: {args.results}")
+            metrics = evaluate_voc_files(args.voc, args.split, args.results, prefix=args.prefix,
+                                         use_07_metric=args.use_07_metric, iou_thresh=args.iou,
+                                         iou_strict=not args.iou_ge)
+    except (FileNotFoundError, ValueError) as e:
+        logger.error("error: %s", e)
+        return 2
+    logger.info("wrote %s", write_json(metrics, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

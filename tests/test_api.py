@@ -1,0 +1,70 @@
+"""The Python API: Detector.from_config / from_checkpoint / predict, and weight conversion from the CLI."""
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from detkit import Detector
+from detkit.config import load_config
+from detkit.modeling import build_model
+from detkit.modeling.weights import atomic_save
+from tests.conftest import ROOT
+from tests.modeling.test_detector import TINY_FPN
+
+sys.path.insert(0, str(ROOT / "tools"))
+
+
+def tiny_checkpoint(path, names=("cat", "dog", "bird")):
+    cfg = load_config(None, TINY_FPN + ["model.roi_heads.score_thresh_test=0.0", "input.min_size_test=64",
+                                        "input.max_size_test=128"])
+    torch.manual_seed(0)
+    model = build_model(cfg, class_names=list(names))
+    atomic_save({"model": model.state_dict(), "config": cfg.to_dict(), "class_names": list(names)}, str(path))
+    return model, cfg
+
+
+def test_checkpoint_round_trip_predicts_the_same(tmp_path):
+    model, cfg = tiny_checkpoint(tmp_path / "m.pth")
+    det = Detector.from_checkpoint(str(tmp_path / "m.pth"))
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    out = det.predict([img])[0]
+    ref = model.eval()([det.sample(img)])[0]
+    assert det.class_names == ["cat", "dog", "bird"]
+    assert len(out["boxes"]) > 0 and np.allclose(out["boxes"], ref["boxes"].numpy())
+    assert out["names"] == [det.class_names[i] for i in out["labels"]]
+    assert out["boxes"][:, [0, 2]].max() <= 120 and out["boxes"][:, [1, 3]].max() <= 90
+    det2 = Detector.from_config(cfg, weights=str(tmp_path / "m.pth"))
+    assert np.allclose(det2.predict([img])[0]["scores"], out["scores"])
+
+
+def test_predict_accepts_paths_and_rejects_bad_arrays(tmp_path):
+    import cv2
+    tiny_checkpoint(tmp_path / "m.pth")
+    det = Detector.from_checkpoint(str(tmp_path / "m.pth"))
+    img = np.zeros((40, 50, 3), np.uint8)
+    img[10:30, 10:40] = (255, 0, 0)
+    cv2.imwrite(str(tmp_path / "a.png"), img[:, :, ::-1])
+    from_path, from_array = det.predict([str(tmp_path / "a.png"), img])
+    assert np.allclose(from_path["scores"], from_array["scores"])
+    with pytest.raises(ValueError, match="RGB uint8 HxWx3"):
+        det.predict([np.zeros((40, 50), np.float32)])
+
+
+def test_wrong_class_count_is_a_clear_error(tmp_path):
+    tiny_checkpoint(tmp_path / "m.pth")
+    with pytest.raises(ValueError, match="num_classes"):
+        Detector.from_config(load_config(None, TINY_FPN + ["model.num_classes=5"]), weights=str(tmp_path / "m.pth"))
+
+
+def test_convert_imagenet_resnet_cli(tmp_path):
+    import convert_weights
+    tv = torchvision.models.resnet18()
+    torch.save(tv.state_dict(), tmp_path / "r18.pth")
+    convert_weights.main(["--from", "torchvision-imagenet", "--config", str(ROOT / "configs/frcnn_r50_fpn_coco.yaml"),
+                          str(tmp_path / "r18.pth"), str(tmp_path / "out.pth"), "model.backbone.depth=18",
+                          "model.num_classes=3"])
+    det = Detector.from_checkpoint(str(tmp_path / "out.pth"))
+    assert torch.equal(det.model.backbone.layer2[0].conv1.weight, tv.layer2[0].conv1.weight)

@@ -44,6 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, help="warm-up iterations (default 10 GPU, 1 CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--fuse-bn", action="store_true", help="fold frozen BN into the convolutions (inference)")
     p.add_argument("--loader", action="store_true", help="time the training data loader instead of the model")
     p.add_argument("--sweep", action="store_true", help="time vs image size, batch size and proposals")
     return p.parse_args(argv)
@@ -130,6 +131,9 @@ def train_fns(model, tv, images, h, w, num_classes, device):
 
 def run_models(args, cfg, device, h, w, warmup, iters) -> list:
     model, tv = build_pair(cfg, device, args.compare == "torchvision", (h, w))
+    if args.fuse_bn and not args.train:
+        from detkit.modeling.backbones.norm import fuse_frozen_bn
+        logger.info("folded %d frozen BN layers into convolutions", fuse_frozen_bn(model))
     for m in filter(None, (model, tv)):
         m.train(args.train)
         if args.channels_last:

@@ -141,3 +141,19 @@ def test_tiny_model_overfits_one_image():
     top = out["scores"].argmax()
     iou = torchvision.ops.box_iou(out["boxes"][top:top + 1], s["gt_boxes"])[0, 0]
     assert out["labels"][top] == 1 and iou > 0.9, (out, iou)
+
+
+def test_fusing_frozen_bn_keeps_the_function():
+    from detkit.modeling.backbones.norm import FrozenBatchNorm2d, fuse_frozen_bn
+    model = tiny(["model.backbone.norm=FrozenBN", "model.roi_heads.score_thresh_test=0.0"]).eval()
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    x = torch.randn(1, 3, 96, 128)
+    ref = model.backbone(x)
+    assert fuse_frozen_bn(model) == 1 + 8 * 2 + 3  # stem, 8 basic blocks x 2, 3 shortcuts
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    out = model.backbone(x)
+    assert all(torch.allclose(ref[k], out[k], rtol=1e-4, atol=1e-4 * ref[k].abs().max().item()) for k in ref)

@@ -1,0 +1,135 @@
+"""Process-group setup from torchrun's environment and the few collectives the engine needs.
+
+``torchrun`` sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them detkit runs as
+one process. Backend: NCCL when CUDA is available, gloo on CPU. Every helper also works (as a no-op)
+without an initialised process group, so single-process code paths need no special cases.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, List
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger("detkit")
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto", timeout_min: float = 30.0) -> DistContext:
+    """Initialise from torchrun's environment variables (no-op for a single process) and pick the
+    device: ``cuda:<LOCAL_RANK>`` when CUDA is available (``device="auto"``), else CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are "
+                               "visible; start at most that many processes per node (torchrun --nproc-per-node)")
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if use_cuda else "gloo"
+        kwargs = {"device_id": dev} if use_cuda else {}
+        dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(minutes=timeout_min), **kwargs)
+        logger.info("distributed: rank %d of %d (local rank %d), backend %s", rank, world_size, local_rank, backend)
+    return DistContext(rank, world_size, local_rank, dev)
+
+
+def wrap_ddp(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when several processes run, else ``model`` itself.
+
+    No unused-parameter search: every loss term is connected to every trainable parameter (with a
+    zero weight when an image has no positives), so each rank's backward reaches every parameter
+    and no rank waits for a gradient another rank never produces. Buffers are not broadcast: the
+    frozen-BN/GN buffers never change, and per-rank BN statistics are what SyncBN is for.
+    """
+    if not ctx.distributed:
+        return model
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
+                                                     find_unused_parameters=False)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum over all processes (the tensor itself without distributed). A CPU tensor makes the
+    round trip through the GPU when the backend (NCCL) needs it."""
+    if get_world_size() == 1:
+        return tensor
+    device = _collective_device()
+    work = tensor.to(device)
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(tensor.device)
+
+
+def all_gather_objects(obj: Any) -> List[Any]:
+    """Every process's ``obj`` in rank order (a one-element list without distributed)."""
+    if get_world_size() == 1:
+        return [obj]
+    out: List[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every process."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def reduce_flag(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank (e.g. "my loss is not finite")."""
+    return bool(all_reduce_sum(torch.tensor([1.0 if flag else 0.0])).item() > 0)
+
+
+def _collective_device() -> torch.device:
+    if get_world_size() > 1 and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

@@ -1,0 +1,127 @@
+"""Entry points behind tools/train.py and tools/test.py: logging, process group, then the work.
+
+Both run as one process (CPU or one GPU) or as one of several started by ``torchrun``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+import detkit
+from detkit.data import build_test_loader
+from detkit.evaluation import build_evaluator
+from detkit.evaluation.common import write_json
+from detkit.modeling.build import build_model
+from detkit.utils.logger import setup_logging
+
+from .checkpoint import LAST, Checkpointer, CheckpointError, load_model_weights
+from .distributed import DistContext, all_gather_objects, cleanup_distributed, init_distributed
+from .inference import run_inference
+from .trainer import Trainer, build_dataset_main_first, run_on_all_ranks
+
+logger = logging.getLogger("detkit")
+
+
+class OutputDirInUse(RuntimeError):
+    """The output folder holds another run's checkpoints and ``--resume`` was not given."""
+
+
+def _log_environment(ctx: DistContext, cfg) -> None:
+    if ctx.device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
+    gpu = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "none"
+    logger.info("detkit %s, torch %s, python %s; device %s (GPU: %s), %d process(es), %d CPU threads",
+                detkit.__version__, torch.__version__, platform.python_version(), ctx.device, gpu,
+                ctx.world_size, torch.get_num_threads())
+    if cfg.source_file:
+        logger.info("config: %s", cfg.source_file)
+
+
+def _check_fresh_output(out: Path, resume: bool) -> None:
+    existing = Checkpointer(out).resume_candidates()
+    if existing and not resume:
+        raise OutputDirInUse(f"{out} already holds checkpoints ({existing[0].name}); pass --resume to continue "
+                             "that run, or choose another --output-dir")
+
+
+def train_main(cfg, output_dir: Optional[str] = None, resume: bool = False) -> Dict[str, Any]:
+    """Train with ``cfg`` into ``output_dir`` (default ``cfg.output_dir``); returns the final metrics."""
+    out = Path(output_dir or cfg.output_dir).absolute()
+    cfg = cfg.with_overrides({"output_dir": str(out)})
+    setup_logging(str(out), rank=int(os.environ.get("RANK", "0")))
+    ctx = init_distributed()
+    try:
+        _log_environment(ctx, cfg)
+        run_on_all_ranks(lambda: _check_fresh_output(out, resume), "checking the output folder")
+        if ctx.is_main:
+            Checkpointer(out).remove_stale_temporaries()
+            cfg.dump(out / "config.yaml")
+            logger.info("resolved config written to %s", out / "config.yaml")
+        trainer = Trainer(cfg, str(out), ctx, resume=resume)
+        return trainer.train()
+    finally:
+        cleanup_distributed()
+
+
+class _RecordingEvaluator:
+    """Wraps an evaluator and keeps the raw predictions as COCO-style result dicts (for datasets
+    whose evaluator does not write them itself, e.g. VOC: category_id = detkit label + 1)."""
+
+    def __init__(self, evaluator):
+        self.evaluator = evaluator
+        self.results: List[Dict[str, Any]] = []
+
+    def reset(self) -> None:
+        self.evaluator.reset()
+        self.results = []
+
+    def process(self, samples, outputs) -> None:
+        self.evaluator.process(samples, outputs)
+        for s, o in zip(samples, outputs):
+            for box, score, label in zip(o["boxes"].tolist(), o["scores"].tolist(), o["labels"].tolist()):
+                self.results.append({"image_id": int(s["image_id"]), "category_id": int(label) + 1,
+                                     "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                                     "score": float(score)})
+
+    def evaluate(self):
+        return self.evaluator.evaluate()
+
+
+def test_main(cfg, weights: str, output_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Predict the test split with ``weights``, evaluate, write results and metrics; returns them."""
+    if not os.path.isfile(weights):
+        raise CheckpointError(f"checkpoint not found: {weights}")
+    out = Path(output_dir or Path(cfg.output_dir) / "test").absolute()
+    setup_logging(str(out), rank=int(os.environ.get("RANK", "0")))
+    ctx = init_distributed()
+    try:
+        _log_environment(ctx, cfg)
+        dataset = build_dataset_main_first(cfg, "test", ctx)
+        model = build_model(cfg, list(dataset.class_names)).to(ctx.device)
+        extra = load_model_weights(model, weights, strict=True)
+        saved_names = extra.get("class_names")
+        if saved_names and list(saved_names) != list(dataset.class_names):
+            logger.warning("the checkpoint was trained on classes %s but the test set has %s", saved_names[:5],
+                           list(dataset.class_names)[:5])
+        evaluator = build_evaluator(dataset, output_dir=str(out) if ctx.is_main else None,
+                                    engine=cfg.test.evaluator_engine)
+        recorder = _RecordingEvaluator(evaluator) if dataset.evaluator_type != "coco" else evaluator
+        loader = build_test_loader(cfg, dataset, ctx.rank, ctx.world_size)
+        amp = bool(cfg.solver.amp) and ctx.device.type == "cuda"
+        metrics = run_inference(model, loader, recorder, device=ctx.device, amp=amp,
+                                amp_dtype=cfg.solver.amp_dtype, desc="test")
+        if recorder is not evaluator:
+            results = [r for part in all_gather_objects(recorder.results) for r in part]
+            if ctx.is_main:
+                logger.info("raw results written to %s", write_json(results, out / "results.json"))
+        return metrics
+    finally:
+        cleanup_distributed()
+
+
+__all__ = ["LAST", "OutputDirInUse", "test_main", "train_main"]

@@ -1,0 +1,143 @@
+"""Atomic checkpoint writes, keep-N rotation, resume fallback, weight loading."""
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from detkit.engine import checkpoint as ckpt
+from detkit.engine.checkpoint import Checkpointer, CheckpointError, atomic_save, load_file, load_model_weights
+
+from .conftest import REPO
+
+
+def state(it):
+    return {"model": {"w": torch.full((4,), float(it))}, "optimizer": {}, "iteration": it}
+
+
+def truncate(path, keep=100):
+    with open(path, "r+b") as f:  # in place: a hard-linked periodic file is damaged with it
+        f.truncate(keep)
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    atomic_save({"v": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ckpt.torch, "save", broken_save)
+    with pytest.raises(OSError, match="No space"):
+        atomic_save({"v": 2}, path)
+    monkeypatch.undo()
+    assert load_file(path) == {"v": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]  # no temporary left behind
+
+
+_KILLED_WRITER = """
+import sys, time, torch
+sys.path.insert(0, {repo!r})
+from detkit.engine.checkpoint import atomic_save
+
+class SlowToPickle:  # blocks the write half-way, so the kill lands inside atomic_save
+    def __reduce__(self):
+        print("writing", flush=True)
+        time.sleep(60)
+        return (int, (0,))
+
+atomic_save({{"model": {{"w": torch.ones(1000)}}, "iteration": 1}}, {path!r})
+print("saved", flush=True)
+atomic_save({{"model": {{"w": torch.zeros(1000)}}, "iteration": 2, "slow": SlowToPickle()}}, {path!r})
+"""
+
+
+def test_process_killed_while_writing_leaves_a_loadable_checkpoint(tmp_path):
+    path = tmp_path / "last.pth"
+    code = textwrap.dedent(_KILLED_WRITER.format(repo=str(REPO), path=str(path)))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "saved"
+        assert proc.stdout.readline().strip() == "writing"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    loaded = load_file(path)
+    assert loaded["iteration"] == 1 and torch.equal(loaded["model"]["w"], torch.ones(1000))
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "last.pth"]
+    assert leftovers, "the killed write should have left its temporary file"
+    Checkpointer(tmp_path).remove_stale_temporaries()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]
+
+
+def test_rotation_keeps_the_newest(tmp_path):
+    c = Checkpointer(tmp_path, keep=2)
+    for it in (2, 4, 6, 8):
+        c.save(state(it), it)
+    assert [p.name for p in c.periodic_files()] == ["model_0000008.pth", "model_0000006.pth"]
+    assert load_file(tmp_path / "last.pth")["iteration"] == 8
+
+
+def test_corrupt_last_falls_back_with_a_warning(tmp_path, caplog):
+    c = Checkpointer(tmp_path, keep=3)
+    for it in (2, 4):
+        c.save(state(it), it)
+    truncate(tmp_path / "last.pth")  # hard-linked: model_0000004.pth is damaged as well
+    with caplog.at_level(logging.WARNING, logger="detkit"):
+        loaded, path = c.load_latest()
+    assert loaded["iteration"] == 2 and path.name == "model_0000002.pth"
+    assert "last.pth" in caplog.text and "falling back" in caplog.text
+
+
+def test_corrupt_last_copy_falls_back_to_the_periodic_file(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(ckpt.os, "link", lambda *a: (_ for _ in ()).throw(OSError("no hard links here")))
+    c = Checkpointer(tmp_path)
+    c.save(state(2), 2)
+    c.save(state(4), 4)
+    (tmp_path / "last.pth").write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING, logger="detkit"):
+        loaded, path = c.load_latest()
+    assert loaded["iteration"] == 4 and path.name == "model_0000004.pth"
+    assert "cannot read checkpoint" in caplog.text
+
+
+def test_nothing_readable_is_an_error_and_nothing_at_all_is_none(tmp_path):
+    c = Checkpointer(tmp_path)
+    assert c.load_latest() is None
+    c.save(state(2), 2)
+    truncate(tmp_path / "last.pth")
+    with pytest.raises(CheckpointError, match="no readable checkpoint"):
+        c.load_latest()
+
+
+def test_disabled_checkpointer_refuses_to_write(tmp_path):
+    c = Checkpointer(tmp_path)
+    c.disable("training diverged")
+    with pytest.raises(RuntimeError, match="diverged"):
+        c.save(state(2), 2)
+    assert not list(tmp_path.iterdir())
+
+
+def test_load_model_weights_strict_and_lenient(tmp_path, caplog):
+    src = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    atomic_save({"model": src.state_dict(), "class_names": ["a", "b"]}, tmp_path / "det.pth")
+    torch.save(src.state_dict(), tmp_path / "plain.pth")
+    for name in ("det.pth", "plain.pth"):
+        dst = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+        load_model_weights(dst, str(tmp_path / name), strict=True)
+        assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    other = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 5))  # another number of classes
+    with pytest.raises(CheckpointError, match="differ in shape"):
+        load_model_weights(other, str(tmp_path / "det.pth"), strict=True)
+    with caplog.at_level(logging.WARNING, logger="detkit"):
+        extra = load_model_weights(other, str(tmp_path / "det.pth"), strict=False)
+    assert torch.equal(other[0].weight, src[0].weight) and "skipped" in caplog.text
+    assert extra["class_names"] == ["a", "b"]

@@ -1,0 +1,105 @@
+"""Learning-rate schedule values, linear batch scaling and the weight-decay parameter groups."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from detkit.engine.solver import WarmupSchedule, build_optimizer, param_groups, scaled_base_lr
+
+
+def schedule(**kw):
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    args = dict(base_lr=0.02, max_iter=100, schedule="multistep", steps=[60, 80], gamma=0.1, warmup_iters=10,
+                warmup_factor=0.001)
+    args.update(kw)
+    return WarmupSchedule(opt, **args), opt
+
+
+def test_warmup_is_linear_from_factor_to_one():
+    s, _ = schedule()
+    assert s.lr_at(0) == pytest.approx(0.02 * 0.001)
+    assert s.lr_at(5) == pytest.approx(0.02 * (0.001 * 0.5 + 0.5))
+    assert s.lr_at(10) == pytest.approx(0.02)
+
+
+def test_multistep_drops_at_each_step():
+    s, opt = schedule()
+    assert s.lr_at(59) == pytest.approx(0.02)
+    assert s.lr_at(60) == pytest.approx(0.002)
+    assert s.lr_at(79) == pytest.approx(0.002)
+    assert s.lr_at(80) == pytest.approx(0.0002)
+    assert s.step(80) == pytest.approx(0.0002)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0002)
+
+
+def test_cosine_goes_from_base_to_zero():
+    s, _ = schedule(schedule="cosine", warmup_iters=0)
+    assert s.lr_at(0) == pytest.approx(0.02)
+    assert s.lr_at(50) == pytest.approx(0.01)
+    assert s.lr_at(25) == pytest.approx(0.02 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert s.lr_at(100) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_cosine_with_warmup_multiplies():
+    s, _ = schedule(schedule="cosine", warmup_iters=10, warmup_factor=0.1)
+    assert s.lr_at(0) == pytest.approx(0.02 * 0.1)
+    assert s.lr_at(5) == pytest.approx(0.02 * 0.55 * 0.5 * (1 + math.cos(math.pi * 5 / 100)))
+
+
+def test_bad_schedules_are_rejected():
+    with pytest.raises(ValueError, match="lr_schedule"):
+        schedule(schedule="poly")
+    with pytest.raises(ValueError, match="solver.steps"):
+        schedule(steps=[80, 60])
+    with pytest.raises(ValueError, match="solver.steps"):
+        schedule(steps=[150])
+
+
+def test_linear_batch_scaling(caplog):
+    assert scaled_base_lr(0.02, 16, 16) == 0.02
+    with caplog.at_level("INFO", logger="detkit"):
+        assert scaled_base_lr(0.02, 4, 16) == pytest.approx(0.005)
+    assert "scaled linearly to 0.005" in caplog.text
+    assert scaled_base_lr(0.02, 64, 16) == pytest.approx(0.08)
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)               # weight decays, bias does not
+        self.gn = nn.GroupNorm(2, 8)                 # no decay on either
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 2, bias=False)
+        self.frozen = nn.Linear(2, 2)
+        self.frozen.requires_grad_(False)
+
+
+def test_param_groups_no_decay_on_norm_and_bias():
+    net = Net()
+    groups = param_groups(net, weight_decay=1e-4, weight_decay_norm=0.0)
+    decay, no_decay = ({id(p) for p in g["params"]} for g in groups)
+    assert groups[0]["weight_decay"] == 1e-4 and groups[1]["weight_decay"] == 0.0
+    assert decay == {id(net.conv.weight), id(net.fc.weight)}
+    assert no_decay == {id(net.conv.bias), id(net.gn.weight), id(net.gn.bias), id(net.bn.weight), id(net.bn.bias)}
+    assert not ({id(p) for p in net.frozen.parameters()} & (decay | no_decay))
+
+
+def test_optimizer_uses_the_groups():
+    opt = build_optimizer(Net(), base_lr=0.1, momentum=0.9, weight_decay=1e-4, weight_decay_norm=1e-5)
+    assert [g["weight_decay"] for g in opt.param_groups] == [1e-4, 1e-5]
+    assert all(g["momentum"] == 0.9 for g in opt.param_groups)
+
+
+def test_solver_values_are_checked_as_config_errors():
+    from detkit.config import ConfigError, load_config
+    from detkit.engine.trainer import check_solver
+
+    check_solver(load_config(None))  # the defaults are valid
+    bad = load_config(None, ["solver.amp_dtype=fp32", "solver.steps=[95000]", "solver.accumulate=0"])
+    with pytest.raises(ConfigError) as info:
+        check_solver(bad)
+    message = str(info.value)
+    for part in ("solver.amp_dtype must be bf16 or fp16", "solver.steps must be increasing",
+                 "solver.accumulate must be at least 1", "(set in command line)"):
+        assert part in message

@@ -1,0 +1,102 @@
+"""The training loop on a tiny model: exact resume, corrupt-checkpoint fallback, divergence, outputs."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from detkit.engine import DivergenceError, OutputDirInUse, Trainer, train_main
+from detkit.engine.checkpoint import load_file
+
+from .conftest import load_weights, tiny_config, truncate_file
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def kill_at(monkeypatch, iteration):
+    """Make the next run die (as if killed) when it starts ``iteration``."""
+    original = Trainer.run_step
+
+    def run_step(self, it, data_iter):
+        if it == iteration:
+            raise KeyboardInterrupt(f"simulated kill at iteration {it}")
+        return original(self, it, data_iter)
+
+    monkeypatch.setattr(Trainer, "run_step", run_step)
+
+
+def test_resume_ends_with_the_same_weights(data_root, tmp_path, monkeypatch):
+    cfg = tiny_config(data_root, ["data.num_workers=1"])  # a worker process: seeds must not depend on it
+    full = tmp_path / "full"
+    train_main(cfg, output_dir=str(full))
+    expected = load_weights(full / "model_final.pth")
+
+    killed = tmp_path / "killed"
+    kill_at(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        train_main(cfg, output_dir=str(killed))
+    monkeypatch.undo()
+    assert load_file(killed / "last.pth")["iteration"] == 4 and not (killed / "model_final.pth").exists()
+    # same seed, same config: the same run (compared where both have a checkpoint)
+    assert_same_weights(load_weights(killed / "model_0000004.pth"), load_weights(full / "model_0000004.pth"))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(killed, damaged)
+
+    train_main(cfg, output_dir=str(killed), resume=True)
+    assert_same_weights(load_weights(killed / "model_final.pth"), expected)
+    iterations = [r["iteration"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())
+                  if "total_loss" in r]
+    assert iterations == list(range(1, 7))  # the resumed log reads like one run
+
+    # last.pth and model_0000004.pth unreadable: fall back to iteration 2, still the same result
+    truncate_file(damaged / "last.pth")
+    truncate_file(damaged / "model_0000004.pth")
+    train_main(cfg, output_dir=str(damaged), resume=True)
+    log = (damaged / "log.txt").read_text()
+    assert "falling back" in log and "resumed from" in log and "model_0000002.pth" in log
+    assert_same_weights(load_weights(damaged / "model_final.pth"), expected)
+
+
+def test_outputs_of_a_run(data_root, tmp_path):
+    out = tmp_path / "run"
+    metrics = train_main(tiny_config(data_root, ["solver.accumulate=2", "solver.max_iter=3", "solver.steps=[2]",
+                                                 "solver.eval_period=2"]), output_dir=str(out))
+    assert {"AP", "AP50", "per_class"} <= set(metrics)
+    for name in ("config.yaml", "metrics.jsonl", "metrics.json", "log.txt", "curves.png", "last.pth",
+                 "model_final.pth", "best.pth", "inference/coco_results.json"):
+        assert (out / name).exists(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "total_loss" in r]
+    assert [r["iteration"] for r in train] == [1, 2, 3]
+    assert all(r["lr"] > 0 and r["img_per_sec"] > 0 for r in train)
+    assert [r["iteration"] for r in records if r.get("split") == "val"] == [2, 3]
+    final = json.loads((out / "metrics.json").read_text())
+    assert final["final"]["AP"] == metrics["AP"] and len(final["history"]) == 2
+    saved = load_file(out / "model_final.pth")
+    assert saved["class_names"] == ["circle", "rectangle"] and saved["config"]["solver"]["accumulate"] == 2
+    with pytest.raises(OutputDirInUse, match="--resume"):
+        train_main(tiny_config(data_root), output_dir=str(out))
+
+
+def test_non_finite_loss_stops_naming_iteration_and_term(data_root, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = Trainer._forward
+
+    def poisoned(self, batch):
+        losses = original(self, batch)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            losses["loss_box"] = losses["loss_box"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(Trainer, "_forward", poisoned)
+    out = tmp_path / "diverged"
+    with pytest.raises(DivergenceError, match=r"non-finite loss at iteration 3: loss_box=nan"):
+        train_main(tiny_config(data_root, ["solver.checkpoint_period=1"]), output_dir=str(out))
+    assert sorted(p.name for p in out.glob("*.pth")) == ["last.pth", "model_0000001.pth", "model_0000002.pth"]
+    assert load_file(out / "last.pth")["iteration"] == 2

@@ -1,0 +1,8 @@
+import pytest
+
+from tests.video.helpers import one_torch_thread
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    yield from one_torch_thread()

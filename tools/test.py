@@ -1,0 +1,46 @@
+#!/usr/bin/env python
+"""Evaluate weights on the test split: ``python tools/test.py CONFIG --weights W [key=value ...]
+[--output-dir D]``.
+
+Writes the raw detections (``coco_results.json`` for COCO-style data, ``results.json`` otherwise) and
+``metrics.json`` to the output folder and logs the COCO table with per-category AP (or VOC mAP).
+``--weights`` takes a detkit checkpoint (``model_final.pth``, ``best.pth``, ``last.pth``, one from
+tools/convert_weights.py) or a plain state dict. Several GPUs: ``torchrun --nproc-per-node N
+tools/test.py ...`` (every image is predicted exactly once).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import detkit  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detkit.utils.cli import user_errors  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="the YAML config the weights belong to")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. test.ims_per_batch=4")
+    parser.add_argument("--weights", required=True, help="a detkit checkpoint or a state dict file")
+    parser.add_argument("--output-dir", default=None, help="where results go (default: <output_dir>/test)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    with user_errors():
+        from detkit.config import load_config
+        from detkit.engine import test_main
+
+        cfg = load_config(args.config, args.overrides)
+        test_main(cfg, args.weights, output_dir=args.output_dir)
+
+
+if __name__ == "__main__":
+    main()

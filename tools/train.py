@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""Train a detector: ``python tools/train.py CONFIG [key=value ...] [--output-dir D] [--resume]``.
+
+One process (CPU, or the first GPU)::
+
+    python tools/train.py configs/quickstart.yaml
+    python tools/train.py configs/frcnn_r50_fpn_coco.yaml solver.ims_per_batch=8 --output-dir runs/r50
+
+Several GPUs on one machine (``solver.ims_per_batch`` is the total over all of them)::
+
+    torchrun --nproc-per-node 8 tools/train.py configs/frcnn_r101_coco.yaml --output-dir runs/r101
+
+Several machines (run on every node; node 0's address as the rendezvous endpoint, the output folder
+on a file system all nodes share so --resume finds the checkpoints)::
+
+    torchrun --nnodes 2 --nproc-per-node 8 --node-rank $NODE_RANK \\
+        --rdzv-backend c10d --rdzv-endpoint $NODE0_ADDR:29500 --rdzv-id detkit-r101 \\
+        tools/train.py configs/frcnn_r101_coco.yaml --output-dir /shared/runs/r101
+
+``--resume`` continues from ``last.pth`` in the output folder (falling back to the newest readable
+periodic checkpoint) and ends with the same weights as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import detkit  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detkit.utils.cli import user_errors  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="a YAML config, e.g. configs/quickstart.yaml")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. solver.base_lr=0.01")
+    parser.add_argument("--output-dir", default=None, help="where checkpoints and logs go (default: output_dir "
+                                                           "of the config)")
+    parser.add_argument("--resume", action="store_true", help="continue from last.pth in the output folder")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    with user_errors():
+        from detkit.config import load_config
+        from detkit.engine import train_main
+
+        cfg = load_config(args.config, args.overrides)
+        train_main(cfg, output_dir=args.output_dir, resume=args.resume)
+
+
+if __name__ == "__main__":
+    main()

@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num", type=int, default=20, help="how many images (default 20; 0 = all)")
     p.add_argument("--start", type=int, default=0, help="first dataset index")
     p.add_argument("--no-transforms", action="store_true", help="draw the images as read, without the transforms")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come after the options
 
 
 def set_mapper(dataset, mapper) -> None:

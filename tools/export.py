@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", help="output file (default: the checkpoint's name with .pt / .onnx)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16; default 17)")
     p.add_argument("--check", action="store_true", help="compare the exported file with PyTorch on two image sizes")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come after the options
 
 
 def main(argv=None) -> int:

@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "on a small, busy CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--stats-json", help="also write the counts and frames/s figures to this JSON file")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come after the options
 
 
 def build_detector(args):

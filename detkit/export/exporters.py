@@ -71,7 +71,9 @@ def export_torchscript(det, path: str, example: Optional[torch.Tensor] = None) -
     module = exportable(det)
     traced = _trace(module, example if example is not None else example_image())
     names = json.dumps(module.class_names)
-    torch.jit.save(traced, path, _extra_files={"class_names.json": names})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated"
+        torch.jit.save(traced, path, _extra_files={"class_names.json": names})
     logger.info("wrote TorchScript model %s (input: uint8 (3, H, W) RGB; outputs: boxes, scores, labels)", path)
     return path
 

@@ -102,6 +102,8 @@ class FrameReader(_Worker):
                 self.decode_s += time.perf_counter() - t
                 if frame is _END or not self.put(self.queue, frame):
                     break
+        except BaseException as e:  # kept before the end marker goes out, so the consumer sees it
+            self.error = e
         finally:
             if hasattr(it, "close"):
                 it.close()  # releases a capture

@@ -262,3 +262,26 @@ def test_config_with_weights_and_no_video(tmp_path, ckpt):
     records = read_jsonl(out)
     assert len(records) == 3 and not list(tmp_path.glob("*.mp4"))
     assert all(set(r["names"]) <= {"dog", "car"} for r in records)
+
+
+def test_test_time_switches_from_the_config_are_used(ckpt):
+    import torch
+
+    from detkit.io_video import detector_infer
+    from detkit.modeling.test_time import TestTimeAugmentation
+
+    det = Detector.from_checkpoint(str(ckpt), overrides=["test.flip=true"])
+    frame = cv2.cvtColor(cv2.imread(str(reference_video().parent / "color.jpg")), cv2.COLOR_BGR2RGB)
+    with torch.no_grad():
+        expected = TestTimeAugmentation(det.model, scales=[64], max_size=128, flip=True)([det.sample(frame)])[0]
+        plain = det.model([det.sample(frame)])[0]
+    got = detector_infer(det)([frame])[0]
+    np.testing.assert_allclose(got["boxes"], expected["boxes"].numpy(), rtol=1e-5, atol=1e-4)
+    assert len(got["boxes"]) != len(plain["boxes"]) or not np.allclose(got["boxes"], plain["boxes"].numpy())
+
+
+def test_a_source_error_in_the_reader_thread_reaches_the_caller(tmp_path):
+    source = CaptureSource(FakeCapture(num_frames=5, fail_at=range(5)), "dead.mp4")
+    with pytest.raises(SourceError, match="cannot decode any frame of dead.mp4"):
+        run_pipeline(source, fake_infer, class_names=CLASS_NAMES, jsonl=JsonLinesWriter(str(tmp_path / "d.jsonl")),
+                     progress=False)

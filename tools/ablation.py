@@ -39,7 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--scales", help="comma list of test scales for the multi-scale row (default: 0.8x, 1x, 1.2x)")
     p.add_argument("--flip", action="store_true", help="add a horizontal flip to the multi-scale row")
     p.add_argument("--resume", action="store_true", help="reuse trained models found in the output folder")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come after the options
 
 
 def train_once(cfg, out: str, resume: bool) -> str:

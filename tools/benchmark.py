@@ -47,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--fuse-bn", action="store_true", help="fold frozen BN into the convolutions (inference)")
     p.add_argument("--loader", action="store_true", help="time the training data loader instead of the model")
     p.add_argument("--sweep", action="store_true", help="time vs image size, batch size and proposals")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come after the options
 
 
 def torchvision_twin(num_classes: int):

@@ -35,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)  # overrides may come after the options
 
 
 def main(argv=None) -> int:

@@ -29,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. test.ims_per_batch=4")
     parser.add_argument("--weights", required=True, help="a detkit checkpoint or a state dict file")
     parser.add_argument("--output-dir", default=None, help="where results go (default: <output_dir>/test)")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come after the options
 
 
 def main(argv=None) -> None:

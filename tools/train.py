@@ -42,7 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default=None, help="where checkpoints and logs go (default: output_dir "
                                                            "of the config)")
     parser.add_argument("--resume", action="store_true", help="continue from last.pth in the output folder")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come after the options
 
 
 def main(argv=None) -> None:

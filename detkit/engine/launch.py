@@ -36,9 +36,9 @@ def _log_environment(ctx: DistContext, cfg) -> None:
     if ctx.device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
     gpu = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "none"
-    logger.info("detkit %s, torch %s, python %s; device %s (GPU: %s), %d process(es), %d CPU threads",
-                detkit.__version__, torch.__version__, platform.python_version(), ctx.device, gpu,
-                ctx.world_size, torch.get_num_threads())
+    logger.info("detkit %s, torch %s, python %s; device %s (GPU: %s), %d process(es), %d CPU threads "
+                "(OMP_WAIT_POLICY=%s)", detkit.__version__, torch.__version__, platform.python_version(), ctx.device,
+                gpu, ctx.world_size, torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "unset"))
     if cfg.source_file:
         logger.info("config: %s", cfg.source_file)
 

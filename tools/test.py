@@ -1,6 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate weights on the test split: ``python tools/test.py CONFIG --weights W [key=value ...]
-[--output-dir D]``.
+"""Evaluate weights on the test split: ``tools/test.py CONFIG --weights W [key=value ...] [--output-dir D]``.
 
 Writes the raw detections (``coco_results.json`` for COCO-style data, ``results.json`` otherwise) and
 ``metrics.json`` to the output folder and logs the COCO table with per-category AP (or VOC mAP).
@@ -29,7 +28,7 @@ from detkit.utils.cli import user_errors  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="the YAML config the weights belong to")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. test.ims_per_batch=4")

@@ -41,7 +41,7 @@ from detkit.utils.cli import user_errors  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="a YAML config, e.g. configs/quickstart.yaml")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. solver.base_lr=0.01")

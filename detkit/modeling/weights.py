@@ -102,20 +102,10 @@ def torchvision_num_classes(state: Dict[str, Tensor]) -> int:
 
 
 def atomic_save(obj, path: str) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename: a crash mid-write
-    never leaves a truncated file under the final name."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """Write a checkpoint atomically; one implementation, the engine's (temporary file, fsync, rename)."""
+    from ..engine.checkpoint import atomic_save as engine_atomic_save  # lazy: the engine imports modeling
+
+    engine_atomic_save(obj, path)
 
 
 # torchvision's COCO detectors have 91 outputs: background + the 90 original COCO ids, 11 unused.

@@ -39,6 +39,7 @@ class Detector:
         self.cfg = cfg
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self._predictor: Optional[torch.nn.Module] = None
 
     @property
     def class_names(self) -> List[str]:
@@ -84,6 +85,14 @@ class Detector:
         return {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), "height": h, "width": w,
                 "scale": test_scale(h, w, min_size, self.cfg.input.max_size_test)}
 
+    @property
+    def predictor(self) -> torch.nn.Module:
+        """The model as the config tests it: test.scales/test.flip augmentation, test.precision autocast."""
+        if self._predictor is None:
+            from .modeling.test_time import build_predictor
+            self._predictor = build_predictor(self.model, self.cfg).eval()
+        return self._predictor
+
     @torch.no_grad()
     def predict(self, images: Sequence[ImageLike], batch_size: int = 1) -> List[Dict[str, np.ndarray]]:
         """One dict per image: boxes (N, 4) XYXY original pixels, scores (N,), labels (N,) 0-based, names."""
@@ -92,7 +101,7 @@ class Detector:
         results = []
         for start in range(0, len(images), batch_size):
             batch = [self.sample(im) for im in images[start: start + batch_size]]
-            results += [self._to_numpy(o) for o in self.model(batch)]
+            results += [self._to_numpy(o) for o in self.predictor(batch)]
         return results
 
     def _to_numpy(self, out: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ from detkit.data import build_test_loader
 from detkit.evaluation import build_evaluator
 from detkit.evaluation.common import write_json
 from detkit.modeling.build import build_model
-from detkit.modeling.test_time import build_predictor
+from detkit.modeling.test_time import build_predictor, resolve_precision
 from detkit.utils.logger import setup_logging
 
 from .checkpoint import LAST, Checkpointer, CheckpointError, load_model_weights
@@ -113,13 +113,13 @@ def test_main(cfg, weights: str, output_dir: Optional[str] = None) -> Dict[str, 
                                     engine=cfg.test.evaluator_engine)
         recorder = _RecordingEvaluator(evaluator) if dataset.evaluator_type != "coco" else evaluator
         loader = build_test_loader(cfg, dataset, ctx.rank, ctx.world_size)
-        amp = bool(cfg.solver.amp) and ctx.device.type == "cuda"
-        predictor = build_predictor(model, cfg)  # multi-scale / flip testing when test.scales / test.flip ask
-        if predictor is not model:
+        # multi-scale / flip testing when test.scales / test.flip ask; autocast per test.precision
+        predictor = build_predictor(model, cfg)
+        if cfg.test.scales or cfg.test.flip:
             logger.info("test-time augmentation: scales %s, flip %s, merge %s", list(cfg.test.scales) or
                         [cfg.input.min_size_test], cfg.test.flip, cfg.test.merge)
-        metrics = run_inference(predictor, loader, recorder, device=ctx.device, amp=amp,
-                                amp_dtype=cfg.solver.amp_dtype, desc="test")
+        logger.info("test precision: %s", resolve_precision(cfg, ctx.device))
+        metrics = run_inference(predictor, loader, recorder, device=ctx.device, desc="test")
         if recorder is not evaluator:
             results = [r for part in all_gather_objects(recorder.results) for r in part]
             if ctx.is_main:

@@ -163,13 +163,57 @@ class TestTimeAugmentation(nn.Module):
         return {"boxes": b, "scores": s, "labels": l}
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(cfg, device: torch.device) -> str:
+    """``test.precision`` made concrete for ``device``: auto = the training precision on CUDA
+    (solver.amp_dtype when solver.amp), fp32 elsewhere; fp16 needs CUDA."""
+    value = str(cfg.test.precision)
+    if value == "auto":
+        return str(cfg.solver.amp_dtype) if cfg.solver.amp and device.type == "cuda" else "fp32"
+    if value not in PRECISIONS:
+        raise ValueError(f"test.precision must be one of auto, {', '.join(PRECISIONS)}; got '{value}'")
+    if value == "fp16" and device.type != "cuda":
+        raise ValueError(f"test.precision=fp16 needs a CUDA device (this run is on {device.type}); "
+                         "use bf16 or fp32 on the CPU")
+    return value
+
+
+class AutocastPredictor(nn.Module):
+    """Runs the wrapped predictor under ``torch.autocast`` (bf16/fp16 convolutions and matmuls).
+
+    Box math stays in float32 inside the model: box decoding casts the deltas to float32, the
+    objectness and class scores are computed from float32 logits, RoIAlign/RoIPool and NMS run in
+    float32 (torchvision's autocast rules) and the returned boxes and scores are float32.
+    """
+
+    def __init__(self, model: nn.Module, precision: str):
+        super().__init__()
+        if PRECISIONS.get(precision) is None:
+            raise ValueError(f"AutocastPredictor needs bf16 or fp16, got '{precision}'")
+        self.model, self.precision = model, precision
+
+    @property
+    def class_names(self):
+        return self.model.class_names
+
+    def forward(self, batch: List[dict]) -> List[Dict[str, Tensor]]:
+        device = next(self.model.parameters()).device
+        with torch.autocast(device.type, dtype=PRECISIONS[self.precision]):
+            return self.model(batch)
+
+
 def build_predictor(model: nn.Module, cfg) -> nn.Module:
-    """The model itself, or the model wrapped in test-time augmentation when test.scales/flip ask for it."""
+    """The model itself, or the model wrapped in test-time augmentation when test.scales/flip ask for it,
+    run under autocast when test.precision resolves to bf16/fp16 on the model's device."""
     t = cfg.test
-    if not t.scales and not t.flip:
-        return model
-    scales = list(t.scales) or [cfg.input.min_size_test]
-    return TestTimeAugmentation(model, scales=scales, max_size=cfg.input.max_size_test, flip=t.flip,
-                                merge=t.merge, nms_thresh=t.merge_nms_thresh,
-                                vote_thresh=cfg.model.roi_heads.refine.vote_thresh,
-                                detections_per_image=cfg.model.roi_heads.detections_per_image)
+    predictor = model
+    if t.scales or t.flip:
+        scales = list(t.scales) or [cfg.input.min_size_test]
+        predictor = TestTimeAugmentation(model, scales=scales, max_size=cfg.input.max_size_test, flip=t.flip,
+                                         merge=t.merge, nms_thresh=t.merge_nms_thresh,
+                                         vote_thresh=cfg.model.roi_heads.refine.vote_thresh,
+                                         detections_per_image=cfg.model.roi_heads.detections_per_image)
+    precision = resolve_precision(cfg, next(model.parameters()).device)
+    return predictor if precision == "fp32" else AutocastPredictor(predictor, precision)

@@ -1,0 +1,74 @@
+"""test.precision: autocast inference (bf16 on CPU here, bf16/fp16 on CUDA) with float32 box math."""
+import numpy as np
+import pytest
+import torch
+
+from detkit import Detector
+from detkit.config import load_config
+from detkit.modeling.test_time import AutocastPredictor, TestTimeAugmentation, build_predictor, resolve_precision
+from tests.modeling.test_detector import sample, tiny
+from tests.video.helpers import TINY_FPN
+
+
+def cfg(*overrides):
+    return load_config(None, list(overrides))
+
+
+def test_auto_follows_training_precision_on_cuda_only():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision(cfg(), cpu) == "fp32"
+    assert resolve_precision(cfg(), cuda) == "fp32"  # solver.amp off
+    amp = cfg("solver.amp=true", "solver.amp_dtype=fp16")
+    assert resolve_precision(amp, cuda) == "fp16"
+    assert resolve_precision(amp, cpu) == "fp32"
+    assert resolve_precision(cfg("test.precision=bf16"), cpu) == "bf16"
+
+
+def test_bad_precision_is_a_clear_error():
+    with pytest.raises(ValueError, match="auto, fp32, bf16, fp16; got 'half'"):
+        resolve_precision(cfg("test.precision=half"), torch.device("cpu"))
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device.*use bf16 or fp32"):
+        resolve_precision(cfg("test.precision=fp16"), torch.device("cpu"))
+
+
+def test_bf16_runs_convolutions_in_bf16_and_returns_float32_boxes():
+    model = tiny(["model.roi_heads.score_thresh_test=0.0"]).eval()
+    predictor = build_predictor(model, cfg(*TINY_FPN, "test.precision=bf16"))
+    assert isinstance(predictor, AutocastPredictor)
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen.setdefault(name, output.dtype)  # returns None: the output is not replaced
+        return hook
+
+    model.backbone.conv1.register_forward_hook(record("conv"))
+    model.roi_heads.predictor.bbox_pred.register_forward_hook(record("deltas"))
+    with torch.no_grad():
+        out = predictor([sample(size=(128, 160))])[0]
+    assert seen == {"conv": torch.bfloat16, "deltas": torch.bfloat16}
+    assert out["boxes"].dtype == torch.float32 and out["scores"].dtype == torch.float32
+    assert len(out["boxes"]) > 0
+    # after the pass, the same model still runs in float32 without the wrapper
+    seen.clear()
+    with torch.no_grad():
+        model([sample(size=(128, 160))])
+    assert seen["conv"] == torch.float32
+
+
+def test_fp32_is_the_model_itself_and_tta_is_wrapped_inside_autocast():
+    model = tiny().eval()
+    assert build_predictor(model, cfg(*TINY_FPN)) is model
+    p = build_predictor(model, cfg(*TINY_FPN, "test.flip=true", "test.precision=bf16"))
+    assert isinstance(p, AutocastPredictor) and isinstance(p.model, TestTimeAugmentation)
+
+
+def test_detector_predict_uses_the_configured_predictor():
+    det = Detector(tiny().eval(), cfg(*TINY_FPN, "test.flip=true"))
+    assert isinstance(det.predictor, TestTimeAugmentation)
+    image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    out = det.predict(image)[0]
+    with torch.no_grad():
+        ref = det.predictor([det.sample(image)])[0]
+    np.testing.assert_array_equal(out["boxes"], ref["boxes"].numpy())
+

@@ -113,3 +113,12 @@ def test_generation_speed_is_logged(tmp_path, record_property):
     record_property("synthetic_ms_per_image", ms)
     logging.getLogger("detkit").info("synthetic generation: %.1f ms/image at 256..384 px (%.0f s per 1000)",
                                      ms, ms)
+
+
+def test_parallel_generation_writes_the_same_files(tmp_path):
+    args = dict(SMALL, num_images=20, seed=5, write_voc=True)
+    generate_synthetic(tmp_path / "one", workers=1, **args)
+    generate_synthetic(tmp_path / "two", workers=2, **args)
+    one = _files(tmp_path / "one")
+    assert len(one) == 20 + 20 + 3  # images, XML, annotations.json, split list, .complete
+    assert one == _files(tmp_path / "two")  # same bytes, with the paths made relative in the JSON

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.onnx import operators as onnx_operators
-from torchvision.ops import nms, roi_align, roi_pool
+from torchvision.ops import nms
 
 from ..modeling.poolers import ROIAlign, ROIPool
 
@@ -170,10 +170,7 @@ class ExportableDetector(nn.Module):
         return torch.cat(pooled)[torch.argsort(torch.cat(order))]
 
     def _pool_level(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
-        p = self.model.roi_heads.pooler
-        if isinstance(p, ROIPool):
-            return roi_pool(feature, rois, p.output_size, scale)
-        return roi_align(feature, rois, p.output_size, scale, p.sampling_ratio, p.aligned)
+        return self.model.roi_heads.pooler.pool(feature, rois, scale)  # the export runs in float32
 
     def region_features(self, feats: List[Tensor], boxes: Tensor, size: Tensor) -> Tensor:
         heads = self.model.roi_heads

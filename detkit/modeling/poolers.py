@@ -31,11 +31,19 @@ class _MultiLevelPooler(nn.Module):
         self.canonical_level = canonical_level
 
     def pool_level(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
+        """Pool float32 ``rois`` (R, 5) from one level; returns (R, C, S, S) in the feature's dtype."""
+        return self.pool(feature.float(), rois, scale).to(feature.dtype)
+
+    def pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
         raise NotImplementedError  # implemented by the two registered poolers below
 
     def forward(self, features: Sequence[Tensor], boxes: List[Tensor], image_size: Tuple[int, int]) -> Tensor:
-        """features: one (N, C, H, W) tensor per level, finest first; boxes: per-image (Ni, 4)."""
-        rois = boxes_to_rois([b.to(features[0].dtype) for b in boxes])
+        """features: one (N, C, H, W) tensor per level, finest first; boxes: per-image (Ni, 4).
+
+        Box coordinates, the level assignment and the pooling itself stay float32 when autocast
+        hands over bf16/fp16 features (bf16 would round a 700 px coordinate to a multiple of 4 px);
+        the pooled features come back in the features' dtype."""
+        rois = boxes_to_rois([b.float() for b in boxes])
         scales = [2.0 ** round(math.log2(f.shape[-2] / image_size[0])) for f in features]
         if len(features) == 1:
             return self.pool_level(features[0], rois, scales[0])
@@ -45,7 +53,7 @@ class _MultiLevelPooler(nn.Module):
         eps = torch.tensor(1e-6, dtype=area.dtype)
         lvl = torch.floor(self.canonical_level + torch.log2(torch.sqrt(area) / self.canonical_scale) + eps)
         lvl = lvl.clamp(min=k_min, max=k_max).to(torch.int64) - k_min
-        out = rois.new_zeros((len(rois), features[0].shape[1]) + self.output_size)
+        out = features[0].new_zeros((len(rois), features[0].shape[1]) + self.output_size)
         for level, (feature, scale) in enumerate(zip(features, scales)):
             idx = torch.where(lvl == level)[0]
             if len(idx):
@@ -63,8 +71,8 @@ class ROIAlign(_MultiLevelPooler):
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
 
-    def pool_level(self, feature, rois, scale):
-        return roi_align(feature, rois.to(feature.dtype), self.output_size, scale, self.sampling_ratio, self.aligned)
+    def pool(self, feature, rois, scale):
+        return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
 
 
 @ROI_POOLERS.register()
@@ -74,5 +82,5 @@ class ROIPool(_MultiLevelPooler):
     def __init__(self, *, output_size: int = 7, sampling_ratio: int = 0, aligned: bool = False, **kw):
         super().__init__(output_size=output_size, **kw)
 
-    def pool_level(self, feature, rois, scale):
-        return roi_pool(feature, rois.to(feature.dtype), self.output_size, scale)
+    def pool(self, feature, rois, scale):
+        return roi_pool(feature, rois, self.output_size, scale)

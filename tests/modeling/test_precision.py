@@ -72,3 +72,23 @@ def test_detector_predict_uses_the_configured_predictor():
         ref = det.predictor([det.sample(image)])[0]
     np.testing.assert_array_equal(out["boxes"], ref["boxes"].numpy())
 
+
+
+@pytest.mark.parametrize("name", ["ROIAlign", "ROIPool"])
+def test_pooler_keeps_box_coordinates_float32_under_autocast(name):
+    from torchvision.ops import roi_align, roi_pool
+
+    from detkit.modeling.poolers import ROIAlign, ROIPool
+    torch.manual_seed(0)
+    pooler = {"ROIAlign": ROIAlign(output_size=7), "ROIPool": ROIPool(output_size=7)}[name]
+    feature = torch.randn(1, 8, 64, 64).bfloat16()  # stride 16: a 1024 x 1024 image
+    box = torch.tensor([[601.3, 598.7, 702.9, 705.1]])  # bf16 would round these to multiples of 4
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pooled = pooler([feature], [box], (1024, 1024))
+    assert pooled.dtype == torch.bfloat16
+    rois = torch.cat([torch.zeros(1, 1), box], dim=1)
+    if name == "ROIAlign":
+        expected = roi_align(feature.float(), rois, (7, 7), 1 / 16, 2, False)
+    else:
+        expected = roi_pool(feature.float(), rois, (7, 7), 1 / 16)
+    torch.testing.assert_close(pooled, expected.bfloat16(), rtol=0, atol=0)

@@ -85,8 +85,8 @@ def generate_image(index: int, seed: int, split: str, num_classes: int, image_si
 
 
 def generation_workers(num_images: int) -> int:
-    if num_images < 200:
-        return 1  # starting processes costs more than it saves
+    if num_images < 200 or multiprocessing.current_process().daemon:
+        return 1  # starting processes costs more than it saves; a daemon (a loader worker) may not have children
     return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
                       16))
 

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import logging
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -13,6 +14,8 @@ from torch import Tensor, nn
 
 from ..structures import batched_nms, box_iou, nonempty
 from ..structures.resize import test_scale
+
+logger = logging.getLogger("detkit")
 
 
 def box_voting(kept_boxes: Tensor, all_boxes: Tensor, all_scores: Tensor, thresh: float) -> Tensor:
@@ -215,5 +218,17 @@ def build_predictor(model: nn.Module, cfg) -> nn.Module:
                                          merge=t.merge, nms_thresh=t.merge_nms_thresh,
                                          vote_thresh=cfg.model.roi_heads.refine.vote_thresh,
                                          detections_per_image=cfg.model.roi_heads.detections_per_image)
-    precision = resolve_precision(cfg, next(model.parameters()).device)
+    device = next(model.parameters()).device
+    precision = resolve_precision(cfg, device)
+    if precision == "bf16" and device.type == "cpu" and not _cpu_has_fast_bf16():
+        logger.warning("test.precision=bf16 on a CPU without bf16 instructions: PyTorch falls back to slow "
+                       "convolutions (measured 16x slower than fp32 for the quick-start model, ~45x for a C4 head); use it to "
+                       "check bf16 accuracy, not for speed")
     return predictor if precision == "fp32" else AutocastPredictor(predictor, precision)
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

@@ -92,3 +92,12 @@ def test_pooler_keeps_box_coordinates_float32_under_autocast(name):
     else:
         expected = roi_pool(feature.float(), rois, (7, 7), 1 / 16)
     torch.testing.assert_close(pooled, expected.bfloat16(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_warns(fast, monkeypatch, caplog):
+    import detkit.modeling.test_time as tt
+    monkeypatch.setattr(tt, "_cpu_has_fast_bf16", lambda: fast)
+    with caplog.at_level("WARNING", logger="detkit"):
+        build_predictor(tiny().eval(), cfg(*TINY_FPN, "test.precision=bf16"))
+    assert ("without bf16 instructions" in caplog.text) is (not fast)

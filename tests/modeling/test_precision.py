@@ -96,8 +96,12 @@ def test_pooler_keeps_box_coordinates_float32_under_autocast(name):
 
 @pytest.mark.parametrize("fast", [False, True])
 def test_bf16_on_a_cpu_without_bf16_instructions_warns(fast, monkeypatch, caplog):
+    import logging
+
     import detkit.modeling.test_time as tt
     monkeypatch.setattr(tt, "_cpu_has_fast_bf16", lambda: fast)
+    # the tools' logging setup (run by earlier tests) stops detkit's records at its own handlers
+    monkeypatch.setattr(logging.getLogger("detkit"), "propagate", True)
     with caplog.at_level("WARNING", logger="detkit"):
         build_predictor(tiny().eval(), cfg(*TINY_FPN, "test.precision=bf16"))
     assert ("without bf16 instructions" in caplog.text) is (not fast)

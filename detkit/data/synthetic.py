@@ -84,21 +84,14 @@ def generate_image(index: int, seed: int, split: str, num_classes: int, image_si
     return draw_image(height, width, num_classes, rng)
 
 
-def generation_workers(num_images: int) -> int:
-    if num_images < 200 or multiprocessing.current_process().daemon:
-        return 1  # starting processes costs more than it saves; a daemon (a loader worker) may not have children
-    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
-                      16))
-
-
 @contextlib.contextmanager
 def _pool(workers: int):
     if workers <= 1:
         yield None
         return
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ctx.Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+    # spawn, not fork: a process forked from one that already runs torch/OpenCV/logging threads can
+    # inherit a held lock and hang (seen once in the test suite)
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
         yield pool
 
 
@@ -122,13 +115,14 @@ def _write_one(job) -> dict:
 
 def generate_synthetic(folder: PathLike, num_images: int = 1000, num_classes: int = 6,
                        image_size: Sequence[int] = (256, 384), seed: int = 0, split: str = "train",
-                       write_voc: bool = False, jpeg_quality: int = 90, workers: Optional[int] = None) -> Path:
+                       write_voc: bool = False, jpeg_quality: int = 90, workers: int = 1) -> Path:
     """Write one split to ``folder`` unless a complete one with the same parameters is there already.
 
     Returns the path of the COCO JSON. ``image_size`` = (min, max): height and width are drawn
-    independently from that range, so both landscape and portrait images occur. ``workers``
-    processes draw and encode the images (default: one per core, up to 16, for 200+ images); every
-    image has its own RNG, so the files are the same for any number of workers.
+    independently from that range, so both landscape and portrait images occur. ``workers`` > 1
+    draws and encodes the images in that many spawned processes (each starts by importing detkit,
+    so it pays off for thousands of images); every image has its own RNG, so the files are the same
+    for any number of workers.
     """
     folder = Path(folder)
     params = _params(num_images, num_classes, image_size, seed, split, write_voc)
@@ -140,7 +134,7 @@ def generate_synthetic(folder: PathLike, num_images: int = 1000, num_classes: in
     records, start, cpu_start = [], time.perf_counter(), time.process_time()
     jobs = [(i, seed, split, num_classes, tuple(image_size), str(folder), write_voc, int(jpeg_quality))
             for i in range(num_images)]
-    workers = generation_workers(num_images) if workers is None else max(1, int(workers))
+    workers = max(1, int(workers))
     with _pool(workers) as pool:
         results = pool.imap(_write_one, jobs, chunksize=8) if pool is not None else map(_write_one, jobs)
         for record in tqdm(results, total=num_images, desc=f"generating synthetic {split}", unit="img",

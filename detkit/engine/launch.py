@@ -17,7 +17,7 @@ from detkit.data import build_test_loader
 from detkit.evaluation import build_evaluator
 from detkit.evaluation.common import write_json
 from detkit.modeling.build import build_model
-from detkit.modeling.test_time import build_predictor, resolve_precision
+from detkit.modeling.test_time import build_predictor
 from detkit.utils.logger import setup_logging
 
 from .checkpoint import LAST, Checkpointer, CheckpointError, load_model_weights
@@ -118,7 +118,7 @@ def test_main(cfg, weights: str, output_dir: Optional[str] = None) -> Dict[str, 
         if cfg.test.scales or cfg.test.flip:
             logger.info("test-time augmentation: scales %s, flip %s, merge %s", list(cfg.test.scales) or
                         [cfg.input.min_size_test], cfg.test.flip, cfg.test.merge)
-        logger.info("test precision: %s", resolve_precision(cfg, ctx.device))
+        logger.info("test precision: %s", getattr(predictor, "precision", "fp32"))  # AutocastPredictor's
         metrics = run_inference(predictor, loader, recorder, device=ctx.device, desc="test")
         if recorder is not evaluator:
             results = [r for part in all_gather_objects(recorder.results) for r in part]

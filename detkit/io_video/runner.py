@@ -43,9 +43,7 @@ class RunResult:
 
 def detector_infer(det, predictor: Optional[torch.nn.Module] = None) -> Infer:
     """A batch function RGB frames -> numpy detections, through the config's test-time predictor."""
-    from ..modeling.test_time import build_predictor
-
-    predictor = predictor if predictor is not None else build_predictor(det.model, det.cfg)
+    predictor = predictor if predictor is not None else det.predictor
     predictor.eval()
     cuda = det.device.type == "cuda"
 

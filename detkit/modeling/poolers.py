@@ -57,7 +57,7 @@ class _MultiLevelPooler(nn.Module):
         for level, (feature, scale) in enumerate(zip(features, scales)):
             idx = torch.where(lvl == level)[0]
             if len(idx):
-                out[idx] = self.pool_level(feature, rois[idx], scale).to(out.dtype)
+                out[idx] = self.pool_level(feature, rois[idx], scale)
         return out
 
 

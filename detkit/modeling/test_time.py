@@ -187,8 +187,8 @@ class AutocastPredictor(nn.Module):
     """Runs the wrapped predictor under ``torch.autocast`` (bf16/fp16 convolutions and matmuls).
 
     Box math stays in float32 inside the model: box decoding casts the deltas to float32, the
-    objectness and class scores are computed from float32 logits, RoIAlign/RoIPool and NMS run in
-    float32 (torchvision's autocast rules) and the returned boxes and scores are float32.
+    objectness and class scores are computed from float32 logits, the poolers keep RoI coordinates and
+    pooling in float32, NMS runs in float32, and the returned boxes and scores are float32.
     """
 
     def __init__(self, model: nn.Module, precision: str):

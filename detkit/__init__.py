@@ -1,10 +1,12 @@
 """detkit: Faster R-CNN on ResNet backbones (C4 and FPN) in plain PyTorch."""
+
 __version__ = "0.1.0"
 
 
 def __getattr__(name):  # lazy, so `import detkit.config` stays light
     if name == "Detector":
         from .api import Detector
+
         return Detector
     raise AttributeError(name)
 

@@ -4,6 +4,7 @@ Timing rule: warm-up iterations first, then every iteration is timed with the de
 before and after; the table reports the median. Both models get the same weights and the same
 input tensors in the same run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -56,20 +57,34 @@ def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, iters: 
     return times
 
 
-def measure(name: str, mode: str, precision: str, batch: int, fn: Callable[[], object], device: torch.device,
-            warmup: int, iters: int) -> Row:
+def measure(
+    name: str,
+    mode: str,
+    precision: str,
+    batch: int,
+    fn: Callable[[], object],
+    device: torch.device,
+    warmup: int,
+    iters: int,
+) -> Row:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with autocast(device, precision):
         median = statistics.median(time_fn(fn, device, warmup, iters))
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    peak = (
+        torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    )
     return Row(name, mode, precision, batch, 1000 * median / batch, batch / median, peak)
 
 
-def random_images(batch: int, height: int, width: int, device: torch.device, seed: int = 0) -> List[torch.Tensor]:
+def random_images(
+    batch: int, height: int, width: int, device: torch.device, seed: int = 0
+) -> List[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8).to(device)
-            for _ in range(batch)]
+    return [
+        torch.randint(0, 256, (3, height, width), generator=g, dtype=torch.uint8).to(device)
+        for _ in range(batch)
+    ]
 
 
 def random_targets(batch: int, height: int, width: int, num_classes: int, device, seed: int = 0):
@@ -78,7 +93,12 @@ def random_targets(batch: int, height: int, width: int, num_classes: int, device
     for _ in range(batch):
         xy = torch.rand(8, 2, generator=g) * torch.tensor([width * 0.7, height * 0.7])
         wh = 16 + torch.rand(8, 2, generator=g) * torch.tensor([width * 0.3, height * 0.3])
-        out.append((torch.cat([xy, xy + wh], 1).to(device), torch.randint(0, num_classes, (8,), generator=g).to(device)))
+        out.append(
+            (
+                torch.cat([xy, xy + wh], 1).to(device),
+                torch.randint(0, num_classes, (8,), generator=g).to(device),
+            )
+        )
     return out
 
 
@@ -87,14 +107,18 @@ def format_table(rows: List[Row]) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
-        lines.append(f"{r.impl:<12}{r.mode:<7}{r.precision:<6}{r.batch:>6}{r.ms_per_image:>10.2f}"
-                     f"{r.images_per_s:>9.2f}{r.peak_mem_mb:>10.0f}{ratio:>11}")
+        lines.append(
+            f"{r.impl:<12}{r.mode:<7}{r.precision:<6}{r.batch:>6}{r.ms_per_image:>10.2f}"
+            f"{r.images_per_s:>9.2f}{r.peak_mem_mb:>10.0f}{ratio:>11}"
+        )
     return "\n".join(lines)
 
 
 def attach_ratios(rows: List[Row]) -> None:
     """detkit img/s divided by torchvision img/s, on the detkit row of the same mode/precision/batch."""
-    ref: Dict[tuple, Row] = {(r.mode, r.precision, r.batch): r for r in rows if r.impl == "torchvision"}
+    ref: Dict[tuple, Row] = {
+        (r.mode, r.precision, r.batch): r for r in rows if r.impl == "torchvision"
+    }
     for r in rows:
         other = ref.get((r.mode, r.precision, r.batch))
         if r.impl == "detkit" and other is not None:

@@ -1,4 +1,5 @@
 """One small registry: a name -> class/function table with a helpful error for unknown names."""
+
 from __future__ import annotations
 
 import difflib
@@ -29,9 +30,7 @@ class Registry:
         if name not in self._table:
             close = difflib.get_close_matches(str(name), list(self._table), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise KeyError(
-                f"unknown {self.name} '{name}'; registered: {sorted(self._table)}{hint}"
-            )
+            raise KeyError(f"unknown {self.name} '{name}'; registered: {sorted(self._table)}{hint}")
         return self._table[name]
 
     def __contains__(self, name: str) -> bool:

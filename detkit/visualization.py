@@ -11,6 +11,7 @@ Images are ``np.uint8`` HxWx3 arrays (RGB in detkit; the functions do not care a
 order as long as the colours are given in the same order). Boxes are XYXY in pixels. The input
 image is never modified; a drawn copy is returned.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -35,8 +36,8 @@ def class_color(label: int) -> Color:
 
 @dataclass(frozen=True)
 class DrawStyle:
-    thickness: int      # box line width in pixels
-    font_scale: float   # cv2 Hershey font scale
+    thickness: int  # box line width in pixels
+    font_scale: float  # cv2 Hershey font scale
     font_thickness: int
 
 
@@ -69,7 +70,12 @@ def _corners(box: Sequence[float], height: int, width: int) -> Tuple[int, int, i
 def _dashed_rectangle(img: np.ndarray, corners, color: Color, thickness: int) -> None:
     x1, y1, x2, y2 = corners
     dash = max(4, 4 * thickness)
-    for (ax, ay), (bx, by) in (((x1, y1), (x2, y1)), ((x2, y1), (x2, y2)), ((x2, y2), (x1, y2)), ((x1, y2), (x1, y1))):
+    for (ax, ay), (bx, by) in (
+        ((x1, y1), (x2, y1)),
+        ((x2, y1), (x2, y2)),
+        ((x2, y2), (x1, y2)),
+        ((x1, y2), (x1, y1)),
+    ):
         length = max(abs(bx - ax), abs(by - ay))
         for start in range(0, length + 1, 2 * dash):
             end = min(start + dash, length)
@@ -79,7 +85,9 @@ def _dashed_rectangle(img: np.ndarray, corners, color: Color, thickness: int) ->
             cv2.line(img, p0, p1, color, thickness, cv2.LINE_AA if thickness > 1 else cv2.LINE_8)
 
 
-def _label(img: np.ndarray, text: str, corners, color: Color, style: DrawStyle, filled: bool) -> None:
+def _label(
+    img: np.ndarray, text: str, corners, color: Color, style: DrawStyle, filled: bool
+) -> None:
     """The label sits above the box's top-left corner, or just inside the box when there is no room."""
     (tw, th), base = cv2.getTextSize(text, FONT, style.font_scale, style.font_thickness)
     pad = max(1, style.thickness)
@@ -95,8 +103,16 @@ def _label(img: np.ndarray, text: str, corners, color: Color, style: DrawStyle, 
     else:  # ground truth: a dark backing so the coloured text stays readable on any background
         cv2.rectangle(img, (x1, top), box_end, (0, 0, 0), -1)
         text_color = color
-    cv2.putText(img, text, (x1 + pad, top + pad + th), FONT, style.font_scale, text_color, style.font_thickness,
-                cv2.LINE_AA)
+    cv2.putText(
+        img,
+        text,
+        (x1 + pad, top + pad + th),
+        FONT,
+        style.font_scale,
+        text_color,
+        style.font_thickness,
+        cv2.LINE_AA,
+    )
 
 
 def _name(label: int, class_names: Optional[Sequence[str]]) -> str:
@@ -105,8 +121,16 @@ def _name(label: int, class_names: Optional[Sequence[str]]) -> str:
     return str(label)
 
 
-def draw_boxes(image: np.ndarray, boxes, labels, scores=None, class_names: Optional[Sequence[str]] = None, *,
-               ground_truth: bool = False, style: Optional[DrawStyle] = None) -> np.ndarray:
+def draw_boxes(
+    image: np.ndarray,
+    boxes,
+    labels,
+    scores=None,
+    class_names: Optional[Sequence[str]] = None,
+    *,
+    ground_truth: bool = False,
+    style: Optional[DrawStyle] = None,
+) -> np.ndarray:
     """A copy of ``image`` with the boxes drawn: solid + filled label for predictions, dashed +
     outlined label for ground truth (``ground_truth=True``). Lowest scores are drawn first so the
     most confident boxes and labels end up on top."""
@@ -117,8 +141,10 @@ def draw_boxes(image: np.ndarray, boxes, labels, scores=None, class_names: Optio
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     scores = None if scores is None else np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(labels) != len(boxes) or (scores is not None and len(scores) != len(boxes)):
-        raise ValueError(f"{len(boxes)} boxes but {len(labels)} labels"
-                         + ("" if scores is None else f" and {len(scores)} scores"))
+        raise ValueError(
+            f"{len(boxes)} boxes but {len(labels)} labels"
+            + ("" if scores is None else f" and {len(scores)} scores")
+        )
     h, w = img.shape[:2]
     style = style or draw_style(h, w)
     order = np.argsort(scores, kind="stable") if scores is not None else range(len(boxes))
@@ -136,17 +162,34 @@ def draw_boxes(image: np.ndarray, boxes, labels, scores=None, class_names: Optio
     return img
 
 
-def draw_detections(image: np.ndarray, detections: dict, class_names: Optional[Sequence[str]] = None,
-                    style: Optional[DrawStyle] = None) -> np.ndarray:
+def draw_detections(
+    image: np.ndarray,
+    detections: dict,
+    class_names: Optional[Sequence[str]] = None,
+    style: Optional[DrawStyle] = None,
+) -> np.ndarray:
     """Draw a prediction dict ``{"boxes", "scores", "labels"}`` (tensors or arrays)."""
-    return draw_boxes(image, _np(detections["boxes"]), _np(detections["labels"]), _np(detections["scores"]),
-                      class_names, style=style)
+    return draw_boxes(
+        image,
+        _np(detections["boxes"]),
+        _np(detections["labels"]),
+        _np(detections["scores"]),
+        class_names,
+        style=style,
+    )
 
 
-def draw_ground_truth(image: np.ndarray, boxes, labels, class_names: Optional[Sequence[str]] = None,
-                      style: Optional[DrawStyle] = None) -> np.ndarray:
+def draw_ground_truth(
+    image: np.ndarray,
+    boxes,
+    labels,
+    class_names: Optional[Sequence[str]] = None,
+    style: Optional[DrawStyle] = None,
+) -> np.ndarray:
     """Draw ground-truth boxes (dashed, unfilled labels)."""
-    return draw_boxes(image, _np(boxes), _np(labels), None, class_names, ground_truth=True, style=style)
+    return draw_boxes(
+        image, _np(boxes), _np(labels), None, class_names, ground_truth=True, style=style
+    )
 
 
 def _np(x) -> np.ndarray:

@@ -12,7 +12,9 @@ def reference_file(*parts) -> Path:
     """A file under ../shared/testdata, or a visible skip when the reference data is absent."""
     p = TESTDATA.joinpath(*parts)
     if not p.exists():
-        pytest.skip(f"reference test data not found: {p} (expected ../shared/testdata beside the project)")
+        pytest.skip(
+            f"reference test data not found: {p} (expected ../shared/testdata beside the project)"
+        )
     return p
 
 

@@ -1,4 +1,5 @@
 """The Python API: Detector.from_config / from_checkpoint / predict, and weight conversion from the CLI."""
+
 import sys
 
 import numpy as np
@@ -17,11 +18,21 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 
 def tiny_checkpoint(path, names=("cat", "dog", "bird")):
-    cfg = load_config(None, TINY_FPN + ["model.roi_heads.score_thresh_test=0.0", "input.min_size_test=64",
-                                        "input.max_size_test=128"])
+    cfg = load_config(
+        None,
+        TINY_FPN
+        + [
+            "model.roi_heads.score_thresh_test=0.0",
+            "input.min_size_test=64",
+            "input.max_size_test=128",
+        ],
+    )
     torch.manual_seed(0)
     model = build_model(cfg, class_names=list(names))
-    atomic_save({"model": model.state_dict(), "config": cfg.to_dict(), "class_names": list(names)}, str(path))
+    atomic_save(
+        {"model": model.state_dict(), "config": cfg.to_dict(), "class_names": list(names)},
+        str(path),
+    )
     return model, cfg
 
 
@@ -42,6 +53,7 @@ def test_checkpoint_round_trip_predicts_the_same(tmp_path):
 
 def test_predict_accepts_paths_and_rejects_bad_arrays(tmp_path):
     import cv2
+
     tiny_checkpoint(tmp_path / "m.pth")
     det = Detector.from_checkpoint(str(tmp_path / "m.pth"))
     img = np.zeros((40, 50, 3), np.uint8)
@@ -56,15 +68,27 @@ def test_predict_accepts_paths_and_rejects_bad_arrays(tmp_path):
 def test_wrong_class_count_is_a_clear_error(tmp_path):
     tiny_checkpoint(tmp_path / "m.pth")
     with pytest.raises(ValueError, match="num_classes"):
-        Detector.from_config(load_config(None, TINY_FPN + ["model.num_classes=5"]), weights=str(tmp_path / "m.pth"))
+        Detector.from_config(
+            load_config(None, TINY_FPN + ["model.num_classes=5"]), weights=str(tmp_path / "m.pth")
+        )
 
 
 def test_convert_imagenet_resnet_cli(tmp_path):
     import convert_weights
+
     tv = torchvision.models.resnet18()
     torch.save(tv.state_dict(), tmp_path / "r18.pth")
-    convert_weights.main(["--from", "torchvision-imagenet", "--config", str(ROOT / "configs/frcnn_r50_fpn_coco.yaml"),
-                          str(tmp_path / "r18.pth"), str(tmp_path / "out.pth"), "model.backbone.depth=18",
-                          "model.num_classes=3"])
+    convert_weights.main(
+        [
+            "--from",
+            "torchvision-imagenet",
+            "--config",
+            str(ROOT / "configs/frcnn_r50_fpn_coco.yaml"),
+            str(tmp_path / "r18.pth"),
+            str(tmp_path / "out.pth"),
+            "model.backbone.depth=18",
+            "model.num_classes=3",
+        ]
+    )
     det = Detector.from_checkpoint(str(tmp_path / "out.pth"))
     assert torch.equal(det.model.backbone.layer2[0].conv1.weight, tv.layer2[0].conv1.weight)

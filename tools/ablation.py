@@ -13,6 +13,7 @@ context (the only component that changes training). The rows are then test-time 
   + multi-scale (+ flip)   model B, refine.enabled, test.scales (+ test.flip)
 Test time per image is the wall time of the whole test pass (data loading included) / images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,22 @@ logger = logging.getLogger("detkit")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--scales", help="comma list of test scales for the multi-scale row (default: 0.8x, 1x, 1.2x)")
-    p.add_argument("--flip", action="store_true", help="add a horizontal flip to the multi-scale row")
-    p.add_argument("--resume", action="store_true", help="reuse trained models found in the output folder")
+    p.add_argument(
+        "--scales",
+        help="comma list of test scales for the multi-scale row (default: 0.8x, 1x, 1.2x)",
+    )
+    p.add_argument(
+        "--flip", action="store_true", help="add a horizontal flip to the multi-scale row"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="reuse trained models found in the output folder"
+    )
     return p.parse_intermixed_args(argv)  # overrides may come after the options
 
 
@@ -55,34 +65,55 @@ def test_row(name: str, cfg, weights: str, out: str, overrides) -> dict:
     metrics = test_main(cfg, weights, output_dir=out)
     seconds = time.perf_counter() - t0
     n = len(build_dataset(cfg, "test"))
-    return {"row": name, "AP50": metrics.get("AP50"), "AP": metrics.get("AP"), "ms_per_image": 1000 * seconds / n,
-            "overrides": list(overrides)}
+    return {
+        "row": name,
+        "AP50": metrics.get("AP50"),
+        "AP": metrics.get("AP"),
+        "ms_per_image": 1000 * seconds / n,
+        "overrides": list(overrides),
+    }
 
 
 def markdown(rows) -> str:
     lines = ["| row | mAP@.5 | mAP@[.5:.95] | test ms/image |", "|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['row']} | {100 * r['AP50']:.1f} | {100 * r['AP']:.1f} | {r['ms_per_image']:.0f} |")
+        lines.append(
+            f"| {r['row']} | {100 * r['AP50']:.1f} | {100 * r['AP']:.1f} | {r['ms_per_image']:.0f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    base = load_config(args.config, args.overrides + ["model.roi_heads.refine.enabled=false",
-                                                      "model.roi_heads.context.enabled=false"])
+    base = load_config(
+        args.config,
+        args.overrides
+        + ["model.roi_heads.refine.enabled=false", "model.roi_heads.context.enabled=false"],
+    )
     ctx = base.with_overrides(["model.roi_heads.context.enabled=true"])
     a = train_once(base, os.path.join(args.output_dir, "baseline"), args.resume)
     b = train_once(ctx, os.path.join(args.output_dir, "context"), args.resume)
     s = base.input.min_size_test
     scales = args.scales or f"{int(0.8 * s)},{s},{int(1.2 * s)}"
     refine = ["model.roi_heads.refine.enabled=true"]
-    tta = refine + [f"test.scales=[{scales}]", f"test.flip={str(args.flip).lower()}", "test.merge=vote"]
-    rows = [test_row("baseline", base, a, os.path.join(args.output_dir, "t_base"), []),
-            test_row("+ box refinement", base, a, os.path.join(args.output_dir, "t_refine"), refine),
-            test_row("+ context", ctx, b, os.path.join(args.output_dir, "t_context"), refine),
-            test_row("+ multi-scale" + (" + flip" if args.flip else ""), ctx, b,
-                     os.path.join(args.output_dir, "t_tta"), tta)]
+    tta = refine + [
+        f"test.scales=[{scales}]",
+        f"test.flip={str(args.flip).lower()}",
+        "test.merge=vote",
+    ]
+    rows = [
+        test_row("baseline", base, a, os.path.join(args.output_dir, "t_base"), []),
+        test_row("+ box refinement", base, a, os.path.join(args.output_dir, "t_refine"), refine),
+        test_row("+ context", ctx, b, os.path.join(args.output_dir, "t_context"), refine),
+        test_row(
+            "+ multi-scale" + (" + flip" if args.flip else ""),
+            ctx,
+            b,
+            os.path.join(args.output_dir, "t_tta"),
+            tta,
+        ),
+    ]
     table = markdown(rows)
     with open(os.path.join(args.output_dir, "ablation.json"), "w") as f:
         json.dump(rows, f, indent=1)

@@ -10,6 +10,7 @@
 On CPU the defaults shrink (320x480 inputs, few iterations) so CI can smoke-test the tool.
 Prints a table: ms per image, img/s, peak GPU memory and the detkit/torchvision img/s ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from detkit.benchmark import (Row, attach_ratios, format_table, measure, random_images,  # noqa: E402
-                              random_targets)
+from detkit.benchmark import (
+    Row,
+    attach_ratios,
+    format_table,
+    measure,
+    random_images,  # noqa: E402
+    random_targets,
+)
 from detkit.config import load_config  # noqa: E402
 from detkit.modeling import build_model  # noqa: E402
 from detkit.modeling.weights import torchvision_detector_to_detkit  # noqa: E402
@@ -31,22 +38,36 @@ logger = logging.getLogger("detkit")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
-    p.add_argument("--compare", choices=["torchvision"], help="also time torchvision's equivalent model")
+    p.add_argument(
+        "--compare", choices=["torchvision"], help="also time torchvision's equivalent model"
+    )
     p.add_argument("--batch-sizes", default="1")
     p.add_argument("--precision", default="fp32", help="comma list of fp32, bf16, fp16")
     p.add_argument("--train", action="store_true", help="time a training step instead of inference")
-    p.add_argument("--images", help="folder of real images (resized to --size) instead of random pixels")
-    p.add_argument("--size", help="HxW of the network input (default 800x1333 on GPU, 320x480 on CPU)")
+    p.add_argument(
+        "--images", help="folder of real images (resized to --size) instead of random pixels"
+    )
+    p.add_argument(
+        "--size", help="HxW of the network input (default 800x1333 on GPU, 320x480 on CPU)"
+    )
     p.add_argument("--iters", type=int, help="timed iterations (default 50 GPU, 3 CPU)")
     p.add_argument("--warmup", type=int, help="warm-up iterations (default 10 GPU, 1 CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--fuse-bn", action="store_true", help="fold frozen BN into the convolutions (inference)")
-    p.add_argument("--loader", action="store_true", help="time the training data loader instead of the model")
-    p.add_argument("--sweep", action="store_true", help="time vs image size, batch size and proposals")
+    p.add_argument(
+        "--fuse-bn", action="store_true", help="fold frozen BN into the convolutions (inference)"
+    )
+    p.add_argument(
+        "--loader", action="store_true", help="time the training data loader instead of the model"
+    )
+    p.add_argument(
+        "--sweep", action="store_true", help="time vs image size, batch size and proposals"
+    )
     return p.parse_intermixed_args(argv)  # overrides may come after the options
 
 
@@ -67,10 +88,14 @@ def build_pair(cfg, device, compare: bool, size=None):
     tv = None
     if compare:
         if cfg.model.neck.name != "FPN" or cfg.model.backbone.depth != 50:
-            raise SystemExit("--compare torchvision needs an R50-FPN config (torchvision has no equivalent of this one)")
+            raise SystemExit(
+                "--compare torchvision needs an R50-FPN config (torchvision has no equivalent of this one)"
+            )
         tv = torchvision_twin(cfg.model.num_classes)
         model.load_state_dict(torchvision_detector_to_detkit(tv.state_dict()))
-        if size is not None:  # inputs are already network-sized: keep torchvision from resizing them
+        if (
+            size is not None
+        ):  # inputs are already network-sized: keep torchvision from resizing them
             tv.transform.min_size, tv.transform.max_size = (min(size),), max(size)
         tv.to(device)
     return model.to(device), tv
@@ -82,7 +107,11 @@ def load_images(args, batch, h, w, device):
     import glob
 
     import cv2
-    files = sorted(glob.glob(os.path.join(args.images, "*.jpg")) + glob.glob(os.path.join(args.images, "*.png")))
+
+    files = sorted(
+        glob.glob(os.path.join(args.images, "*.jpg"))
+        + glob.glob(os.path.join(args.images, "*.png"))
+    )
     if not files:
         raise SystemExit(f"no .jpg/.png images in {args.images}")
     out = []
@@ -103,8 +132,10 @@ def inference_fns(model, tv, images, h, w):
 
 def train_fns(model, tv, images, h, w, num_classes, device):
     targets = random_targets(len(images), h, w, num_classes, device)
-    samples = [{"image": im, "height": h, "width": w, "gt_boxes": b, "gt_labels": l}
-               for im, (b, l) in zip(images, targets)]
+    samples = [
+        {"image": im, "height": h, "width": w, "gt_boxes": b, "gt_labels": l}
+        for im, (b, l) in zip(images, targets)
+    ]
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
 
     def step_detkit():
@@ -115,7 +146,9 @@ def train_fns(model, tv, images, h, w, num_classes, device):
 
     fns = {"detkit": step_detkit}
     if tv is not None:
-        tv_opt = torch.optim.SGD([p for p in tv.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+        tv_opt = torch.optim.SGD(
+            [p for p in tv.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
+        )
         floats = [im.float() / 255 for im in images]
         tv_targets = [{"boxes": b, "labels": l + 1} for b, l in targets]
 
@@ -133,6 +166,7 @@ def run_models(args, cfg, device, h, w, warmup, iters) -> list:
     model, tv = build_pair(cfg, device, args.compare == "torchvision", (h, w))
     if args.fuse_bn and not args.train:
         from detkit.modeling.backbones.norm import fuse_frozen_bn
+
         logger.info("folded %d frozen BN layers into convolutions", fuse_frozen_bn(model))
     for m in filter(None, (model, tv)):
         m.train(args.train)
@@ -142,12 +176,25 @@ def run_models(args, cfg, device, h, w, warmup, iters) -> list:
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         images = load_images(args, batch, h, w, device)
         for precision in args.precision.split(","):
-            fns = (train_fns(model, tv, images, h, w, cfg.model.num_classes, device) if args.train
-                   else inference_fns(model, tv, images, h, w))
+            fns = (
+                train_fns(model, tv, images, h, w, cfg.model.num_classes, device)
+                if args.train
+                else inference_fns(model, tv, images, h, w)
+            )
             for name, fn in fns.items():
                 with torch.set_grad_enabled(args.train):
-                    rows.append(measure(name, "train" if args.train else "infer", precision, batch, fn, device,
-                                        warmup, iters))
+                    rows.append(
+                        measure(
+                            name,
+                            "train" if args.train else "infer",
+                            precision,
+                            batch,
+                            fn,
+                            device,
+                            warmup,
+                            iters,
+                        )
+                    )
                 logger.info("%s", rows[-1])
     attach_ratios(rows)
     return rows
@@ -167,7 +214,9 @@ def run_sweep(args, cfg, device, h, w, warmup, iters) -> list:
         fn = inference_fns(model, None, random_images(batch, h, w, device), h, w)["detkit"]
         rows.append(measure(f"batch {batch}", "batch", precision, batch, fn, device, warmup, iters))
     for topk in (100, 300, 1000):
-        m, _ = build_pair(cfg.with_overrides([f"model.rpn.post_nms_topk_test={topk}"]), device, False)
+        m, _ = build_pair(
+            cfg.with_overrides([f"model.rpn.post_nms_topk_test={topk}"]), device, False
+        )
         fn = inference_fns(m.eval(), None, random_images(1, h, w, device), h, w)["detkit"]
         rows.append(measure(f"{topk} props", "props", precision, 1, fn, device, warmup, iters))
     return rows
@@ -180,12 +229,15 @@ def run_loader(cfg, iters: int) -> list:
     loader = iter(build_train_loader(cfg, dataset, 0, 1))
     next(loader)  # workers started
     import time
+
     t0 = time.perf_counter()
     n = 0
     for _ in range(iters):
         n += len(next(loader))
     dt = time.perf_counter() - t0
-    return [Row("loader", "data", "-", cfg.solver.ims_per_batch, 1000 * dt / n, n / dt, float("nan"))]
+    return [
+        Row("loader", "data", "-", cfg.solver.ims_per_batch, 1000 * dt / n, n / dt, float("nan"))
+    ]
 
 
 def main(argv=None) -> int:

@@ -9,6 +9,7 @@ COCO index + loadRes; fast: arrays + checks); "eval" is evaluate + accumulate + 
 speed-up is pycocotools' time over the fast engine's, for eval alone and for load + eval.  The last
 column is the largest absolute difference between the two engines' 12 numbers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ from detkit.evaluation.fast_coco import evaluate_fast
 logger = logging.getLogger("detkit")
 
 
-def synthetic_case(n_images: int, dets_per_image: int, n_classes: int, gt_per_image: float,
-                   seed: int) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
+def synthetic_case(
+    n_images: int, dets_per_image: int, n_classes: int, gt_per_image: float, seed: int
+) -> Tuple[Dict[str, Any], List[Dict[str, Any]]]:
     """COCO-like ground truth (Poisson count per image, skewed classes, 1% crowd, mask-like areas)
     and exactly ``dets_per_image`` detections per image: half jittered ground truth, half random."""
     rng = np.random.default_rng(seed)
@@ -56,13 +58,25 @@ def synthetic_case(n_images: int, dets_per_image: int, n_classes: int, gt_per_im
     det_box[copy] = gt_box[src] + rng.normal(0, 0.1, (src.size, 4)) * np.tile(gt_box[src, 2:], 2)
     det_cls[copy] = np.where(rng.random(src.size) < 0.9, gt_cls[src], det_cls[copy])
     scores = np.round(rng.random(det_img.size), 3)
-    gt = {"images": [{"id": int(i), "width": 640, "height": 480} for i in range(1, n_images + 1)],
-          "categories": [{"id": c + 1, "name": f"class{c + 1}"} for c in range(n_classes)],
-          "annotations": [{"id": k + 1, "image_id": int(i), "category_id": int(c) + 1, "bbox": b,
-                           "area": float(a), "iscrowd": int(z)} for k, (i, c, b, a, z) in
-                          enumerate(zip(gt_img, gt_cls, gt_box.tolist(), area, crowd))]}
-    dets = [{"image_id": int(i), "category_id": int(c) + 1, "bbox": b, "score": s}
-            for i, c, b, s in zip(det_img, det_cls, det_box.tolist(), scores.tolist())]
+    gt = {
+        "images": [{"id": int(i), "width": 640, "height": 480} for i in range(1, n_images + 1)],
+        "categories": [{"id": c + 1, "name": f"class{c + 1}"} for c in range(n_classes)],
+        "annotations": [
+            {
+                "id": k + 1,
+                "image_id": int(i),
+                "category_id": int(c) + 1,
+                "bbox": b,
+                "area": float(a),
+                "iscrowd": int(z),
+            }
+            for k, (i, c, b, a, z) in enumerate(zip(gt_img, gt_cls, gt_box.tolist(), area, crowd))
+        ],
+    }
+    dets = [
+        {"image_id": int(i), "category_id": int(c) + 1, "bbox": b, "score": s}
+        for i, c, b, s in zip(det_img, det_cls, det_box.tolist(), scores.tolist())
+    ]
     return gt, dets
 
 
@@ -105,12 +119,28 @@ def run_case(n_images: int, n_dets: int, args: argparse.Namespace) -> List[List[
     f_load, f_eval, f_stats = time_fast(gt, dets)
     p_load, p_eval, p_stats = time_pycocotools(gt, dets)
     diff = float(np.abs(f_stats - p_stats).max())
-    logger.info("%d images x %d dets: fast %.2fs, pycocotools %.2fs (eval), max |diff| %.1e",
-                n_images, n_dets, f_eval, p_eval, diff)
+    logger.info(
+        "%d images x %d dets: fast %.2fs, pycocotools %.2fs (eval), max |diff| %.1e",
+        n_images,
+        n_dets,
+        f_eval,
+        p_eval,
+        diff,
+    )
     size = [n_images, n_dets, len(dets)]
-    return [["pycocotools", *size, p_load, p_eval, p_load + p_eval, "1.0", "1.0", ""],
-            ["fast", *size, f_load, f_eval, f_load + f_eval, f"{p_eval / f_eval:.1f}",
-             f"{(p_load + p_eval) / (f_load + f_eval):.1f}", f"{diff:.1e}"]]
+    return [
+        ["pycocotools", *size, p_load, p_eval, p_load + p_eval, "1.0", "1.0", ""],
+        [
+            "fast",
+            *size,
+            f_load,
+            f_eval,
+            f_load + f_eval,
+            f"{p_eval / f_eval:.1f}",
+            f"{(p_load + p_eval) / (f_load + f_eval):.1f}",
+            f"{diff:.1e}",
+        ],
+    ]
 
 
 def main(argv: List[str] = None) -> int:
@@ -118,20 +148,39 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--dets", type=int, default=100, help="detections per image")
     parser.add_argument("--classes", type=int, default=80)
-    parser.add_argument("--gt-per-image", type=float, default=7.0, help="mean ground truth per image")
+    parser.add_argument(
+        "--gt-per-image", type=float, default=7.0, help="mean ground truth per image"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--growth", action="store_true",
-                        help="also run images {500, 1000, 5000} x dets/image {10, 100}")
+    parser.add_argument(
+        "--growth",
+        action="store_true",
+        help="also run images {500, 1000, 5000} x dets/image {10, 100}",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cases = {(args.images, args.dets)}
     if args.growth:
         cases |= {(i, d) for i in (500, 1000, 5000) for d in (10, 100)}
     rows = [row for n_img, n_det in sorted(cases) for row in run_case(n_img, n_det, args)]
-    headers = ["engine", "images", "dets/img", "dets", "load s", "eval s", "total s",
-               "speed-up eval", "speed-up total", "max |diff|"]
-    logger.info("COCO bbox evaluation benchmark (%d classes, seed %d):\n%s", args.classes, args.seed,
-                format_table(headers, rows))
+    headers = [
+        "engine",
+        "images",
+        "dets/img",
+        "dets",
+        "load s",
+        "eval s",
+        "total s",
+        "speed-up eval",
+        "speed-up total",
+        "max |diff|",
+    ]
+    logger.info(
+        "COCO bbox evaluation benchmark (%d classes, seed %d):\n%s",
+        args.classes,
+        args.seed,
+        format_table(headers, rows),
+    )
     worst = max(float(r[-1]) for r in rows if r[-1])
     return 0 if worst <= 1e-9 else 1
 

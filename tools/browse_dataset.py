@@ -9,6 +9,7 @@ with its ground-truth boxes drawn dashed in the class colour and labelled with t
 Files are named ``<index>_<image_id>.jpg``. For --split val/test the training transforms are applied
 too (what you check is the boxes after the transforms); --no-transforms draws the images as read.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,15 +24,22 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
     p.add_argument("--output", help="output folder (default: <output_dir>/browse_<split>)")
     p.add_argument("--num", type=int, default=20, help="how many images (default 20; 0 = all)")
     p.add_argument("--start", type=int, default=0, help="first dataset index")
-    p.add_argument("--no-transforms", action="store_true", help="draw the images as read, without the transforms")
+    p.add_argument(
+        "--no-transforms",
+        action="store_true",
+        help="draw the images as read, without the transforms",
+    )
     return p.parse_intermixed_args(argv)  # overrides may come after the options
 
 
@@ -55,7 +63,9 @@ def render(dataset, output: str, indices, logger) -> int:
         if sample is None:  # a broken image skipped by the dataset
             continue
         image = sample["image"].permute(1, 2, 0).numpy().astype(np.uint8)
-        drawn = draw_ground_truth(image, sample["gt_boxes"], sample["gt_labels"], dataset.class_names)
+        drawn = draw_ground_truth(
+            image, sample["gt_boxes"], sample["gt_labels"], dataset.class_names
+        )
         path = os.path.join(output, f"{i:06d}_{sample['image_id']}.jpg")
         if not cv2.imwrite(path, np.ascontiguousarray(drawn[:, :, ::-1])):
             raise OSError(f"cannot write {path}")

@@ -10,6 +10,7 @@ torchvision label i (1..K, 0 = background) becomes detkit label i - 1. Class nam
 --class-names (a text file, one per line); COCO's 80 names are used when the checkpoint has 91
 outputs (torchvision's COCO layout with its 11 unused ids).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,16 +22,28 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from detkit.config import load_config  # noqa: E402
 from detkit.modeling import build_model  # noqa: E402
-from detkit.modeling.weights import (COCO_TORCHVISION_NAMES, atomic_save, imagenet_to_detkit, load_state_file, torchvision_detector_to_detkit,  # noqa: E402
-                                     torchvision_num_classes)
+from detkit.modeling.weights import (
+    COCO_TORCHVISION_NAMES,
+    atomic_save,
+    imagenet_to_detkit,
+    load_state_file,
+    torchvision_detector_to_detkit,  # noqa: E402
+    torchvision_num_classes,
+)
 
 logger = logging.getLogger("detkit")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--from", dest="source", required=True, choices=["torchvision", "torchvision-imagenet"])
-    p.add_argument("--config", required=True, help="detkit config describing the target architecture")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--from", dest="source", required=True, choices=["torchvision", "torchvision-imagenet"]
+    )
+    p.add_argument(
+        "--config", required=True, help="detkit config describing the target architecture"
+    )
     p.add_argument("--class-names", help="text file with one class name per line")
     p.add_argument("src")
     p.add_argument("dst")
@@ -56,8 +69,15 @@ def main(argv=None) -> int:
         converted = {**model.state_dict(), **imagenet_to_detkit(state, c4=model.neck is None)}
     result = model.load_state_dict(converted, strict=args.source == "torchvision")
     logger.info("converted %d tensors (%s)", len(converted), result)
-    atomic_save({"model": model.state_dict(), "config": cfg.to_dict(), "class_names": model.class_names,
-                 "source": f"{args.source}:{os.path.abspath(args.src)}"}, args.dst)
+    atomic_save(
+        {
+            "model": model.state_dict(),
+            "config": cfg.to_dict(),
+            "class_names": model.class_names,
+            "source": f"{args.source}:{os.path.abspath(args.src)}",
+        },
+        args.dst,
+    )
     logger.info("wrote %s (num_classes=%d)", args.dst, cfg.model.num_classes)
     return 0
 
@@ -67,7 +87,9 @@ def _class_names(path, num_classes):
         with open(path) as f:
             names = [line.strip() for line in f if line.strip()]
         if len(names) != num_classes:
-            raise SystemExit(f"{path} has {len(names)} names but the checkpoint has {num_classes} classes")
+            raise SystemExit(
+                f"{path} has {len(names)} names but the checkpoint has {num_classes} classes"
+            )
         return names
     if num_classes == 90:
         return COCO_TORCHVISION_NAMES

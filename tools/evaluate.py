@@ -11,6 +11,7 @@ Prints the metrics (and per-class AP) and writes them as JSON to --out (default 
 COCO writes the 12 numbers AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl as
 fractions (-1: no ground truth in that area range) plus "per_class"; VOC writes "mAP" and "per_class".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,26 +32,42 @@ logger = logging.getLogger("detkit")
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--gt", help="COCO ground-truth JSON (instances_*.json)")
     mode.add_argument("--voc", help="a VOCdevkit/VOC20xx folder (Annotations/, ImageSets/Main/)")
-    parser.add_argument("--results", required=True,
-                        help="COCO: results JSON; VOC: folder holding <prefix><class>.txt")
+    parser.add_argument(
+        "--results",
+        required=True,
+        help="COCO: results JSON; VOC: folder holding <prefix><class>.txt",
+    )
     parser.add_argument("--out", default="metrics.json", help="where to write the metrics JSON")
-    parser.add_argument("--engine", default="fast", choices=["fast", "pycocotools"],
-                        help="COCO engine (same numbers; fast is the vectorised one)")
-    parser.add_argument("--split", default="test", help="VOC image set (ImageSets/Main/<split>.txt)")
+    parser.add_argument(
+        "--engine",
+        default="fast",
+        choices=["fast", "pycocotools"],
+        help="COCO engine (same numbers; fast is the vectorised one)",
+    )
+    parser.add_argument(
+        "--split", default="test", help="VOC image set (ImageSets/Main/<split>.txt)"
+    )
     parser.add_argument("--prefix", default="comp4_det_test_", help="VOC result file prefix")
     parser.add_argument("--use-07-metric", action="store_true", help="VOC2007 11-point AP")
     parser.add_argument("--iou", type=float, default=0.5, help="VOC IoU threshold")
-    parser.add_argument("--iou-ge", action="store_true",
-                        help="VOC: match at IoU >= threshold (default: strictly >, as the devkit)")
+    parser.add_argument(
+        "--iou-ge",
+        action="store_true",
+        help="VOC: match at IoU >= threshold (default: strictly >, as the devkit)",
+    )
     args = parser.parse_args(argv)
-    if args.gt and any(getattr(args, k) != parser.get_default(k)
-                       for k in ("split", "prefix", "use_07_metric", "iou", "iou_ge")):
+    if args.gt and any(
+        getattr(args, k) != parser.get_default(k)
+        for k in ("split", "prefix", "use_07_metric", "iou", "iou_ge")
+    ):
         parser.error("--split/--prefix/--use-07-metric/--iou/--iou-ge apply to --voc only")
     if args.voc and args.engine != "fast":
         parser.error("--engine applies to --gt (COCO) only")
@@ -66,9 +83,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             if not Path(args.results).is_dir():
                 raise FileNotFoundError(f"VOC results folder not found: {args.results}")
-            metrics = evaluate_voc_files(args.voc, args.split, args.results, prefix=args.prefix,
-                                         use_07_metric=args.use_07_metric, iou_thresh=args.iou,
-                                         iou_strict=not args.iou_ge)
+            metrics = evaluate_voc_files(
+                args.voc,
+                args.split,
+                args.results,
+                prefix=args.prefix,
+                use_07_metric=args.use_07_metric,
+                iou_thresh=args.iou,
+                iou_strict=not args.iou_ge,
+            )
     except (FileNotFoundError, ValueError) as e:
         logger.error("error: %s", e)
         return 2

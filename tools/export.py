@@ -19,6 +19,7 @@ TorchScript: ``import torchvision`` (for its nms/roi_align operators), then
 test.flip) and iterative box refinement (model.roi_heads.refine; switch it off with an override).
 With --check, the exported file is run on two image sizes and compared with the PyTorch model.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,14 +34,23 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("checkpoint", help="a detkit checkpoint (.pth with 'model' and 'config')")
-    p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. input.min_size_test=600")
+    p.add_argument(
+        "overrides", nargs="*", help="config overrides key=value, e.g. input.min_size_test=600"
+    )
     p.add_argument("--format", required=True, choices=["torchscript", "onnx"])
     p.add_argument("--output", help="output file (default: the checkpoint's name with .pt / .onnx)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 16; default 17)")
-    p.add_argument("--check", action="store_true", help="compare the exported file with PyTorch on two image sizes")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="compare the exported file with PyTorch on two image sizes",
+    )
     return p.parse_intermixed_args(argv)  # overrides may come after the options
 
 
@@ -53,7 +63,9 @@ def main(argv=None) -> int:
     from detkit.utils.cli import user_errors
 
     logger = setup_logging()
-    output = args.output or os.path.splitext(args.checkpoint)[0] + (".pt" if args.format == "torchscript" else ".onnx")
+    output = args.output or os.path.splitext(args.checkpoint)[0] + (
+        ".pt" if args.format == "torchscript" else ".onnx"
+    )
     with user_errors():
         det = Detector.from_checkpoint(args.checkpoint, device="cpu", overrides=args.overrides)
         try:
@@ -61,7 +73,10 @@ def main(argv=None) -> int:
             if args.check:
                 fraction = check_export(det, output, args.format)
                 if fraction < 0.99:
-                    logger.error("the exported model matches only %.1f%% of PyTorch's detections", 100 * fraction)
+                    logger.error(
+                        "the exported model matches only %.1f%% of PyTorch's detections",
+                        100 * fraction,
+                    )
                     return 1
         except ExportError as e:
             logger.error("ExportError: %s", e)

@@ -7,6 +7,7 @@ Writes the raw detections (``coco_results.json`` for COCO-style data, ``results.
 tools/convert_weights.py) or a plain state dict. Several GPUs: ``torchrun --nproc-per-node N
 tools/test.py ...`` (every image is predicted exactly once).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,12 +29,19 @@ from detkit.utils.cli import user_errors  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("config", help="the YAML config the weights belong to")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. test.ims_per_batch=4")
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides key=value, e.g. test.ims_per_batch=4"
+    )
     parser.add_argument("--weights", required=True, help="a detkit checkpoint or a state dict file")
-    parser.add_argument("--output-dir", default=None, help="where results go (default: <output_dir>/test)")
+    parser.add_argument(
+        "--output-dir", default=None, help="where results go (default: <output_dir>/test)"
+    )
     return parser.parse_intermixed_args(argv)  # overrides may come after the options
 
 

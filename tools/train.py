@@ -20,6 +20,7 @@ on a file system all nodes share so --resume finds the checkpoints)::
 ``--resume`` continues from ``last.pth`` in the output folder (falling back to the newest readable
 periodic checkpoint) and ends with the same weights as an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,13 +42,23 @@ from detkit.utils.cli import user_errors  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("config", help="a YAML config, e.g. configs/quickstart.yaml")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. solver.base_lr=0.01")
-    parser.add_argument("--output-dir", default=None, help="where checkpoints and logs go (default: output_dir "
-                                                           "of the config)")
-    parser.add_argument("--resume", action="store_true", help="continue from last.pth in the output folder")
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides key=value, e.g. solver.base_lr=0.01"
+    )
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="where checkpoints and logs go (default: output_dir of the config)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from last.pth in the output folder"
+    )
     return parser.parse_intermixed_args(argv)  # overrides may come after the options
 
 

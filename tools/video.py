@@ -15,6 +15,7 @@ images); see detkit/io_video/writers.py. At the end it logs frames/s for the who
 (decode + model + draw + write) and for the model alone. Exit status 130 after Ctrl-C (the outputs
 are complete up to the last frame written).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,34 +30,59 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("model", help="a detkit checkpoint (.pth) or a YAML config (then --weights)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. test.flip=true")
     p.add_argument("--weights", help="weights for a config (a detkit checkpoint or state dict)")
-    p.add_argument("--input", required=True, help="video file, image file, folder, glob of images, or camera index")
-    p.add_argument("--output", help="annotated video (.mp4) or, for images, a folder (default: output/video/<name>)")
-    p.add_argument("--score-thresh", type=float, default=0.5, help="keep detections scoring at least this (0.5)")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="video file, image file, folder, glob of images, or camera index",
+    )
+    p.add_argument(
+        "--output",
+        help="annotated video (.mp4) or, for images, a folder (default: output/video/<name>)",
+    )
+    p.add_argument(
+        "--score-thresh",
+        type=float,
+        default=0.5,
+        help="keep detections scoring at least this (0.5)",
+    )
     p.add_argument("--classes", help="comma-separated class names to keep, e.g. person,car")
     p.add_argument("--every", type=int, default=1, help="process every N-th frame (1)")
     p.add_argument("--max-frames", type=int, help="stop after this many processed frames")
     p.add_argument("--batch-size", type=int, default=1, help="frames per model call (1)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"
+    )
     p.add_argument("--no-video", action="store_true", help="write the JSON lines only")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is often fastest "
-                   "on a small, busy CPU)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice; 1 is often fastest on a small, busy CPU)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--stats-json", help="also write the counts and frames/s figures to this JSON file")
+    p.add_argument(
+        "--stats-json", help="also write the counts and frames/s figures to this JSON file"
+    )
     return p.parse_intermixed_args(argv)  # overrides may come after the options
 
 
 def build_detector(args):
     import torch
+
     from detkit import Detector
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.model.endswith((".yaml", ".yml")):
-        return Detector.from_config(args.model, weights=args.weights, device=device, overrides=args.overrides)
+        return Detector.from_config(
+            args.model, weights=args.weights, device=device, overrides=args.overrides
+        )
     if args.weights:
         raise SystemExit("--weights is for a config; a checkpoint already holds its weights")
     return Detector.from_checkpoint(args.model, device=device, overrides=args.overrides)
@@ -71,25 +97,47 @@ def main(argv=None) -> int:
     logger = setup_logging()
     if args.threads:
         import torch
+
         torch.set_num_threads(args.threads)
     with user_errors():
         det = build_detector(args)
         try:
             result = detect_source(
-                det, args.input, output=args.output, score_thresh=args.score_thresh,
-                classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
-                every=args.every, max_frames=args.max_frames, batch_size=args.batch_size, no_video=args.no_video,
-                progress=not args.no_progress)
+                det,
+                args.input,
+                output=args.output,
+                score_thresh=args.score_thresh,
+                classes=[c.strip() for c in args.classes.split(",") if c.strip()]
+                if args.classes
+                else None,
+                every=args.every,
+                max_frames=args.max_frames,
+                batch_size=args.batch_size,
+                no_video=args.no_video,
+                progress=not args.no_progress,
+            )
         except (SourceError, OutputError, UsageError) as e:
             logger.error("%s: %s", type(e).__name__, e)
             return 1
     s = result.stats
     logger.info("wrote %s%s", "" if result.video is None else f"{result.video} and ", result.jsonl)
     if args.stats_json:
-        Path(args.stats_json).write_text(json.dumps({
-            "frames": s.frames, "skipped": s.skipped, "interrupted": s.interrupted, "wall_s": s.wall_s,
-            "model_s": s.model_s, "pipeline_fps": s.pipeline_fps, "model_fps": s.model_fps,
-            "device": str(det.device), "input": str(args.input)}, indent=2))
+        Path(args.stats_json).write_text(
+            json.dumps(
+                {
+                    "frames": s.frames,
+                    "skipped": s.skipped,
+                    "interrupted": s.interrupted,
+                    "wall_s": s.wall_s,
+                    "model_s": s.model_s,
+                    "pipeline_fps": s.pipeline_fps,
+                    "model_fps": s.model_fps,
+                    "device": str(det.device),
+                    "input": str(args.input),
+                },
+                indent=2,
+            )
+        )
     return 130 if s.interrupted else 0
 
 

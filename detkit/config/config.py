@@ -4,6 +4,7 @@ A config is built as a stack of *layers* on top of ``defaults.yaml``: each base 
 file itself, then each command-line override. Every layer is validated on its own before merging, so
 an error names the file (or "command line") that actually contains the bad key, not the leaf config.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,16 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import yaml
 
-from .schema import (ConfigError, check_value, deep_merge, defaults, load_yaml, lookup_default,
-                     schema, suggest)
+from .schema import (
+    ConfigError,
+    check_value,
+    deep_merge,
+    defaults,
+    load_yaml,
+    lookup_default,
+    schema,
+    suggest,
+)
 
 logger = logging.getLogger("detkit")
 
@@ -36,7 +45,9 @@ class FrozenList(list):
     a config that other code already read. It still compares equal to, and works like, a plain list."""
 
     def _refuse(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("config values are read-only; use cfg.with_overrides([...]) for a changed copy")
+        raise TypeError(
+            "config values are read-only; use cfg.with_overrides([...]) for a changed copy"
+        )
 
     append = extend = insert = remove = pop = clear = sort = reverse = _refuse
     __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
@@ -55,30 +66,42 @@ class Config(Mapping):
 
     __slots__ = ("_data", "_prefix", "_source_file", "_origins")
 
-    def __init__(self, data: Optional[Mapping] = None, *, source_file: Optional[str] = None,
-                 origin: str = "<dict>"):
+    def __init__(
+        self,
+        data: Optional[Mapping] = None,
+        *,
+        source_file: Optional[str] = None,
+        origin: str = "<dict>",
+    ):
         layers = [] if data is None else [(check_value(data, schema(), "", origin), origin)]
         merged, origins = _merge_layers(layers)
         self._set(merged, "", source_file, origins)
 
-    def _set(self, data: Dict[str, Any], prefix: str, source_file: Optional[str],
-             origins: Dict[str, str]) -> None:
+    def _set(
+        self, data: Dict[str, Any], prefix: str, source_file: Optional[str], origins: Dict[str, str]
+    ) -> None:
         object.__setattr__(self, "_data", data)
         object.__setattr__(self, "_prefix", prefix)
         object.__setattr__(self, "_source_file", source_file)
         object.__setattr__(self, "_origins", origins)
 
     @classmethod
-    def _wrap(cls, data: Dict[str, Any], prefix: str = "", source_file: Optional[str] = None,
-              origins: Optional[Dict[str, str]] = None) -> "Config":
+    def _wrap(
+        cls,
+        data: Dict[str, Any],
+        prefix: str = "",
+        source_file: Optional[str] = None,
+        origins: Optional[Dict[str, str]] = None,
+    ) -> "Config":
         """Build without validation: only for data that is already validated."""
         cfg = cls.__new__(cls)
         cfg._set(data, prefix, source_file, origins if origins is not None else {})
         return cfg
 
     @classmethod
-    def from_dict(cls, d: Mapping, *, origin: str = "<dict>",
-                  source_file: Optional[str] = None) -> "Config":
+    def from_dict(
+        cls, d: Mapping, *, origin: str = "<dict>", source_file: Optional[str] = None
+    ) -> "Config":
         """Validate a plain dict (e.g. the config stored in a checkpoint) on top of the defaults.
         ``origin`` names it in errors, e.g. ``"checkpoint model_final.pth"``."""
         return cls(d, source_file=source_file, origin=origin)
@@ -120,7 +143,10 @@ class Config(Mapping):
     __hash__ = None  # type: ignore[assignment]
 
     def __reduce__(self):
-        return (Config._wrap, (self.to_dict(), self._prefix, self._source_file, dict(self._origins)))
+        return (
+            Config._wrap,
+            (self.to_dict(), self._prefix, self._source_file, dict(self._origins)),
+        )
 
     def __repr__(self) -> str:
         head = "Config" + (f"[{self._prefix}]" if self._prefix else "")
@@ -148,7 +174,7 @@ class Config(Mapping):
             if full in self._origins:
                 return self._origins[full]
             if full.endswith("]"):  # data.train.datasets[0] -> data.train.datasets
-                full = full[:full.rindex("[")]
+                full = full[: full.rindex("[")]
             else:
                 full = full.rsplit(".", 1)[0] if "." in full else ""
         return DEFAULTS
@@ -181,8 +207,9 @@ class Config(Mapping):
         """A new validated Config with ``["key=value", ...]`` (values parsed as YAML) or a
         ``{"dotted.key": value}`` mapping (values used as they are) applied on top."""
         if self._prefix:
-            raise TypeError("with_overrides works on the whole config, not on "
-                            f"the '{self._prefix}' section")
+            raise TypeError(
+                f"with_overrides works on the whole config, not on the '{self._prefix}' section"
+            )
         layers = [(self._data, "")] + _override_layers(overrides)
         data, origins = _merge_layers(layers, dict(self._origins))
         return Config._wrap(data, "", self._source_file, origins)
@@ -215,8 +242,9 @@ def _record_origins(layer: Mapping, label: str, prefix: str, origins: Dict[str, 
             origins[key] = label
 
 
-def _merge_layers(layers: List[Layer], origins: Optional[Dict[str, str]] = None
-                  ) -> Tuple[Dict[str, Any], Dict[str, str]]:
+def _merge_layers(
+    layers: List[Layer], origins: Optional[Dict[str, str]] = None
+) -> Tuple[Dict[str, Any], Dict[str, str]]:
     """Merge validated layers onto the defaults (left to right) and note who set each key."""
     origins = {} if origins is None else origins
     data = defaults()
@@ -241,8 +269,10 @@ def _read_yaml(path: str, label: str) -> Dict[str, Any]:
     if data is None:  # an empty file is an empty config
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{label} must hold a mapping of config keys at the top level, "
-                          f"got {type(data).__name__}")
+        raise ConfigError(
+            f"{label} must hold a mapping of config keys at the top level, "
+            f"got {type(data).__name__}"
+        )
     return data
 
 
@@ -251,9 +281,11 @@ def _base_paths(bases: Any, label: str) -> List[str]:
         return [bases]
     if isinstance(bases, list) and all(isinstance(b, str) for b in bases):
         return bases
-    raise ConfigError(f"'{BASE_KEY}' in {label} must be a path or a list of paths relative to "
-                      f"that file, e.g. _base_: [../_base_/models/faster_rcnn_r50_fpn.yaml]; "
-                      f"got {bases!r}")
+    raise ConfigError(
+        f"'{BASE_KEY}' in {label} must be a path or a list of paths relative to "
+        f"that file, e.g. _base_: [../_base_/models/faster_rcnn_r50_fpn.yaml]; "
+        f"got {bases!r}"
+    )
 
 
 def _dict_layers(data: Mapping, label: str, base_dir: str, stack: Tuple[str, ...]) -> List[Layer]:
@@ -263,8 +295,10 @@ def _dict_layers(data: Mapping, label: str, base_dir: str, stack: Tuple[str, ...
     for base in _base_paths(own.pop(BASE_KEY, []), label):
         path = os.path.normpath(os.path.join(base_dir, os.path.expanduser(base)))
         if not os.path.isfile(path):
-            raise ConfigError(f"base config '{base}' listed in {label} not found "
-                              f"(looked for {os.path.abspath(path)})")
+            raise ConfigError(
+                f"base config '{base}' listed in {label} not found "
+                f"(looked for {os.path.abspath(path)})"
+            )
         layers += _file_layers(path, path, stack + (label,))
     layers.append((check_value(own, schema(), "", label), label))
     return layers
@@ -274,7 +308,7 @@ def _file_layers(path: str, label: str, stack: Tuple[str, ...]) -> List[Layer]:
     real = os.path.realpath(path)
     seen = [os.path.realpath(p) for p in stack]
     if real in seen:
-        chain = " -> ".join(stack[seen.index(real):] + (label,))
+        chain = " -> ".join(stack[seen.index(real) :] + (label,))
         raise ConfigError(f"{BASE_KEY} cycle: {chain}")
     data = _read_yaml(path, label)
     logger.debug("config: reading %s", label)
@@ -282,7 +316,9 @@ def _file_layers(path: str, label: str, stack: Tuple[str, ...]) -> List[Layer]:
 
 
 # -- command-line overrides ---------------------------------------------------------------------
-_OVERRIDE_EXAMPLE = "e.g. solver.base_lr=0.01 test.scales=[600,800] model.backbone.weights=/x/r50.pth"
+_OVERRIDE_EXAMPLE = (
+    "e.g. solver.base_lr=0.01 test.scales=[600,800] model.backbone.weights=/x/r50.pth"
+)
 
 
 def _parse_override(text: Any) -> Tuple[str, Any]:
@@ -293,16 +329,19 @@ def _parse_override(text: Any) -> Tuple[str, Any]:
         raise ConfigError(f"malformed override {text!r}: expected key=value, {_OVERRIDE_EXAMPLE}")
     key, raw = (part.strip() for part in text.split("=", 1))
     if not key or not all(key.split(".")):
-        raise ConfigError(f"malformed override {text!r}: the key must be a dotted config key, "
-                          f"{_OVERRIDE_EXAMPLE}")
+        raise ConfigError(
+            f"malformed override {text!r}: the key must be a dotted config key, {_OVERRIDE_EXAMPLE}"
+        )
     if isinstance(lookup_default(key.split(".")), str) and raw[:1] not in ("'", '"'):
         return key, raw
     try:
         return key, load_yaml(raw)
     except yaml.YAMLError as e:
         problem = str(e).splitlines()[0]
-        raise ConfigError(f"cannot parse the value of override {text!r} as YAML ({problem}); "
-                          f"quote strings that contain YAML syntax") from None
+        raise ConfigError(
+            f"cannot parse the value of override {text!r} as YAML ({problem}); "
+            f"quote strings that contain YAML syntax"
+        ) from None
 
 
 def _override_layers(overrides: Overrides) -> List[Layer]:
@@ -310,8 +349,10 @@ def _override_layers(overrides: Overrides) -> List[Layer]:
     if overrides is None:
         return []
     if isinstance(overrides, (str, bytes)):
-        raise ConfigError(f"overrides must be a list of key=value strings, not one string "
-                          f"({overrides!r}); {_OVERRIDE_EXAMPLE}")
+        raise ConfigError(
+            f"overrides must be a list of key=value strings, not one string "
+            f"({overrides!r}); {_OVERRIDE_EXAMPLE}"
+        )
     if isinstance(overrides, Mapping):
         items, label = [(str(k), v) for k, v in overrides.items()], "overrides"
     else:
@@ -326,8 +367,9 @@ def _override_layers(overrides: Overrides) -> List[Layer]:
 
 
 # -- entry point --------------------------------------------------------------------------------
-def load_config(path_or_dict: Union[None, PathLike, Mapping] = None,
-                overrides: Overrides = ()) -> Config:
+def load_config(
+    path_or_dict: Union[None, PathLike, Mapping] = None, overrides: Overrides = ()
+) -> Config:
     """Load a config: ``None`` = defaults only, a YAML path (with ``_base_``), a dict (its ``_base_``
     paths relative to the working directory) or a Config; then ``overrides`` on top."""
     if isinstance(path_or_dict, Config):

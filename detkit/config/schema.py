@@ -3,6 +3,7 @@
 Keeping the schema as plain YAML (rather than a second, hand-written spec) means a new option is added
 in exactly one place, with its default and a comment, and the validator cannot drift from it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -89,8 +90,14 @@ def type_name(value: Any) -> str:
     """YAML-flavoured type names, since that is what the user wrote."""
     if value is None:
         return "null"
-    for name, kind in (("bool", bool), ("int", numbers.Integral), ("float", numbers.Real),
-                       ("str", str), ("list", (list, tuple)), ("dict", Mapping)):
+    for name, kind in (
+        ("bool", bool),
+        ("int", numbers.Integral),
+        ("float", numbers.Real),
+        ("str", str),
+        ("list", (list, tuple)),
+        ("dict", Mapping),
+    ):
         if isinstance(value, kind):
             return name
     return type(value).__name__
@@ -172,8 +179,11 @@ def _check_entries(value: Any, key: str, label: str) -> List[Dict[str, Any]]:
     if not isinstance(value, (list, tuple)):
         raise type_error(key, label, "a list of {name: ..., ...} dicts", value)
     for i, entry in enumerate(value):
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str) \
-                or not entry["name"]:
+        if (
+            not isinstance(entry, Mapping)
+            or not isinstance(entry.get("name"), str)
+            or not entry["name"]
+        ):
             raise ConfigError(
                 f"config key '{key}[{i}]' ({label}): each entry must be a dict with a 'name' string "
                 f"naming a registered class, e.g. {{name: COCODataset, ann_file: ...}}; "

@@ -1,4 +1,5 @@
 """Datasets, image reading, transforms, samplers and loaders (see docs/architecture.md)."""
+
 from detkit.data.build import (
     DatasetUnion,
     build_dataset,
@@ -16,9 +17,29 @@ from detkit.data.transforms import TestMapper, TrainMapper, resize_for_test
 from detkit.data.voc import VOC_CLASSES, VOCDataset, parse_voc_xml, write_voc_xml
 
 __all__ = [
-    "COCODataset", "DatasetError", "DatasetUnion", "GroupedBatchSampler", "ImageReadError",
-    "InferenceSampler", "SyntheticDataset", "TestMapper", "TrainMapper", "TrainingSampler",
-    "VOCDataset", "VOC_CLASSES", "build_dataset", "build_mapper", "build_test_loader",
-    "build_train_loader", "collate", "generate_synthetic", "parse_voc_xml", "read_image",
-    "records_to_coco", "resize_for_test", "resolve_data_root", "resolve_path", "write_voc_xml",
+    "COCODataset",
+    "DatasetError",
+    "DatasetUnion",
+    "GroupedBatchSampler",
+    "ImageReadError",
+    "InferenceSampler",
+    "SyntheticDataset",
+    "TestMapper",
+    "TrainMapper",
+    "TrainingSampler",
+    "VOCDataset",
+    "VOC_CLASSES",
+    "build_dataset",
+    "build_mapper",
+    "build_test_loader",
+    "build_train_loader",
+    "collate",
+    "generate_synthetic",
+    "parse_voc_xml",
+    "read_image",
+    "records_to_coco",
+    "resize_for_test",
+    "resolve_data_root",
+    "resolve_path",
+    "write_voc_xml",
 ]

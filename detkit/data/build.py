@@ -3,6 +3,7 @@
 ``cfg`` is detkit's Config (attribute access) or a plain nested dict; dataset entries are plain dicts
 ``{name: <registered dataset>, **constructor kwargs}``.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -17,7 +18,13 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader
 
 from detkit.data.common import DATASETS_README, DatasetError
-from detkit.data.samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler, aspect_ratio_groups, dist_info
+from detkit.data.samplers import (
+    GroupedBatchSampler,
+    InferenceSampler,
+    TrainingSampler,
+    aspect_ratio_groups,
+    dist_info,
+)
 from detkit.data.transforms import TestMapper, TrainMapper
 from detkit.registry import DATASETS
 
@@ -54,8 +61,10 @@ class DatasetUnion(torch.utils.data.Dataset):
         first = datasets[0]
         for d, name in zip(datasets[1:], names[1:]):
             if list(d.class_names) != list(first.class_names):
-                raise DatasetError(f"cannot combine {names[0]} and {name}: their class names differ "
-                                   f"({list(first.class_names)} vs {list(d.class_names)})")
+                raise DatasetError(
+                    f"cannot combine {names[0]} and {name}: their class names differ "
+                    f"({list(first.class_names)} vs {list(d.class_names)})"
+                )
         self.datasets, self.names = list(datasets), names
         self.class_names = list(first.class_names)
         self.records = [r for d in self.datasets for r in d.records]
@@ -67,13 +76,18 @@ class DatasetUnion(torch.utils.data.Dataset):
             self.label_to_category_id = list(first.label_to_category_id)
         ids = [r["image_id"] for r in self.records]
         if len(set(ids)) != len(ids):
-            logger.warning("the union of %s has repeated image ids: fine for training, ambiguous for "
-                           "evaluation", names)
+            logger.warning(
+                "the union of %s has repeated image ids: fine for training, ambiguous for "
+                "evaluation",
+                names,
+            )
 
     @property
     def ann_file(self) -> str:
-        raise AttributeError(f"a union of {len(self.datasets)} datasets has no single ann_file "
-                             f"({self.names}); evaluate each dataset separately")
+        raise AttributeError(
+            f"a union of {len(self.datasets)} datasets has no single ann_file "
+            f"({self.names}); evaluate each dataset separately"
+        )
 
     def __len__(self) -> int:
         return self._ends[-1]
@@ -91,9 +105,13 @@ def build_mapper(cfg: Any, is_train: bool):
     """TrainMapper / TestMapper from ``cfg.input``."""
     inp = _get(cfg, "input")
     if is_train:
-        return TrainMapper(min_sizes=_get(inp, "min_size_train"), max_size=_get(inp, "max_size_train"),
-                           hflip_prob=_get(inp, "hflip_prob", 0.5), color_jitter=_get(inp, "color_jitter", 0.0),
-                           seed=int(_get(_get(cfg, "solver", {}), "seed", 0)))
+        return TrainMapper(
+            min_sizes=_get(inp, "min_size_train"),
+            max_size=_get(inp, "max_size_train"),
+            hflip_prob=_get(inp, "hflip_prob", 0.5),
+            color_jitter=_get(inp, "color_jitter", 0.0),
+            seed=int(_get(_get(cfg, "solver", {}), "seed", 0)),
+        )
     return TestMapper(min_size=_get(inp, "min_size_test"), max_size=_get(inp, "max_size_test"))
 
 
@@ -102,7 +120,7 @@ def _constructor_params(cls) -> List[str]:
 
 
 def _hint(name: str, choices: List[str]) -> str:
-    """"; did you mean 'x'?" for the closest choice, ignoring case."""
+    """ "; did you mean 'x'?" for the closest choice, ignoring case."""
     lowered = {c.lower(): c for c in choices}
     close = difflib.get_close_matches(name.lower(), list(lowered), n=1)
     return f"; did you mean '{lowered[close[0]]}'?" if close else ""
@@ -110,21 +128,31 @@ def _hint(name: str, choices: List[str]) -> str:
 
 def _check_entry(entry: Any, where: str):
     if not isinstance(entry, Mapping) or "name" not in entry:
-        raise DatasetError(f"{where} must be a mapping with a 'name' key (a registered dataset: "
-                           f"{list(DATASETS)}), got {entry!r}")
+        raise DatasetError(
+            f"{where} must be a mapping with a 'name' key (a registered dataset: "
+            f"{list(DATASETS)}), got {entry!r}"
+        )
     if entry["name"] not in DATASETS:
-        raise DatasetError(f"{where}: unknown dataset '{entry['name']}'; registered: {list(DATASETS)}"
-                           f"{_hint(str(entry['name']), list(DATASETS))}")
+        raise DatasetError(
+            f"{where}: unknown dataset '{entry['name']}'; registered: {list(DATASETS)}"
+            f"{_hint(str(entry['name']), list(DATASETS))}"
+        )
     cls = DATASETS.get(entry["name"])
     kwargs = {k: v for k, v in entry.items() if k != "name"}
     valid = _constructor_params(cls)
     for key in kwargs:
         if key not in valid:
-            raise DatasetError(f"{where}: unknown argument '{key}' for {entry['name']}; "
-                               f"valid arguments: {valid}{_hint(key, valid)}")
-    required = [p.name for p in inspect.signature(cls.__init__).parameters.values()
-                if p.default is inspect.Parameter.empty and p.name not in ("self", "mapper")
-                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            raise DatasetError(
+                f"{where}: unknown argument '{key}' for {entry['name']}; "
+                f"valid arguments: {valid}{_hint(key, valid)}"
+            )
+    required = [
+        p.name
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.default is inspect.Parameter.empty
+        and p.name not in ("self", "mapper")
+        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
     missing = [p for p in required if p not in kwargs]
     if missing:
         raise DatasetError(f"{where}: {entry['name']} needs argument(s) {missing}")
@@ -155,12 +183,16 @@ def build_dataset(cfg: Any, split: str):
     split_cfg = _get(data, split)
     entries = list(_get(split_cfg, "datasets", []))
     if not entries:
-        raise DatasetError(f"no datasets configured under data.{split}.datasets; add entries like "
-                           f"{{name: COCODataset, ann_file: ..., img_dir: ...}} (see {DATASETS_README})")
+        raise DatasetError(
+            f"no datasets configured under data.{split}.datasets; add entries like "
+            f"{{name: COCODataset, ann_file: ..., img_dir: ...}} (see {DATASETS_README})"
+        )
     is_train = split == "train"
-    defaults = {"data_root": _get(data, "root", "") or None,
-                "skip_broken": bool(_get(data, "skip_broken_images", False)),
-                "filter_empty": bool(_get(split_cfg, "filter_empty", False)) if is_train else None}
+    defaults = {
+        "data_root": _get(data, "root", "") or None,
+        "skip_broken": bool(_get(data, "skip_broken_images", False)),
+        "filter_empty": bool(_get(split_cfg, "filter_empty", False)) if is_train else None,
+    }
     mapper = build_mapper(cfg, is_train)
     exif = bool(_get(_get(cfg, "input"), "exif", True))
     datasets, names = [], []
@@ -187,8 +219,9 @@ def _seed_worker(worker_id: int) -> None:
         mapper.set_seed(info.seed)
 
 
-def build_train_loader(cfg: Any, dataset, rank: Optional[int] = None,
-                       world_size: Optional[int] = None) -> DataLoader:
+def build_train_loader(
+    cfg: Any, dataset, rank: Optional[int] = None, world_size: Optional[int] = None
+) -> DataLoader:
     """An endless iterable of batches (lists of samples) of ``solver.ims_per_batch // world_size``.
 
     Deterministic by ``solver.seed``: the image order is shared by all ranks and sharded; each rank
@@ -198,10 +231,16 @@ def build_train_loader(cfg: Any, dataset, rank: Optional[int] = None,
     solver, data = _get(cfg, "solver"), _get(cfg, "data")
     total = int(_get(solver, "ims_per_batch"))
     if total % world_size:
-        raise ValueError(f"solver.ims_per_batch={total} is not divisible by the number of processes {world_size}")
+        raise ValueError(
+            f"solver.ims_per_batch={total} is not divisible by the number of processes {world_size}"
+        )
     seed = int(_get(solver, "seed", 0))
     sampler = TrainingSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
-    groups = aspect_ratio_groups(dataset.records) if _get(data, "aspect_ratio_grouping", True) else [0] * len(dataset)
+    groups = (
+        aspect_ratio_groups(dataset.records)
+        if _get(data, "aspect_ratio_grouping", True)
+        else [0] * len(dataset)
+    )
     batch_sampler = GroupedBatchSampler(sampler, groups, total // world_size)
     rank_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
     for mapper in _mappers(dataset):  # the stream used when num_workers == 0
@@ -209,16 +248,29 @@ def build_train_loader(cfg: Any, dataset, rank: Optional[int] = None,
     generator = torch.Generator()
     generator.manual_seed(rank_seed)  # the workers' seeds derive from it
     workers = int(_get(data, "num_workers", 0))
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
-                      pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-                      worker_init_fn=_seed_worker, generator=generator)
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+    )
 
 
-def build_test_loader(cfg: Any, dataset, rank: Optional[int] = None,
-                      world_size: Optional[int] = None) -> DataLoader:
+def build_test_loader(
+    cfg: Any, dataset, rank: Optional[int] = None, world_size: Optional[int] = None
+) -> DataLoader:
     """Each image exactly once over all ranks, in dataset order, ``test.ims_per_batch`` per rank."""
     sampler = InferenceSampler(len(dataset), *dist_info(rank, world_size))
     batch_size = int(_get(_get(cfg, "test", {}), "ims_per_batch", 1))
     batch_sampler = BatchSampler(sampler, batch_size, drop_last=False)
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=int(_get(_get(cfg, "data"), "num_workers", 0)),
-                      collate_fn=collate, pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=int(_get(_get(cfg, "data"), "num_workers", 0)),
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+    )

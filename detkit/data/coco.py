@@ -5,6 +5,7 @@ annotation ids, which pycocotools mis-scores; unknown category or image ids; mis
 forgiving where the fix is obvious (degenerate boxes dropped, boxes clipped to the image, each with
 one warning naming the image and annotation id).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from detkit.data.common import DatasetError, DetectionDataset, PathLike, empty_record_arrays, resolve_path
+from detkit.data.common import (
+    DatasetError,
+    DetectionDataset,
+    PathLike,
+    empty_record_arrays,
+    resolve_path,
+)
 from detkit.registry import DATASETS
 
 logger = logging.getLogger("detkit")
@@ -48,7 +55,9 @@ def parse_categories(data: dict, path) -> Tuple[List[int], List[str]]:
     for i, cat in enumerate(data["categories"]):
         _require(cat, ("id", "name"), path, f"category #{i}")
         if not isinstance(cat["id"], int) or isinstance(cat["id"], bool):
-            raise DatasetError(f"{path}: category #{i} has id {cat['id']!r}; category ids must be integers")
+            raise DatasetError(
+                f"{path}: category #{i} has id {cat['id']!r}; category ids must be integers"
+            )
         if cat["id"] in names:
             raise DatasetError(f"{path}: duplicate category id {cat['id']}")
         names[cat["id"]] = str(cat["name"])
@@ -61,18 +70,25 @@ def parse_images(data: dict, path) -> List[dict]:
         raise DatasetError(f"{path}: 'images' must be a list")
     seen = set()
     for i, img in enumerate(data["images"]):
-        _require(img, ("id", "file_name", "height", "width"), path, f"image #{i} (id {img.get('id')})")
+        _require(
+            img, ("id", "file_name", "height", "width"), path, f"image #{i} (id {img.get('id')})"
+        )
         if not isinstance(img["id"], int) or isinstance(img["id"], bool):
-            raise DatasetError(f"{path}: image #{i} has id {img['id']!r}; image ids must be integers")
+            raise DatasetError(
+                f"{path}: image #{i} has id {img['id']!r}; image ids must be integers"
+            )
         if img["id"] in seen:
             raise DatasetError(f"{path}: duplicate image id {img['id']}")
         if int(img["height"]) <= 0 or int(img["width"]) <= 0:
-            raise DatasetError(f"{path}: image id {img['id']} has size {img['width']}x{img['height']}")
+            raise DatasetError(
+                f"{path}: image id {img['id']} has size {img['width']}x{img['height']}"
+            )
         seen.add(img["id"])
     return data["images"]
 
 
 # Annotations are checked column-wise with numpy: COCO train2017 has 860k of them.
+
 
 def _column(anns: List[dict], key: str, path) -> list:
     try:
@@ -86,15 +102,22 @@ def _column(anns: List[dict], key: str, path) -> list:
 def _int_column(anns: List[dict], key: str, path) -> np.ndarray:
     values = np.asarray(_column(anns, key, path))
     if values.size and values.dtype.kind not in "iu":
-        bad = next(i for i, a in enumerate(anns) if not isinstance(a[key], int) or isinstance(a[key], bool))
-        raise DatasetError(f"{path}: annotation #{bad} has {key} {anns[bad][key]!r}; it must be an integer")
+        bad = next(
+            i for i, a in enumerate(anns) if not isinstance(a[key], int) or isinstance(a[key], bool)
+        )
+        raise DatasetError(
+            f"{path}: annotation #{bad} has {key} {anns[bad][key]!r}; it must be an integer"
+        )
     return values.astype(np.int64).reshape(-1)
 
 
 def _bbox_column(anns: List[dict], path, ids: np.ndarray) -> np.ndarray:
     def fail(i):
-        raise DatasetError(f"{path}: annotation id {ids[i]}: 'bbox' must be 4 finite numbers [x, y, w, h], "
-                           f"got {anns[i]['bbox']!r}")
+        raise DatasetError(
+            f"{path}: annotation id {ids[i]}: 'bbox' must be 4 finite numbers [x, y, w, h], "
+            f"got {anns[i]['bbox']!r}"
+        )
+
     column = _column(anns, "bbox", path)
     if not column:
         return np.zeros((0, 4), dtype=np.float64)
@@ -103,15 +126,24 @@ def _bbox_column(anns: List[dict], path, ids: np.ndarray) -> np.ndarray:
     except (ValueError, TypeError):
         bbox = None
     if bbox is None or bbox.shape[1] != 4:
-        fail(next(i for i, b in enumerate(column) if not isinstance(b, (list, tuple)) or len(b) != 4
-                  or not all(isinstance(v, (int, float)) for v in b)))
+        fail(
+            next(
+                i
+                for i, b in enumerate(column)
+                if not isinstance(b, (list, tuple))
+                or len(b) != 4
+                or not all(isinstance(v, (int, float)) for v in b)
+            )
+        )
     bad = np.flatnonzero(~np.isfinite(bbox).all(1))
     if len(bad):
         fail(bad[0])
     return bbox.reshape(-1, 4)
 
 
-def _lookup(values: np.ndarray, keys: Sequence[int], ids: np.ndarray, path, what: str) -> np.ndarray:
+def _lookup(
+    values: np.ndarray, keys: Sequence[int], ids: np.ndarray, path, what: str
+) -> np.ndarray:
     """Position of each value in ``keys``; an error naming the annotation when a value is unknown."""
     keys = np.asarray(keys, dtype=np.int64)
     order = np.argsort(keys, kind="stable")
@@ -119,27 +151,37 @@ def _lookup(values: np.ndarray, keys: Sequence[int], ids: np.ndarray, path, what
     unknown = np.flatnonzero(keys[order][pos] != values) if len(keys) else np.arange(len(values))
     if len(unknown):
         i = unknown[0]
-        raise DatasetError(f"{path}: annotation id {ids[i]} refers to unknown {what} id {values[i]}"
-                           + (f" (categories: {keys.tolist()})" if what == "category" else ""))
+        raise DatasetError(
+            f"{path}: annotation id {ids[i]} refers to unknown {what} id {values[i]}"
+            + (f" (categories: {keys.tolist()})" if what == "category" else "")
+        )
     return order[pos]
 
 
 def _check_ann_ids(ids: np.ndarray, image_ids: np.ndarray, path) -> None:
     zero = np.flatnonzero(ids == 0)
     if len(zero):
-        raise DatasetError(f"{path}: annotation id 0 (image id {image_ids[zero[0]]}); annotation ids must be "
-                           "non-zero because pycocotools treats 0 as 'unmatched' and mis-scores it")
+        raise DatasetError(
+            f"{path}: annotation id 0 (image id {image_ids[zero[0]]}); annotation ids must be "
+            "non-zero because pycocotools treats 0 as 'unmatched' and mis-scores it"
+        )
     uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
     if (counts > 1).any():
         k = np.flatnonzero(counts > 1)[0]
-        raise DatasetError(f"{path}: duplicate annotation id {uniq[k]} (image id {image_ids[first[k]]}); "
-                           "pycocotools mis-scores duplicate ids, give every annotation its own id")
+        raise DatasetError(
+            f"{path}: duplicate annotation id {uniq[k]} (image id {image_ids[first[k]]}); "
+            "pycocotools mis-scores duplicate ids, give every annotation its own id"
+        )
 
 
-def parse_annotations(data: dict, path, category_ids: Sequence[int], image_ids: Sequence[int]) -> dict:
+def parse_annotations(
+    data: dict, path, category_ids: Sequence[int], image_ids: Sequence[int]
+) -> dict:
     """Checked annotation columns: ``ids``, ``image_index`` (into images), ``labels``, ``crowd``, ``bbox``."""
     if "annotations" not in data:
-        logger.warning("%s has no 'annotations' (an image-info file?): every image has no boxes", path)
+        logger.warning(
+            "%s has no 'annotations' (an image-info file?): every image has no boxes", path
+        )
     anns = data.get("annotations", [])
     if not isinstance(anns, list):
         raise DatasetError(f"{path}: 'annotations' must be a list")
@@ -150,8 +192,14 @@ def parse_annotations(data: dict, path, category_ids: Sequence[int], image_ids: 
     labels = _lookup(cats, category_ids, ids, path, "category")
     image_index = _lookup(img, image_ids, ids, path, "image")
     crowd = np.asarray([bool(ann.get("iscrowd", 0)) for ann in anns], dtype=bool)
-    return {"ids": ids, "image_id": img, "image_index": image_index, "labels": labels, "crowd": crowd,
-            "bbox": _bbox_column(anns, path, ids)}
+    return {
+        "ids": ids,
+        "image_id": img,
+        "image_index": image_index,
+        "labels": labels,
+        "crowd": crowd,
+        "bbox": _bbox_column(anns, path, ids),
+    }
 
 
 def clean_boxes(anns: dict, sizes: np.ndarray, path) -> Tuple[np.ndarray, np.ndarray]:
@@ -167,13 +215,24 @@ def clean_boxes(anns: dict, sizes: np.ndarray, path) -> Tuple[np.ndarray, np.nda
     empty = (w <= 0) | (h <= 0)
     outside = ~empty & ((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
     moved = ~empty & ~outside & (np.abs(xyxy - clipped).max(axis=1, initial=0.0) > _CLIP_TOLERANCE)
-    for reason, mask in (("has zero or negative size; dropped", empty), ("lies outside the image; dropped", outside),
-                         ("extends outside the image; clipped", moved)):
+    for reason, mask in (
+        ("has zero or negative size; dropped", empty),
+        ("lies outside the image; dropped", outside),
+        ("extends outside the image; clipped", moved),
+    ):
         for i in np.flatnonzero(mask):
-            logger.warning("%s: image id %s, annotation id %s: box [x, y, w, h] = %s %s (image %dx%d, "
-                           "XYXY after clipping %s)", path, anns["image_id"][i], anns["ids"][i],
-                           anns["bbox"][i].tolist(), reason, sizes[i, 0], sizes[i, 1],
-                           [round(float(v), 2) for v in clipped[i]])
+            logger.warning(
+                "%s: image id %s, annotation id %s: box [x, y, w, h] = %s %s (image %dx%d, "
+                "XYXY after clipping %s)",
+                path,
+                anns["image_id"][i],
+                anns["ids"][i],
+                anns["bbox"][i].tolist(),
+                reason,
+                sizes[i, 0],
+                sizes[i, 1],
+                [round(float(v), 2) for v in clipped[i]],
+            )
     return clipped.astype(np.float32), ~(empty | outside)
 
 
@@ -183,14 +242,21 @@ def make_records(images: List[dict], anns: dict, img_dir: Path, path) -> List[di
     boxes, keep = clean_boxes(anns, sizes[anns["image_index"]].reshape(-1, 2), path)
     kept = np.flatnonzero(keep)
     order = kept[np.argsort(anns["image_index"][kept], kind="stable")]
-    starts = np.concatenate([[0], np.cumsum(np.bincount(anns["image_index"][order], minlength=len(images)))])
+    starts = np.concatenate(
+        [[0], np.cumsum(np.bincount(anns["image_index"][order], minlength=len(images)))]
+    )
     labels, crowd, img_dir = anns["labels"].astype(np.int64), anns["crowd"], str(img_dir)
     records = []
     for i, img in enumerate(images):
-        sel = order[starts[i]:starts[i + 1]]
-        record = {"image_id": img["id"], "file_name": os.path.join(img_dir, img["file_name"]),
-                  "height": int(sizes[i, 1]), "width": int(sizes[i, 0]), **empty_record_arrays(),
-                  "crowd_boxes": np.zeros((0, 4), dtype=np.float32)}
+        sel = order[starts[i] : starts[i + 1]]
+        record = {
+            "image_id": img["id"],
+            "file_name": os.path.join(img_dir, img["file_name"]),
+            "height": int(sizes[i, 1]),
+            "width": int(sizes[i, 0]),
+            **empty_record_arrays(),
+            "crowd_boxes": np.zeros((0, 4), dtype=np.float32),
+        }
         if len(sel):
             is_crowd = crowd[sel]
             # crowd regions are never positives; evaluators ignore detections on them
@@ -214,8 +280,15 @@ class COCODataset(DetectionDataset):
     evaluator_type = "coco"
     data_root_param = "root"
 
-    def __init__(self, ann_file: str, img_dir: str, filter_empty: bool = False, mapper=None,
-                 skip_broken: bool = False, root: Optional[str] = None):
+    def __init__(
+        self,
+        ann_file: str,
+        img_dir: str,
+        filter_empty: bool = False,
+        mapper=None,
+        skip_broken: bool = False,
+        root: Optional[str] = None,
+    ):
         super().__init__(mapper=mapper, skip_broken=skip_broken)
         self.ann_file = str(resolve_path(ann_file, root, what="COCO annotation file"))
         self.img_dir = str(resolve_path(img_dir, root, what="COCO image folder"))
@@ -223,47 +296,84 @@ class COCODataset(DetectionDataset):
         data = load_json(self.ann_file)
         self.label_to_category_id, self.class_names = parse_categories(data, self.ann_file)
         images = parse_images(data, self.ann_file)
-        anns = parse_annotations(data, self.ann_file, self.label_to_category_id, [img["id"] for img in images])
+        anns = parse_annotations(
+            data, self.ann_file, self.label_to_category_id, [img["id"] for img in images]
+        )
         records = make_records(images, anns, Path(self.img_dir), self.ann_file)
         if filter_empty:
             kept = [r for r in records if len(r["boxes"])]
-            logger.info("%s: filtered out %d of %d images without annotations",
-                        self.ann_file, len(records) - len(kept), len(records))
+            logger.info(
+                "%s: filtered out %d of %d images without annotations",
+                self.ann_file,
+                len(records) - len(kept),
+                len(records),
+            )
             records = kept
         self.records = records
         self._check_first_image()
-        logger.info("loaded %s: %d images, %d boxes, %d classes", self.ann_file, len(self.records),
-                    sum(len(r["boxes"]) for r in self.records), len(self.class_names))
+        logger.info(
+            "loaded %s: %d images, %d boxes, %d classes",
+            self.ann_file,
+            len(self.records),
+            sum(len(r["boxes"]) for r in self.records),
+            len(self.class_names),
+        )
 
     def _check_first_image(self) -> None:
         if self.records and not os.path.exists(self.records[0]["file_name"]):
-            logger.warning("image file %s (from %s) does not exist: is img_dir=%s right?",
-                           self.records[0]["file_name"], self.ann_file, self.img_dir)
+            logger.warning(
+                "image file %s (from %s) does not exist: is img_dir=%s right?",
+                self.records[0]["file_name"],
+                self.ann_file,
+                self.img_dir,
+            )
 
 
-def records_to_coco(records: Sequence[dict], class_names: Sequence[str],
-                    category_ids: Optional[Sequence[int]] = None, img_dir: Optional[PathLike] = None,
-                    difficult_as_crowd: bool = True) -> dict:
+def records_to_coco(
+    records: Sequence[dict],
+    class_names: Sequence[str],
+    category_ids: Optional[Sequence[int]] = None,
+    img_dir: Optional[PathLike] = None,
+    difficult_as_crowd: bool = True,
+) -> dict:
     """detkit records -> a COCO detection dict (annotation ids 1..M, category ids 1..K by default).
 
     ``file_name`` is written relative to ``img_dir`` when given. Difficult boxes become ``iscrowd=1``
     (COCO evaluation ignores detections on them, as VOC evaluation does) or plain boxes.
     """
-    category_ids = list(category_ids) if category_ids is not None else list(range(1, len(class_names) + 1))
-    coco = {"images": [], "annotations": [], "categories": [
-        {"id": cid, "name": name} for cid, name in zip(category_ids, class_names)]}
+    category_ids = (
+        list(category_ids) if category_ids is not None else list(range(1, len(class_names) + 1))
+    )
+    coco = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": cid, "name": name} for cid, name in zip(category_ids, class_names)],
+    }
     for rec in records:
-        name = os.path.relpath(rec["file_name"], img_dir) if img_dir is not None else rec["file_name"]
-        coco["images"].append({"id": int(rec["image_id"]), "file_name": name,
-                               "height": int(rec["height"]), "width": int(rec["width"])})
+        name = (
+            os.path.relpath(rec["file_name"], img_dir) if img_dir is not None else rec["file_name"]
+        )
+        coco["images"].append(
+            {
+                "id": int(rec["image_id"]),
+                "file_name": name,
+                "height": int(rec["height"]),
+                "width": int(rec["width"]),
+            }
+        )
         difficult = rec.get("difficult", np.zeros(len(rec["boxes"]), bool))
         for box, label, diff in zip(rec["boxes"], rec["labels"], difficult):
             x1, y1, x2, y2 = (float(v) for v in box)
-            coco["annotations"].append({
-                "id": len(coco["annotations"]) + 1, "image_id": int(rec["image_id"]),
-                "category_id": category_ids[int(label)], "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "area": (x2 - x1) * (y2 - y1), "iscrowd": int(bool(diff) and difficult_as_crowd),
-            })
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": int(rec["image_id"]),
+                    "category_id": category_ids[int(label)],
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": int(bool(diff) and difficult_as_crowd),
+                }
+            )
     return coco
 
 

@@ -3,6 +3,7 @@
 A dataset holds ``records`` (one dict per image, see docs/architecture.md) and a ``mapper``; indexing
 reads the image from disk and lets the mapper turn ``(record, image)`` into a sample.
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,8 +39,13 @@ def resolve_data_root(root: Optional[PathLike] = None) -> Path:
     return Path("datasets")
 
 
-def resolve_path(path: PathLike, root: Optional[PathLike] = None, *, what: str = "dataset path",
-                 must_exist: bool = True) -> Path:
+def resolve_path(
+    path: PathLike,
+    root: Optional[PathLike] = None,
+    *,
+    what: str = "dataset path",
+    must_exist: bool = True,
+) -> Path:
     """``path`` made absolute against the data root; a clear error when it must exist and does not."""
     p = Path(path).expanduser()
     if not p.is_absolute():
@@ -109,7 +115,9 @@ class DetectionDataset(torch.utils.data.Dataset):
                 if not self.skip_broken:
                     raise
                 self.num_skipped += 1
-                logger.warning("skipping broken image (%d so far in this process): %s", self.num_skipped, err)
+                logger.warning(
+                    "skipping broken image (%d so far in this process): %s", self.num_skipped, err
+                )
                 continue
             if self.mapper is None:
                 return raw_sample(record, image)
@@ -124,8 +132,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         if image.shape[:2] != expected:
             hint = ""
             if image.shape[:2] == expected[::-1]:
-                hint = (" (height and width are swapped: the EXIF orientation disagrees with the annotation; "
-                        f"try input.exif={not self.exif})")
+                hint = (
+                    " (height and width are swapped: the EXIF orientation disagrees with the annotation; "
+                    f"try input.exif={not self.exif})"
+                )
             raise DatasetError(
                 f"image {record['file_name']} (image id {record['image_id']}) is "
                 f"{image.shape[1]}x{image.shape[0]} (WxH) but the annotation says "

@@ -5,6 +5,7 @@ grayscale (L, 1), palette (P, PA), alpha (LA, RGBA: alpha dropped, not composite
 16-bit grayscale (I;16*, I: scaled 0..65535 -> 0..255). Anything else, a missing, truncated or broken
 file, or a decompression bomb raises ``ImageReadError`` naming the file.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 logger = logging.getLogger("detkit")
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-_CONVERTIBLE_MODES = ("RGB", "L", "1", "P", "PA", "LA", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "La")
+_CONVERTIBLE_MODES = (
+    "RGB",
+    "L",
+    "1",
+    "P",
+    "PA",
+    "LA",
+    "RGBA",
+    "RGBX",
+    "RGBa",
+    "CMYK",
+    "YCbCr",
+    "La",
+)
 
 
 class ImageReadError(OSError):
@@ -57,13 +71,17 @@ def read_image(path: Union[str, os.PathLike], exif: bool = True) -> np.ndarray:
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         # Pillow reports truncated and corrupt data streams as OSError, broken PNG chunks as SyntaxError
-        raise ImageReadError(f"cannot decode image file {path} (truncated or corrupted?): {err}") from None
+        raise ImageReadError(
+            f"cannot decode image file {path} (truncated or corrupted?): {err}"
+        ) from None
 
 
 def _apply_exif(im: Image.Image, path: str) -> Image.Image:
     try:
         return ImageOps.exif_transpose(im)
-    except Exception as err:  # a malformed EXIF block must not make an otherwise fine image unreadable
+    except (
+        Exception
+    ) as err:  # a malformed EXIF block must not make an otherwise fine image unreadable
         logger.warning("ignoring unreadable EXIF orientation of %s: %s", path, err)
         return im
 

@@ -1,6 +1,7 @@
 """Samplers: an infinite, sharded, seeded training stream with aspect-ratio grouped batches, and an
 inference sampler that gives every image to exactly one rank.
 """
+
 from __future__ import annotations
 
 from typing import Iterator, List, Optional, Sequence, Tuple
@@ -20,7 +21,9 @@ def dist_info(rank: Optional[int] = None, world_size: Optional[int] = None) -> T
             rank = 0 if rank is None else rank
             world_size = 1 if world_size is None else world_size
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        raise ValueError(
+            f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}"
+        )
     return int(rank), int(world_size)
 
 
@@ -32,8 +35,14 @@ class TrainingSampler(Sampler[int]):
     disjoint images and together see every image once.
     """
 
-    def __init__(self, size: int, seed: int = 0, shuffle: bool = True, rank: Optional[int] = None,
-                 world_size: Optional[int] = None):
+    def __init__(
+        self,
+        size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: Optional[int] = None,
+        world_size: Optional[int] = None,
+    ):
         if size <= 0:
             raise ValueError(f"cannot sample from an empty dataset (size={size})")
         self.size, self.seed, self.shuffle = int(size), int(seed), shuffle
@@ -43,8 +52,10 @@ class TrainingSampler(Sampler[int]):
         g = torch.Generator()
         g.manual_seed(self.seed)
         while True:
-            order = torch.randperm(self.size, generator=g) if self.shuffle else torch.arange(self.size)
-            yield from order[self.rank::self.world_size].tolist()
+            order = (
+                torch.randperm(self.size, generator=g) if self.shuffle else torch.arange(self.size)
+            )
+            yield from order[self.rank :: self.world_size].tolist()
 
 
 def aspect_ratio_groups(records: Sequence[dict]) -> List[int]:
@@ -90,4 +101,3 @@ class InferenceSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.end - self.start
-

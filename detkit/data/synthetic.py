@@ -12,6 +12,7 @@ on the order of generation and the ``train`` and ``val`` splits differ for the s
 written through a temporary name and ``os.replace``, so concurrent generators (several ranks) and
 readers never see half a file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,7 +43,9 @@ MARKER = ".complete"
 
 def synthetic_class_names(num_classes: int) -> list:
     if not 1 <= num_classes <= len(CLASSES):
-        raise ValueError(f"num_classes must be in 1..{len(CLASSES)} for the synthetic dataset, got {num_classes}")
+        raise ValueError(
+            f"num_classes must be in 1..{len(CLASSES)} for the synthetic dataset, got {num_classes}"
+        )
     return [name for name, _, _ in CLASSES[:num_classes]]
 
 
@@ -57,9 +60,15 @@ def _write_bytes_atomic(data: bytes, path: Path) -> None:
 
 
 def _params(num_images, num_classes, image_size, seed, split, write_voc) -> dict:
-    return {"version": GENERATOR_VERSION, "num_images": int(num_images), "num_classes": int(num_classes),
-            "image_size": [int(image_size[0]), int(image_size[1])], "seed": int(seed), "split": split,
-            "write_voc": bool(write_voc)}
+    return {
+        "version": GENERATOR_VERSION,
+        "num_images": int(num_images),
+        "num_classes": int(num_classes),
+        "image_size": [int(image_size[0]), int(image_size[1])],
+        "seed": int(seed),
+        "split": split,
+        "write_voc": bool(write_voc),
+    }
 
 
 def _is_complete(folder: Path, params: dict) -> bool:
@@ -72,7 +81,9 @@ def _is_complete(folder: Path, params: dict) -> bool:
         found = None
     if found == params:
         return True
-    logger.warning("synthetic dataset %s was generated with %s; regenerating with %s", folder, found, params)
+    logger.warning(
+        "synthetic dataset %s was generated with %s; regenerating with %s", folder, found, params
+    )
     return False
 
 
@@ -91,7 +102,9 @@ def _pool(workers: int):
         return
     # spawn, not fork: a process forked from one that already runs torch/OpenCV/logging threads can
     # inherit a held lock and hang (seen once in the test suite)
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+    with multiprocessing.get_context("spawn").Pool(
+        workers, initializer=cv2.setNumThreads, initargs=(1,)
+    ) as pool:
         yield pool
 
 
@@ -107,15 +120,36 @@ def _write_one(job) -> dict:
     file_name = folder / "JPEGImages" / f"{name}.jpg"
     _write_bytes_atomic(encoded.tobytes(), file_name)
     if write_voc:
-        write_voc_xml(folder / "Annotations" / f"{name}.xml", f"{name}.jpg", image.shape[1], image.shape[0], boxes,
-                      labels, synthetic_class_names(num_classes))
-    return {"image_id": index + 1, "file_name": str(file_name), "height": image.shape[0], "width": image.shape[1],
-            "boxes": boxes, "labels": labels}
+        write_voc_xml(
+            folder / "Annotations" / f"{name}.xml",
+            f"{name}.jpg",
+            image.shape[1],
+            image.shape[0],
+            boxes,
+            labels,
+            synthetic_class_names(num_classes),
+        )
+    return {
+        "image_id": index + 1,
+        "file_name": str(file_name),
+        "height": image.shape[0],
+        "width": image.shape[1],
+        "boxes": boxes,
+        "labels": labels,
+    }
 
 
-def generate_synthetic(folder: PathLike, num_images: int = 1000, num_classes: int = 6,
-                       image_size: Sequence[int] = (256, 384), seed: int = 0, split: str = "train",
-                       write_voc: bool = False, jpeg_quality: int = 90, workers: int = 1) -> Path:
+def generate_synthetic(
+    folder: PathLike,
+    num_images: int = 1000,
+    num_classes: int = 6,
+    image_size: Sequence[int] = (256, 384),
+    seed: int = 0,
+    split: str = "train",
+    write_voc: bool = False,
+    jpeg_quality: int = 90,
+    workers: int = 1,
+) -> Path:
     """Write one split to ``folder`` unless a complete one with the same parameters is there already.
 
     Returns the path of the COCO JSON. ``image_size`` = (min, max): height and width are drawn
@@ -132,23 +166,45 @@ def generate_synthetic(folder: PathLike, num_images: int = 1000, num_classes: in
     class_names = synthetic_class_names(num_classes)
     (folder / "JPEGImages").mkdir(parents=True, exist_ok=True)
     records, start, cpu_start = [], time.perf_counter(), time.process_time()
-    jobs = [(i, seed, split, num_classes, tuple(image_size), str(folder), write_voc, int(jpeg_quality))
-            for i in range(num_images)]
+    jobs = [
+        (i, seed, split, num_classes, tuple(image_size), str(folder), write_voc, int(jpeg_quality))
+        for i in range(num_images)
+    ]
     workers = max(1, int(workers))
     with _pool(workers) as pool:
-        results = pool.imap(_write_one, jobs, chunksize=8) if pool is not None else map(_write_one, jobs)
-        for record in tqdm(results, total=num_images, desc=f"generating synthetic {split}", unit="img",
-                           mininterval=1.0):
+        results = (
+            pool.imap(_write_one, jobs, chunksize=8) if pool is not None else map(_write_one, jobs)
+        )
+        for record in tqdm(
+            results,
+            total=num_images,
+            desc=f"generating synthetic {split}",
+            unit="img",
+            mininterval=1.0,
+        ):
             records.append(record)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     if write_voc:
-        _write_bytes_atomic("".join(f"{i + 1:06d}\n" for i in range(num_images)).encode(),
-                            _mkparent(folder / "ImageSets" / "Main" / f"{split}.txt"))
-    write_json_atomic(records_to_coco(records, class_names, img_dir=folder / "JPEGImages"), ann_file)
+        _write_bytes_atomic(
+            "".join(f"{i + 1:06d}\n" for i in range(num_images)).encode(),
+            _mkparent(folder / "ImageSets" / "Main" / f"{split}.txt"),
+        )
+    write_json_atomic(
+        records_to_coco(records, class_names, img_dir=folder / "JPEGImages"), ann_file
+    )
     _write_bytes_atomic(json.dumps(params).encode(), folder / MARKER)  # last: the split is complete
-    logger.info("generated synthetic %s split in %s: %d images, %d boxes in %.1f s (%d processes, %.1f s CPU in "
-                "this one, %.1f ms/image)", split, folder, num_images, sum(len(r["boxes"]) for r in records),
-                elapsed, workers, cpu, 1000.0 * elapsed / max(num_images, 1))
+    logger.info(
+        "generated synthetic %s split in %s: %d images, %d boxes in %.1f s (%d processes, %.1f s CPU in "
+        "this one, %.1f ms/image)",
+        split,
+        folder,
+        num_images,
+        sum(len(r["boxes"]) for r in records),
+        elapsed,
+        workers,
+        cpu,
+        1000.0 * elapsed / max(num_images, 1),
+    )
     return ann_file
 
 
@@ -168,16 +224,33 @@ class SyntheticDataset(COCODataset):
 
     data_root_param = "data_root"
 
-    def __init__(self, root: str, num_images: int = 1000, num_classes: int = 6,
-                 image_size: Union[int, Sequence[int]] = (256, 384), seed: int = 0, split: str = "train",
-                 mapper=None, filter_empty: bool = False, skip_broken: bool = False, write_voc: bool = False,
-                 data_root: Optional[str] = None):
+    def __init__(
+        self,
+        root: str,
+        num_images: int = 1000,
+        num_classes: int = 6,
+        image_size: Union[int, Sequence[int]] = (256, 384),
+        seed: int = 0,
+        split: str = "train",
+        mapper=None,
+        filter_empty: bool = False,
+        skip_broken: bool = False,
+        write_voc: bool = False,
+        data_root: Optional[str] = None,
+    ):
         if isinstance(image_size, int):
             image_size = (image_size, image_size)
         if len(image_size) != 2 or not 0 < image_size[0] <= image_size[1]:
             raise ValueError(f"image_size must be (min, max) with 0 < min <= max, got {image_size}")
         folder = resolve_path(root, data_root, must_exist=False) / split
         self.split, self.seed = split, seed
-        ann_file = generate_synthetic(folder, num_images, num_classes, image_size, seed, split, write_voc)
-        super().__init__(ann_file=str(ann_file), img_dir=str(folder / "JPEGImages"), filter_empty=filter_empty,
-                         mapper=mapper, skip_broken=skip_broken)
+        ann_file = generate_synthetic(
+            folder, num_images, num_classes, image_size, seed, split, write_voc
+        )
+        super().__init__(
+            ann_file=str(ann_file),
+            img_dir=str(folder / "JPEGImages"),
+            filter_empty=filter_empty,
+            mapper=mapper,
+            skip_broken=skip_broken,
+        )

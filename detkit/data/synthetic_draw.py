@@ -6,6 +6,7 @@ checker); colours are random per object so colour alone never gives the class. O
 8 px to 60% of the shorter image side, may be cut by the border and may hide each other, but at least
 half of every object stays visible. Each object's box is the tight box of its visible pixels.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,10 +28,10 @@ CLASSES = (
     ("diamond", "diamond", "checker"),
     ("arrow", "arrow", "solid"),
 )
-MIN_OBJECT_SIZE = 8           # px, longest extent of the smallest objects
-MAX_OBJECT_FRACTION = 0.6     # of the shorter image side
-MIN_VISIBLE_FRACTION = 0.5    # of an object's pixels, after border cut and occlusion
-_SHIFT = 4                    # cv2 sub-pixel bits for polygon vertices
+MIN_OBJECT_SIZE = 8  # px, longest extent of the smallest objects
+MAX_OBJECT_FRACTION = 0.6  # of the shorter image side
+MIN_VISIBLE_FRACTION = 0.5  # of an object's pixels, after border cut and occlusion
+_SHIFT = 4  # cv2 sub-pixel bits for polygon vertices
 
 
 def _polygon(shape: str, radius: float, rng: np.random.Generator) -> np.ndarray:
@@ -53,11 +54,27 @@ def _polygon(shape: str, radius: float, rng: np.random.Generator) -> np.ndarray:
         return np.array([[0, -r], [w, 0], [0, r], [-w, 0]])
     if shape == "cross":
         a = r * rng.uniform(0.25, 0.4)
-        return np.array([[-a, -r], [a, -r], [a, -a], [r, -a], [r, a], [a, a], [a, r], [-a, r],
-                         [-a, a], [-r, a], [-r, -a], [-a, -a]])
+        return np.array(
+            [
+                [-a, -r],
+                [a, -r],
+                [a, -a],
+                [r, -a],
+                [r, a],
+                [a, a],
+                [a, r],
+                [-a, r],
+                [-a, a],
+                [-r, a],
+                [-r, -a],
+                [-a, -a],
+            ]
+        )
     if shape == "arrow":
         head, shaft = rng.uniform(0.45, 0.65) * r, rng.uniform(0.15, 0.25) * r
-        return np.array([[-r, -shaft], [0, -shaft], [0, -head], [r, 0], [0, head], [0, shaft], [-r, shaft]])
+        return np.array(
+            [[-r, -shaft], [0, -shaft], [0, -head], [r, 0], [0, head], [0, shaft], [-r, shaft]]
+        )
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -94,7 +111,9 @@ def random_colour(rng: np.random.Generator, away_from=None) -> np.ndarray:
     return 255.0 - np.asarray(away_from, np.float32)
 
 
-def fill_pattern(style: str, shape_hw: Tuple[int, int], bg_mean, rng: np.random.Generator) -> np.ndarray:
+def fill_pattern(
+    style: str, shape_hw: Tuple[int, int], bg_mean, rng: np.random.Generator
+) -> np.ndarray:
     """The object's pixels (h, w, 3) float: a texture in random colours; the mask decides where it shows."""
     h, w = shape_hw
     c1 = random_colour(rng, bg_mean)
@@ -102,7 +121,9 @@ def fill_pattern(style: str, shape_hw: Tuple[int, int], bg_mean, rng: np.random.
         out = np.empty((h, w, 3), np.float32)
         out[:] = c1
         if style == "solid":  # shading + grain so a solid object is not one flat colour
-            out += np.linspace(-1, 1, w, dtype=np.float32)[None, :, None] * np.float32(rng.uniform(0, 30))
+            out += np.linspace(-1, 1, w, dtype=np.float32)[None, :, None] * np.float32(
+                rng.uniform(0, 30)
+            )
             out = _add_grain(out, rng, rng.uniform(0, 12))
         return out
     c2 = random_colour(rng, c1)
@@ -140,7 +161,9 @@ def _draw_distractors(img: np.ndarray, rng: np.random.Generator) -> None:
         p1 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
         p2 = (int(rng.integers(0, w)), int(rng.integers(0, h)))
         cv2.line(img, p1, p2, random_colour(rng).tolist(), int(rng.integers(1, 4)), cv2.LINE_AA)
-    for _ in range(int(rng.integers(0, 5))):  # irregular blobs: object-like clutter that is no class
+    for _ in range(
+        int(rng.integers(0, 5))
+    ):  # irregular blobs: object-like clutter that is no class
         r = rng.uniform(4, 0.15 * min(h, w))
         n = int(rng.integers(7, 14))
         ang = np.sort(rng.uniform(0, 2 * math.pi, n))
@@ -151,8 +174,16 @@ def _draw_distractors(img: np.ndarray, rng: np.random.Generator) -> None:
     for _ in range(int(rng.integers(0, 3))):
         text = "".join(chr(int(c)) for c in rng.integers(65, 91, int(rng.integers(2, 6))))
         org = (int(rng.integers(0, w)), int(rng.integers(10, h)))
-        cv2.putText(img, text, org, cv2.FONT_HERSHEY_SIMPLEX, rng.uniform(0.3, 1.2),
-                    random_colour(rng).tolist(), int(rng.integers(1, 3)), cv2.LINE_AA)
+        cv2.putText(
+            img,
+            text,
+            org,
+            cv2.FONT_HERSHEY_SIMPLEX,
+            rng.uniform(0.3, 1.2),
+            random_colour(rng).tolist(),
+            int(rng.integers(1, 3)),
+            cv2.LINE_AA,
+        )
 
 
 class _Canvas:
@@ -173,7 +204,7 @@ class _Canvas:
         ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + mw, w), min(y0 + mh, h)
         if ix1 <= ix0 or iy1 <= iy0:
             return None
-        sub = mask[iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
+        sub = mask[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
         if sub.sum() < MIN_VISIBLE_FRACTION * mask.sum():
             return None
         covered = np.bincount(self.owner[iy0:iy1, ix0:ix1][sub], minlength=len(self.visible))
@@ -205,8 +236,9 @@ class _Canvas:
         return out
 
 
-def draw_image(height: int, width: int, num_classes: int, rng: np.random.Generator,
-               max_objects: int = 10) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def draw_image(
+    height: int, width: int, num_classes: int, rng: np.random.Generator, max_objects: int = 10
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic image: (uint8 HxWx3 RGB, float32 (N,4) XYXY boxes, int64 (N,) labels)."""
     canvas = _Canvas(draw_background(height, width, rng))
     labels = []

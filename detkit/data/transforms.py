@@ -4,6 +4,7 @@ Test time: ``resize_for_test`` reproduces torchvision's ``GeneralizedRCNNTransfo
 Training: an albumentations 2.x pipeline (box-safe) -- shortest-edge resize with a cap on the longest
 edge, horizontal flip, optional photometric jitter.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,9 @@ def resize_scale(height: int, width: int, min_size: float, max_size: float) -> f
     return test_scale(height, width, min_size, max_size)
 
 
-def resize_for_test(image: Union[np.ndarray, torch.Tensor], min_size: int,
-                    max_size: int) -> Tuple[torch.Tensor, float]:
+def resize_for_test(
+    image: Union[np.ndarray, torch.Tensor], min_size: int, max_size: int
+) -> Tuple[torch.Tensor, float]:
     """Resize like torchvision's ``GeneralizedRCNNTransform`` at eval time.
 
     ``image`` is uint8 (H, W, 3) numpy or a (3, H, W) tensor. Returns a float32 (3, H', W') tensor in
@@ -42,10 +44,15 @@ def resize_for_test(image: Union[np.ndarray, torch.Tensor], min_size: int,
     else:
         tensor = image
     h, w = tensor.shape[-2:]
-    scale = resize_scale(int(h), int(w), min_size, max_size)  # a Python float (double), as torchvision
+    scale = resize_scale(
+        int(h), int(w), min_size, max_size
+    )  # a Python float (double), as torchvision
     out = F.interpolate(
-        tensor[None].float(), scale_factor=scale, mode="bilinear",
-        recompute_scale_factor=True, align_corners=False,
+        tensor[None].float(),
+        scale_factor=scale,
+        mode="bilinear",
+        recompute_scale_factor=True,
+        align_corners=False,
     )[0]
     return out, scale
 
@@ -63,7 +70,9 @@ class ResizeShortestEdge(A.DualTransform):
         self.min_sizes = [int(s) for s in min_sizes]
         self.max_size = int(max_size)
         if not self.min_sizes or min(self.min_sizes) <= 0 or self.max_size <= 0:
-            raise ValueError(f"sizes must be positive, got min_sizes={min_sizes}, max_size={max_size}")
+            raise ValueError(
+                f"sizes must be positive, got min_sizes={min_sizes}, max_size={max_size}"
+            )
 
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
         h, w = params["shape"][:2]
@@ -74,7 +83,9 @@ class ResizeShortestEdge(A.DualTransform):
     def apply(self, img: np.ndarray, size: Tuple[int, int] = (0, 0), **params) -> np.ndarray:
         return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
 
-    def apply_to_mask(self, mask: np.ndarray, size: Tuple[int, int] = (0, 0), **params) -> np.ndarray:
+    def apply_to_mask(
+        self, mask: np.ndarray, size: Tuple[int, int] = (0, 0), **params
+    ) -> np.ndarray:
         return cv2.resize(mask, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
 
     def apply_to_bboxes(self, bboxes: np.ndarray, **params) -> np.ndarray:
@@ -84,20 +95,37 @@ class ResizeShortestEdge(A.DualTransform):
         return ("min_sizes", "max_size")
 
 
-def build_train_augmentation(min_sizes: Sequence[int], max_size: int, hflip_prob: float = 0.5,
-                             color_jitter: float = 0.0, seed: Optional[int] = None) -> A.Compose:
+def build_train_augmentation(
+    min_sizes: Sequence[int],
+    max_size: int,
+    hflip_prob: float = 0.5,
+    color_jitter: float = 0.0,
+    seed: Optional[int] = None,
+) -> A.Compose:
     """The training pipeline; call it as ``aug(image=..., bboxes=(N,4) XYXY, labels=..., difficult=...)``."""
     transforms = [ResizeShortestEdge(min_sizes, max_size)]
     if hflip_prob > 0:
         transforms.append(A.HorizontalFlip(p=hflip_prob))
     if color_jitter > 0:
         s = float(color_jitter)
-        transforms.append(A.ColorJitter(brightness=0.4 * s, contrast=0.4 * s, saturation=0.4 * s,
-                                        hue=min(0.1 * s, 0.5), p=0.8))
+        transforms.append(
+            A.ColorJitter(
+                brightness=0.4 * s,
+                contrast=0.4 * s,
+                saturation=0.4 * s,
+                hue=min(0.1 * s, 0.5),
+                p=0.8,
+            )
+        )
     # clip + filter: boxes a geometric transform pushes (partly) outside the image are clipped, and
     # dropped once nothing of them is left (resize and flip never do, a future crop would)
-    bbox_params = A.BboxParams(format="pascal_voc", label_fields=["labels", "difficult"],
-                               clip=True, filter_invalid_bboxes=True, min_area=0.0)
+    bbox_params = A.BboxParams(
+        format="pascal_voc",
+        label_fields=["labels", "difficult"],
+        clip=True,
+        filter_invalid_bboxes=True,
+        min_area=0.0,
+    )
     return A.Compose(transforms, bbox_params=bbox_params, seed=seed)
 
 
@@ -114,12 +142,23 @@ class TrainMapper:
 
     is_train = True
 
-    def __init__(self, min_sizes: Union[int, Sequence[int]], max_size: int, hflip_prob: float = 0.5,
-                 color_jitter: float = 0.0, keep_difficult: bool = False, seed: Optional[int] = None):
-        self.min_sizes = [int(min_sizes)] if isinstance(min_sizes, (int, float)) else list(min_sizes)
+    def __init__(
+        self,
+        min_sizes: Union[int, Sequence[int]],
+        max_size: int,
+        hflip_prob: float = 0.5,
+        color_jitter: float = 0.0,
+        keep_difficult: bool = False,
+        seed: Optional[int] = None,
+    ):
+        self.min_sizes = (
+            [int(min_sizes)] if isinstance(min_sizes, (int, float)) else list(min_sizes)
+        )
         self.max_size = int(max_size)
         self.keep_difficult = keep_difficult
-        self.augment = build_train_augmentation(self.min_sizes, self.max_size, hflip_prob, color_jitter, seed)
+        self.augment = build_train_augmentation(
+            self.min_sizes, self.max_size, hflip_prob, color_jitter, seed
+        )
 
     def set_seed(self, seed: int) -> None:
         self.augment.set_random_seed(int(seed) % (2**32))
@@ -127,7 +166,9 @@ class TrainMapper:
     def __call__(self, record: dict, image: np.ndarray) -> dict:
         boxes = np.asarray(record["boxes"], dtype=np.float32).reshape(-1, 4)
         labels = np.asarray(record["labels"], dtype=np.int64).reshape(-1)
-        difficult = np.asarray(record.get("difficult", np.zeros(len(labels), bool)), dtype=bool).reshape(-1)
+        difficult = np.asarray(
+            record.get("difficult", np.zeros(len(labels), bool)), dtype=bool
+        ).reshape(-1)
         if not self.keep_difficult:
             boxes, labels, difficult = boxes[~difficult], labels[~difficult], difficult[~difficult]
         out = self.augment(image=image, bboxes=boxes, labels=labels, difficult=difficult)

@@ -6,6 +6,7 @@ columns 0..9 is written xmin=1, xmax=10). detkit boxes are 0-based continuous XY
 as ``[xmin - 1, ymin - 1, xmax, ymax]`` (x2, y2 kept: the 1-based index of the last pixel equals the
 0-based continuous coordinate of its right edge) and written back as ``[x1 + 1, y1 + 1, x2, y2]``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,14 +18,37 @@ from typing import List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from detkit.data.common import DatasetError, DetectionDataset, PathLike, empty_record_arrays, resolve_path
+from detkit.data.common import (
+    DatasetError,
+    DetectionDataset,
+    PathLike,
+    empty_record_arrays,
+    resolve_path,
+)
 from detkit.registry import DATASETS
 
 logger = logging.getLogger("detkit")
 
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
     "tvmonitor",
 )
 
@@ -42,9 +66,13 @@ def _parse_object(obj: ET.Element, label_of: dict, path) -> tuple:
         raise DatasetError(f"{path}: unknown class name {name!r} (classes: {list(label_of)})")
     bndbox = obj.find("bndbox")
     try:
-        xmin, ymin, xmax, ymax = (float(bndbox.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        xmin, ymin, xmax, ymax = (
+            float(bndbox.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")
+        )
     except (AttributeError, TypeError, ValueError):
-        raise DatasetError(f"{path}: object {name!r} has no valid <bndbox> xmin/ymin/xmax/ymax") from None
+        raise DatasetError(
+            f"{path}: object {name!r} has no valid <bndbox> xmin/ymin/xmax/ymax"
+        ) from None
     difficult = _int_or_none(obj.find("difficult")) or 0  # a missing <difficult> means 0
     return [xmin - 1.0, ymin - 1.0, xmax, ymax], label_of[name], bool(difficult)
 
@@ -63,13 +91,19 @@ def parse_voc_xml(path: PathLike, class_names: Sequence[str] = VOC_CLASSES) -> d
     width = _int_or_none(size.find("width")) if size is not None else None
     height = _int_or_none(size.find("height")) if size is not None else None
     label_of = {name: i for i, name in enumerate(class_names)}
-    out = {"filename": root.findtext("filename"), "width": width or None, "height": height or None,
-           **empty_record_arrays()}
+    out = {
+        "filename": root.findtext("filename"),
+        "width": width or None,
+        "height": height or None,
+        **empty_record_arrays(),
+    }
     boxes, labels, difficult = [], [], []
     for k, obj in enumerate(root.findall("object")):
         box, label, diff = _parse_object(obj, label_of, path)
         if box[2] <= box[0] or box[3] <= box[1]:
-            logger.warning("%s: object #%d (%s) has an empty box %s; dropped", path, k, class_names[label], box)
+            logger.warning(
+                "%s: object #%d (%s) has an empty box %s; dropped", path, k, class_names[label], box
+            )
             continue
         boxes.append(box)
         labels.append(label)
@@ -81,8 +115,16 @@ def parse_voc_xml(path: PathLike, class_names: Sequence[str] = VOC_CLASSES) -> d
     return out
 
 
-def write_voc_xml(path: PathLike, filename: str, width: int, height: int, boxes, labels,
-                  class_names: Sequence[str], difficult=None) -> None:
+def write_voc_xml(
+    path: PathLike,
+    filename: str,
+    width: int,
+    height: int,
+    boxes,
+    labels,
+    class_names: Sequence[str],
+    difficult=None,
+) -> None:
     """Write one VOC annotation file for 0-based XYXY ``boxes`` (converted to VOC's 1-based integers)."""
     root = ET.Element("annotation")
     ET.SubElement(root, "filename").text = filename
@@ -124,9 +166,18 @@ class VOCDataset(DetectionDataset):
     evaluator_type = "voc"
     data_root_param = "data_root"
 
-    def __init__(self, root: str, split: str, year: Optional[int] = None, mapper=None,
-                 keep_difficult: bool = True, class_names: Optional[Sequence[str]] = None,
-                 filter_empty: bool = False, skip_broken: bool = False, data_root: Optional[str] = None):
+    def __init__(
+        self,
+        root: str,
+        split: str,
+        year: Optional[int] = None,
+        mapper=None,
+        keep_difficult: bool = True,
+        class_names: Optional[Sequence[str]] = None,
+        filter_empty: bool = False,
+        skip_broken: bool = False,
+        data_root: Optional[str] = None,
+    ):
         super().__init__(mapper=mapper, skip_broken=skip_broken)
         folder = Path(root) / f"VOC{year}" if year is not None else Path(root)
         self.root = str(resolve_path(folder, data_root, what="VOC folder"))
@@ -135,34 +186,61 @@ class VOCDataset(DetectionDataset):
         match = re.search(r"VOC(\d{4})", Path(self.root).name)
         self.year = int(year) if year is not None else (int(match.group(1)) if match else None)
         self.class_names = list(class_names) if class_names is not None else list(VOC_CLASSES)
-        split_file = resolve_path(Path(self.root) / "ImageSets" / "Main" / f"{split}.txt",
-                                  what=f"VOC split file for split {split!r}")
+        split_file = resolve_path(
+            Path(self.root) / "ImageSets" / "Main" / f"{split}.txt",
+            what=f"VOC split file for split {split!r}",
+        )
         names = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
-        self.records = [self._make_record(name, image_id, keep_difficult)
-                        for name, image_id in zip(names, voc_image_ids(names))]
+        self.records = [
+            self._make_record(name, image_id, keep_difficult)
+            for name, image_id in zip(names, voc_image_ids(names))
+        ]
         if filter_empty:
             kept = [r for r in self.records if len(r["boxes"])]
-            logger.info("%s %s: filtered out %d of %d images without boxes",
-                        self.root, split, len(self.records) - len(kept), len(self.records))
+            logger.info(
+                "%s %s: filtered out %d of %d images without boxes",
+                self.root,
+                split,
+                len(self.records) - len(kept),
+                len(self.records),
+            )
             self.records = kept
-        logger.info("loaded VOC %s (%s): %d images, %d boxes (%d difficult)", self.root, split,
-                    len(self.records), sum(len(r["boxes"]) for r in self.records),
-                    sum(int(r["difficult"].sum()) for r in self.records))
+        logger.info(
+            "loaded VOC %s (%s): %d images, %d boxes (%d difficult)",
+            self.root,
+            split,
+            len(self.records),
+            sum(len(r["boxes"]) for r in self.records),
+            sum(int(r["difficult"].sum()) for r in self.records),
+        )
 
     def _make_record(self, name: str, image_id: int, keep_difficult: bool) -> dict:
         xml_path = Path(self.root) / "Annotations" / f"{name}.xml"
         if not xml_path.exists():
-            raise DatasetError(f"VOC annotation not found: {xml_path} (listed in split {self.split!r})")
+            raise DatasetError(
+                f"VOC annotation not found: {xml_path} (listed in split {self.split!r})"
+            )
         ann = parse_voc_xml(xml_path, self.class_names)
         file_name = str(Path(self.root) / "JPEGImages" / f"{name}.jpg")
         width, height = ann["width"], ann["height"]
-        if width is None or height is None:  # some VOC-format tools write no or zero size: ask the file
+        if (
+            width is None or height is None
+        ):  # some VOC-format tools write no or zero size: ask the file
             try:
                 with Image.open(file_name) as im:
                     width, height = im.size
             except OSError as err:
-                raise DatasetError(f"{xml_path} gives no image size and {file_name} cannot be opened: {err}")
+                raise DatasetError(
+                    f"{xml_path} gives no image size and {file_name} cannot be opened: {err}"
+                ) from err
         keep = np.ones(len(ann["labels"]), bool) if keep_difficult else ~ann["difficult"]
-        return {"image_id": image_id, "file_name": file_name, "height": int(height), "width": int(width),
-                "boxes": ann["boxes"][keep], "labels": ann["labels"][keep], "difficult": ann["difficult"][keep],
-                "image_name": name}
+        return {
+            "image_id": image_id,
+            "file_name": file_name,
+            "height": int(height),
+            "width": int(width),
+            "boxes": ann["boxes"][keep],
+            "labels": ann["labels"][keep],
+            "difficult": ann["difficult"][keep],
+            "image_name": name,
+        }

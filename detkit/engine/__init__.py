@@ -3,6 +3,7 @@
 ``train_main(cfg, output_dir, resume)`` and ``test_main(cfg, weights, output_dir)`` are what
 tools/train.py and tools/test.py call; ``Trainer`` is the loop itself.
 """
+
 from .checkpoint import Checkpointer, CheckpointError, atomic_save, load_model_weights
 from .distributed import DistContext, init_distributed
 from .inference import run_inference
@@ -10,6 +11,21 @@ from .launch import OutputDirInUse, test_main, train_main
 from .solver import WarmupSchedule, build_optimizer, param_groups, scaled_base_lr
 from .trainer import DivergenceError, Trainer
 
-__all__ = ["CheckpointError", "Checkpointer", "DistContext", "DivergenceError", "OutputDirInUse", "Trainer",
-           "WarmupSchedule", "atomic_save", "build_optimizer", "init_distributed", "load_model_weights",
-           "param_groups", "run_inference", "scaled_base_lr", "test_main", "train_main"]
+__all__ = [
+    "CheckpointError",
+    "Checkpointer",
+    "DistContext",
+    "DivergenceError",
+    "OutputDirInUse",
+    "Trainer",
+    "WarmupSchedule",
+    "atomic_save",
+    "build_optimizer",
+    "init_distributed",
+    "load_model_weights",
+    "param_groups",
+    "run_inference",
+    "scaled_base_lr",
+    "test_main",
+    "train_main",
+]

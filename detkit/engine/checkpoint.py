@@ -11,6 +11,7 @@ Every file is written to a temporary name in the same folder, flushed, fsync'ed 
 over the target with ``os.replace`` (atomic on POSIX), so a process killed mid-write leaves the
 previous file intact; stale temporary files are removed on the next start.
 """
+
 from __future__ import annotations
 
 import logging
@@ -152,7 +153,7 @@ class Checkpointer:
     def _rotate(self) -> None:
         if self.keep <= 0:
             return
-        for old in self.periodic_files()[self.keep:]:
+        for old in self.periodic_files()[self.keep :]:
             old.unlink(missing_ok=True)
 
     def resume_candidates(self) -> List[Path]:
@@ -175,7 +176,9 @@ class Checkpointer:
                 logger.warning("%s; falling back to an older checkpoint", e)
                 continue
             if failures:
-                logger.warning("resuming from %s after %d unreadable checkpoint(s)", path, len(failures))
+                logger.warning(
+                    "resuming from %s after %d unreadable checkpoint(s)", path, len(failures)
+                )
             return state, path
         if failures:
             raise CheckpointError(f"no readable checkpoint in {self.dir}: " + "; ".join(failures))
@@ -193,27 +196,44 @@ def load_model_weights(model: torch.nn.Module, path: str, *, strict: bool) -> Di
     obj = load_file(path)
     state = obj.get("model", obj.get("state_dict", obj))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} holds no state dict of tensors (expected a detkit checkpoint with "
-                              "'model', or a plain state dict)")
+        raise CheckpointError(
+            f"{path} holds no state dict of tensors (expected a detkit checkpoint with "
+            "'model', or a plain state dict)"
+        )
     own = model.state_dict()
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if strict and (mismatched or missing):
-        detail = "; ".join(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched[:3])
-        raise CheckpointError(f"{path} does not fit the model built from the config: {len(mismatched)} tensors "
-                              f"differ in shape ({detail}), {len(missing)} are missing (e.g. {missing[:3]}); "
-                              "is model.num_classes / the backbone depth / the neck right?")
+        detail = "; ".join(
+            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+            for k in mismatched[:3]
+        )
+        raise CheckpointError(
+            f"{path} does not fit the model built from the config: {len(mismatched)} tensors "
+            f"differ in shape ({detail}), {len(missing)} are missing (e.g. {missing[:3]}); "
+            "is model.num_classes / the backbone depth / the neck right?"
+        )
     for k in mismatched:
         state.pop(k)
     if mismatched:
-        logger.warning("%s: %d tensors skipped for another shape (kept at their initialisation): %s",
-                       path, len(mismatched), mismatched[:6])
+        logger.warning(
+            "%s: %d tensors skipped for another shape (kept at their initialisation): %s",
+            path,
+            len(mismatched),
+            mismatched[:6],
+        )
     if missing and not strict:
-        logger.warning("%s: %d model tensors not in the file, e.g. %s", path, len(missing), missing[:3])
+        logger.warning(
+            "%s: %d model tensors not in the file, e.g. %s", path, len(missing), missing[:3]
+        )
     if unexpected:
-        logger.warning("%s: %d tensors in the file are not used by the model, e.g. %s", path, len(unexpected),
-                       unexpected[:3])
+        logger.warning(
+            "%s: %d tensors in the file are not used by the model, e.g. %s",
+            path,
+            len(unexpected),
+            unexpected[:3],
+        )
     model.load_state_dict(state, strict=False)
     logger.info("loaded model weights from %s", path)
     return {k: v for k, v in obj.items() if k != "model"} if "model" in obj else {}

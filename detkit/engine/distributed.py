@@ -4,6 +4,7 @@
 one process. Backend: NCCL when CUDA is available, gloo on CPU. Every helper also works (as a no-op)
 without an initialised process group, so single-process code paths need no special cases.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -43,8 +44,10 @@ def init_distributed(device: str = "auto", timeout_min: float = 30.0) -> DistCon
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are "
-                               "visible; start at most that many processes per node (torchrun --nproc-per-node)")
+            raise RuntimeError(
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are "
+                "visible; start at most that many processes per node (torchrun --nproc-per-node)"
+            )
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:
@@ -52,9 +55,20 @@ def init_distributed(device: str = "auto", timeout_min: float = 30.0) -> DistCon
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         kwargs = {"device_id": dev} if use_cuda else {}
-        dist.init_process_group(backend, rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(minutes=timeout_min), **kwargs)
-        logger.info("distributed: rank %d of %d (local rank %d), backend %s", rank, world_size, local_rank, backend)
+        dist.init_process_group(
+            backend,
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(minutes=timeout_min),
+            **kwargs,
+        )
+        logger.info(
+            "distributed: rank %d of %d (local rank %d), backend %s",
+            rank,
+            world_size,
+            local_rank,
+            backend,
+        )
     return DistContext(rank, world_size, local_rank, dev)
 
 
@@ -69,8 +83,9 @@ def wrap_ddp(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:
     if not ctx.distributed:
         return model
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
-                                                     find_unused_parameters=False)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False
+    )
 
 
 def cleanup_distributed() -> None:

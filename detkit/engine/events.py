@@ -4,6 +4,7 @@
 "loss_*": ..., "sec_per_iter": ..., "img_per_sec": ...}`` for training, and
 ``{"iteration": N, "split": "val", "AP": ..., "AP50": ...}`` after each evaluation.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,8 +89,11 @@ def _tensorboard(log_dir: Path, start_iter: int):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        logger.info("tensorboard is not installed: no TensorBoard events (pip install tensorboard); "
-                    "%s has the same numbers", METRICS_FILE)
+        logger.info(
+            "tensorboard is not installed: no TensorBoard events (pip install tensorboard); "
+            "%s has the same numbers",
+            METRICS_FILE,
+        )
         return None
     return SummaryWriter(str(log_dir), purge_step=start_iter if start_iter > 0 else None)
 
@@ -120,13 +124,19 @@ def plot_curves(output_dir: os.PathLike, metric_keys: Optional[List[str]] = None
     if not train:
         return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_ap) = plt.subplots(1, 2, figsize=(12, 4.5))
     its = [r["iteration"] for r in train]
     for key in ["total_loss"] + sorted(k for k in train[-1] if k.startswith("loss")):
-        ax_loss.plot(its, [r.get(key, float("nan")) for r in train], label=key, lw=2 if key == "total_loss" else 1)
+        ax_loss.plot(
+            its,
+            [r.get(key, float("nan")) for r in train],
+            label=key,
+            lw=2 if key == "total_loss" else 1,
+        )
     ax_loss.set(xlabel="iteration", ylabel="loss", title="training losses", yscale="log")
     ax_loss.legend(fontsize=8)
     keys = metric_keys or [k for k in ("AP", "AP50", "AP75", "mAP") if evals and k in evals[-1]]

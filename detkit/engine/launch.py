@@ -2,6 +2,7 @@
 
 Both run as one process (CPU or one GPU) or as one of several started by ``torchrun``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,9 +37,18 @@ def _log_environment(ctx: DistContext, cfg) -> None:
     if ctx.device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
     gpu = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "none"
-    logger.info("detkit %s, torch %s, python %s; device %s (GPU: %s), %d process(es), %d CPU threads "
-                "(OMP_WAIT_POLICY=%s)", detkit.__version__, torch.__version__, platform.python_version(), ctx.device,
-                gpu, ctx.world_size, torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "unset"))
+    logger.info(
+        "detkit %s, torch %s, python %s; device %s (GPU: %s), %d process(es), %d CPU threads "
+        "(OMP_WAIT_POLICY=%s)",
+        detkit.__version__,
+        torch.__version__,
+        platform.python_version(),
+        ctx.device,
+        gpu,
+        ctx.world_size,
+        torch.get_num_threads(),
+        os.environ.get("OMP_WAIT_POLICY", "unset"),
+    )
     if cfg.source_file:
         logger.info("config: %s", cfg.source_file)
 
@@ -46,8 +56,10 @@ def _log_environment(ctx: DistContext, cfg) -> None:
 def _check_fresh_output(out: Path, resume: bool) -> None:
     existing = Checkpointer(out).resume_candidates()
     if existing and not resume:
-        raise OutputDirInUse(f"{out} already holds checkpoints ({existing[0].name}); pass --resume to continue "
-                             "that run, or choose another --output-dir")
+        raise OutputDirInUse(
+            f"{out} already holds checkpoints ({existing[0].name}); pass --resume to continue "
+            "that run, or choose another --output-dir"
+        )
 
 
 def train_main(cfg, output_dir: Optional[str] = None, resume: bool = False) -> Dict[str, Any]:
@@ -84,10 +96,17 @@ class _RecordingEvaluator:
     def process(self, samples, outputs) -> None:
         self.evaluator.process(samples, outputs)
         for s, o in zip(samples, outputs):
-            for box, score, label in zip(o["boxes"].tolist(), o["scores"].tolist(), o["labels"].tolist()):
-                self.results.append({"image_id": int(s["image_id"]), "category_id": int(label) + 1,
-                                     "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                                     "score": float(score)})
+            for box, score, label in zip(
+                o["boxes"].tolist(), o["scores"].tolist(), o["labels"].tolist()
+            ):
+                self.results.append(
+                    {
+                        "image_id": int(s["image_id"]),
+                        "category_id": int(label) + 1,
+                        "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                        "score": float(score),
+                    }
+                )
 
     def evaluate(self):
         return self.evaluator.evaluate()
@@ -107,18 +126,28 @@ def test_main(cfg, weights: str, output_dir: Optional[str] = None) -> Dict[str, 
         extra = load_model_weights(model, weights, strict=True)
         saved_names = extra.get("class_names")
         if saved_names and list(saved_names) != list(dataset.class_names):
-            logger.warning("the checkpoint was trained on classes %s but the test set has %s", saved_names[:5],
-                           list(dataset.class_names)[:5])
-        evaluator = build_evaluator(dataset, output_dir=str(out) if ctx.is_main else None,
-                                    engine=cfg.test.evaluator_engine)
+            logger.warning(
+                "the checkpoint was trained on classes %s but the test set has %s",
+                saved_names[:5],
+                list(dataset.class_names)[:5],
+            )
+        evaluator = build_evaluator(
+            dataset, output_dir=str(out) if ctx.is_main else None, engine=cfg.test.evaluator_engine
+        )
         recorder = _RecordingEvaluator(evaluator) if dataset.evaluator_type != "coco" else evaluator
         loader = build_test_loader(cfg, dataset, ctx.rank, ctx.world_size)
         # multi-scale / flip testing when test.scales / test.flip ask; autocast per test.precision
         predictor = build_predictor(model, cfg)
         if cfg.test.scales or cfg.test.flip:
-            logger.info("test-time augmentation: scales %s, flip %s, merge %s", list(cfg.test.scales) or
-                        [cfg.input.min_size_test], cfg.test.flip, cfg.test.merge)
-        logger.info("test precision: %s", getattr(predictor, "precision", "fp32"))  # AutocastPredictor's
+            logger.info(
+                "test-time augmentation: scales %s, flip %s, merge %s",
+                list(cfg.test.scales) or [cfg.input.min_size_test],
+                cfg.test.flip,
+                cfg.test.merge,
+            )
+        logger.info(
+            "test precision: %s", getattr(predictor, "precision", "fp32")
+        )  # AutocastPredictor's
         metrics = run_inference(predictor, loader, recorder, device=ctx.device, desc="test")
         if recorder is not evaluator:
             results = [r for part in all_gather_objects(recorder.results) for r in part]

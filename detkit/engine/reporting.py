@@ -1,5 +1,6 @@
 """What the trainer tells the user: the per-step record, the progress-bar text, the log line, and the
 final metrics table + ``metrics.json``."""
+
 from __future__ import annotations
 
 import datetime
@@ -19,13 +20,20 @@ logger = logging.getLogger("detkit")
 FINAL_METRICS_FILE = "metrics.json"
 
 
-def step_record(means: Dict[str, float], ims_per_batch: int, device: torch.device) -> Dict[str, float]:
+def step_record(
+    means: Dict[str, float], ims_per_batch: int, device: torch.device
+) -> Dict[str, float]:
     """The JSON-lines record of a logging step from smoothed means: lr, losses, timing, throughput."""
     losses = {k: v for k, v in means.items() if k.startswith("loss")}
     sec = means.get("sec_per_iter", float("nan"))
-    record = {"lr": means.get("lr", float("nan")), "total_loss": sum(losses.values()), **losses,
-              "sec_per_iter": sec, "data_time": means.get("data_time", float("nan")),
-              "img_per_sec": ims_per_batch / sec if sec > 0 else float("nan")}
+    record = {
+        "lr": means.get("lr", float("nan")),
+        "total_loss": sum(losses.values()),
+        **losses,
+        "sec_per_iter": sec,
+        "data_time": means.get("data_time", float("nan")),
+        "img_per_sec": ims_per_batch / sec if sec > 0 else float("nan"),
+    }
     if device.type == "cuda":
         record["max_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return record
@@ -48,9 +56,19 @@ def log_step(iteration: int, max_iter: int, record: Dict[str, float]) -> None:
     eta = _eta(record["sec_per_iter"] * (max_iter - iteration))
     mem = f"  max mem {record['max_mem_mb']:.0f} MB" if "max_mem_mb" in record else ""
     losses = "  ".join(f"{k}: {v:.4f}" for k, v in record.items() if k.startswith("loss"))
-    logger.info("iter %d/%d  eta %s  total_loss: %.4f  %s  lr: %.3g  %.3f s/it (data %.3f)  %.1f img/s%s",
-                iteration, max_iter, eta, record["total_loss"], losses, record["lr"], record["sec_per_iter"],
-                record["data_time"], record["img_per_sec"], mem)
+    logger.info(
+        "iter %d/%d  eta %s  total_loss: %.4f  %s  lr: %.3g  %.3f s/it (data %.3f)  %.1f img/s%s",
+        iteration,
+        max_iter,
+        eta,
+        record["total_loss"],
+        losses,
+        record["lr"],
+        record["sec_per_iter"],
+        record["data_time"],
+        record["img_per_sec"],
+        mem,
+    )
 
 
 _TABLE_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "mAP")
@@ -59,23 +77,38 @@ _TABLE_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "mAP")
 def history_table(history: List[Dict[str, Any]]) -> str:
     """One row per evaluation: iteration, split and the headline numbers."""
     keys = [k for k in _TABLE_KEYS if any(k in r for r in history)]
-    rows = [[r["iteration"], r.get("split", "")] + [r.get(k, float("nan")) for k in keys] for r in history]
+    rows = [
+        [r["iteration"], r.get("split", "")] + [r.get(k, float("nan")) for k in keys]
+        for r in history
+    ]
     return format_table(["iteration", "split"] + keys, rows)
 
 
-def final_report(output_dir: os.PathLike, metrics: Dict[str, Any], history: List[Dict[str, Any]],
-                 best: Optional[Dict[str, Any]], max_iter: int) -> Path:
+def final_report(
+    output_dir: os.PathLike,
+    metrics: Dict[str, Any],
+    history: List[Dict[str, Any]],
+    best: Optional[Dict[str, Any]],
+    max_iter: int,
+) -> Path:
     """Log the evaluation history as a table and write ``metrics.json`` (final numbers, per-class AP,
     the best checkpoint's numbers and the history) atomically."""
     if history:
         logger.info("evaluation results during training:\n%s", history_table(history))
     if best:
-        logger.info("best %s %s = %.4f at iteration %d (best.pth)", best["split"], best["metric"], best["value"],
-                    best["iteration"])
+        logger.info(
+            "best %s %s = %.4f at iteration %d (best.pth)",
+            best["split"],
+            best["metric"],
+            best["value"],
+            best["iteration"],
+        )
     path = Path(output_dir) / FINAL_METRICS_FILE
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump({"iteration": max_iter, "final": metrics, "best": best, "history": history}, f, indent=2)
+        json.dump(
+            {"iteration": max_iter, "final": metrics, "best": best, "history": history}, f, indent=2
+        )
     os.replace(tmp, path)
     logger.info("final metrics written to %s", path)
     return path

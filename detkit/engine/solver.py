@@ -2,6 +2,7 @@
 multi-step or cosine decay. The schedule is a pure function of the iteration, so resuming only needs
 the iteration number (the scheduler state holds nothing else).
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,14 @@ def scaled_base_lr(base_lr: float, ims_per_batch: int, reference_batch_size: int
     if ims_per_batch == reference_batch_size:
         return float(base_lr)
     lr = float(base_lr) * ims_per_batch / reference_batch_size
-    logger.info("solver: ims_per_batch=%d differs from reference_batch_size=%d: base_lr %g scaled linearly "
-                "to %g", ims_per_batch, reference_batch_size, base_lr, lr)
+    logger.info(
+        "solver: ims_per_batch=%d differs from reference_batch_size=%d: base_lr %g scaled linearly "
+        "to %g",
+        ims_per_batch,
+        reference_batch_size,
+        base_lr,
+        lr,
+    )
     return lr
 
 
@@ -37,16 +44,26 @@ def param_groups(model: nn.Module, weight_decay: float, weight_decay_norm: float
                 continue
             seen.add(id(p))
             (no_decay if isinstance(module, _NORM_TYPES) or name == "bias" else decay).append(p)
-    groups = [{"params": decay, "weight_decay": float(weight_decay)},
-              {"params": no_decay, "weight_decay": float(weight_decay_norm)}]
+    groups = [
+        {"params": decay, "weight_decay": float(weight_decay)},
+        {"params": no_decay, "weight_decay": float(weight_decay_norm)},
+    ]
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: nn.Module, *, base_lr: float, momentum: float, weight_decay: float,
-                    weight_decay_norm: float) -> torch.optim.SGD:
+def build_optimizer(
+    model: nn.Module,
+    *,
+    base_lr: float,
+    momentum: float,
+    weight_decay: float,
+    weight_decay_norm: float,
+) -> torch.optim.SGD:
     groups = param_groups(model, weight_decay, weight_decay_norm)
     if not groups:
-        raise ValueError("the model has no trainable parameters (is model.backbone.freeze_at too high?)")
+        raise ValueError(
+            "the model has no trainable parameters (is model.backbone.freeze_at too high?)"
+        )
     return torch.optim.SGD(groups, lr=base_lr, momentum=momentum)
 
 
@@ -58,14 +75,27 @@ class WarmupSchedule:
     (cosine). ``step(it)`` writes the lr for iteration ``it`` into every optimizer group.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, base_lr: float, max_iter: int,
-                 schedule: str = "multistep", steps: Sequence[int] = (), gamma: float = 0.1,
-                 warmup_iters: int = 0, warmup_factor: float = 0.001):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        base_lr: float,
+        max_iter: int,
+        schedule: str = "multistep",
+        steps: Sequence[int] = (),
+        gamma: float = 0.1,
+        warmup_iters: int = 0,
+        warmup_factor: float = 0.001,
+    ):
         if schedule not in ("multistep", "cosine"):
-            raise ValueError(f"solver.lr_schedule must be 'multistep' or 'cosine', got '{schedule}'")
+            raise ValueError(
+                f"solver.lr_schedule must be 'multistep' or 'cosine', got '{schedule}'"
+            )
         bad = [s for s in steps if not 0 < s <= max_iter]
         if schedule == "multistep" and (bad or list(steps) != sorted(steps)):
-            raise ValueError(f"solver.steps must be increasing and within (0, max_iter={max_iter}], got {list(steps)}")
+            raise ValueError(
+                f"solver.steps must be increasing and within (0, max_iter={max_iter}], got {list(steps)}"
+            )
         self.optimizer, self.base_lr, self.max_iter = optimizer, float(base_lr), int(max_iter)
         self.schedule, self.steps, self.gamma = schedule, [int(s) for s in steps], float(gamma)
         self.warmup_iters, self.warmup_factor = int(warmup_iters), float(warmup_factor)
@@ -92,16 +122,25 @@ class WarmupSchedule:
         return lr
 
     def state_dict(self) -> Dict:
-        return {"last_iter": self.last_iter, "base_lr": self.base_lr, "schedule": self.schedule,
-                "max_iter": self.max_iter}
+        return {
+            "last_iter": self.last_iter,
+            "base_lr": self.base_lr,
+            "schedule": self.schedule,
+            "max_iter": self.max_iter,
+        }
 
     def load_state_dict(self, state: Dict) -> None:
         self.last_iter = int(state["last_iter"])
-        changed = {k: (state[k], getattr(self, k)) for k in ("base_lr", "schedule", "max_iter")
-                   if k in state and state[k] != getattr(self, k)}
+        changed = {
+            k: (state[k], getattr(self, k))
+            for k in ("base_lr", "schedule", "max_iter")
+            if k in state and state[k] != getattr(self, k)
+        }
         if changed:
-            logger.warning("lr schedule differs from the checkpoint's (saved, now): %s; using the current one",
-                           changed)
+            logger.warning(
+                "lr schedule differs from the checkpoint's (saved, now): %s; using the current one",
+                changed,
+            )
 
 
 def current_lrs(optimizer: torch.optim.Optimizer) -> Iterable[float]:

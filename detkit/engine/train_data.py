@@ -10,6 +10,7 @@ run would have seen. Two things make that so:
   and the mapper is re-seeded with it just before the sample is drawn, so the augmentation does not
   depend on which loader worker drew it, nor on how many samples that worker drew before.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,12 +55,26 @@ class SeededSamples(Dataset):
 class ResumableBatchSampler(Sampler[List[Tuple[int, int]]]):
     """Endless batches of ``(index, augmentation seed)`` for one rank, starting at batch ``start``."""
 
-    def __init__(self, dataset: Any, batch_size: int, *, seed: int, rank: int, world_size: int,
-                 start: int = 0, group_by_aspect_ratio: bool = True):
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int,
+        world_size: int,
+        start: int = 0,
+        group_by_aspect_ratio: bool = True,
+    ):
         n = len(dataset)
         self.groups = aspect_ratio_groups(dataset.records) if group_by_aspect_ratio else [0] * n
         self.sampler = TrainingSampler(n, seed=seed, rank=rank, world_size=world_size)
-        self.batch_size, self.seed, self.rank, self.start = int(batch_size), int(seed), int(rank), int(start)
+        self.batch_size, self.seed, self.rank, self.start = (
+            int(batch_size),
+            int(seed),
+            int(rank),
+            int(start),
+        )
 
     def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
         batches = GroupedBatchSampler(self.sampler, self.groups, self.batch_size)
@@ -68,16 +83,39 @@ class ResumableBatchSampler(Sampler[List[Tuple[int, int]]]):
                 yield [(i, sample_seed(self.seed, self.rank, k, j)) for j, i in enumerate(batch)]
 
 
-def build_resumable_loader(dataset: Any, *, batch_size: int, seed: int, rank: int, world_size: int,
-                           start_batch: int = 0, num_workers: int = 0,
-                           group_by_aspect_ratio: bool = True) -> DataLoader:
+def build_resumable_loader(
+    dataset: Any,
+    *,
+    batch_size: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    start_batch: int = 0,
+    num_workers: int = 0,
+    group_by_aspect_ratio: bool = True,
+) -> DataLoader:
     """An endless DataLoader of batches (lists of samples) that starts at micro-batch ``start_batch``."""
-    sampler = ResumableBatchSampler(dataset, batch_size, seed=seed, rank=rank, world_size=world_size,
-                                    start=start_batch, group_by_aspect_ratio=group_by_aspect_ratio)
+    sampler = ResumableBatchSampler(
+        dataset,
+        batch_size,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        start=start_batch,
+        group_by_aspect_ratio=group_by_aspect_ratio,
+    )
     generator = torch.Generator()
-    generator.manual_seed(sample_seed(seed, rank, 2**31, 0))  # worker seeds: not from the global RNG
+    generator.manual_seed(
+        sample_seed(seed, rank, 2**31, 0)
+    )  # worker seeds: not from the global RNG
     if start_batch:
         logger.info("data: continuing the training stream at batch %d (rank %d)", start_batch, rank)
-    return DataLoader(SeededSamples(dataset), batch_sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate, pin_memory=torch.cuda.is_available(),
-                      persistent_workers=num_workers > 0, generator=generator)
+    return DataLoader(
+        SeededSamples(dataset),
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+        generator=generator,
+    )

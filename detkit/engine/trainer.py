@@ -6,6 +6,7 @@ images per process, checks every loss term for NaN/Inf on every rank *before* th
 all-reduce), then clips and steps. Iterations are numbered 1..max_iter in logs and file names; a
 checkpoint taken after N iterations is ``model_{N:07d}.pth`` and resumes at iteration N + 1.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,8 +26,14 @@ from detkit.modeling.build import build_model
 from detkit.utils.rng import get_rng_state, preserve_rng, seed_all, set_rng_state
 
 from .checkpoint import BEST, FINAL, Checkpointer, load_model_weights
-from .distributed import (DistContext, all_gather_objects, all_reduce_sum, get_world_size, reduce_flag,
-                          wrap_ddp)
+from .distributed import (
+    DistContext,
+    all_gather_objects,
+    all_reduce_sum,
+    get_world_size,
+    reduce_flag,
+    wrap_ddp,
+)
 from .events import EventWriter, SmoothedScalars, plot_curves
 from .inference import autocast_context, bar_interval, primary_metric, run_inference, scalar_metrics
 from .reporting import final_report, log_step, progress_postfix, step_record
@@ -43,8 +50,9 @@ class DivergenceError(FloatingPointError):
 def build_dataset_main_first(cfg, split: str, ctx: DistContext):
     """Rank 0 builds first (it may generate or index data), the others after it, from its files. A
     dataset error on rank 0 (e.g. a missing folder) is raised on every rank."""
-    dataset = run_on_all_ranks(lambda: build_dataset(cfg, split) if ctx.is_main else None,
-                               f"building the {split} dataset")
+    dataset = run_on_all_ranks(
+        lambda: build_dataset(cfg, split) if ctx.is_main else None, f"building the {split} dataset"
+    )
     return dataset if ctx.is_main else build_dataset(cfg, split)
 
 
@@ -73,13 +81,24 @@ def check_solver(cfg) -> None:
     if s.amp_dtype not in ("bf16", "fp16"):
         problems.append(("amp_dtype", f"must be bf16 or fp16, got '{s.amp_dtype}'"))
     steps = list(s.steps)
-    if s.lr_schedule == "multistep" and (steps != sorted(steps) or any(not 0 < x <= s.max_iter for x in steps)):
-        problems.append(("steps", f"must be increasing and within (0, solver.max_iter={s.max_iter}], got {steps}"))
+    if s.lr_schedule == "multistep" and (
+        steps != sorted(steps) or any(not 0 < x <= s.max_iter for x in steps)
+    ):
+        problems.append(
+            (
+                "steps",
+                f"must be increasing and within (0, solver.max_iter={s.max_iter}], got {steps}",
+            )
+        )
     for key in ("max_iter", "ims_per_batch", "accumulate", "checkpoint_period", "log_period"):
         if s[key] < 1:
             problems.append((key, f"must be at least 1, got {s[key]}"))
     if problems:
-        raise ConfigError("; ".join(f"solver.{k} {msg} (set in {cfg.origin('solver.' + k)})" for k, msg in problems))
+        raise ConfigError(
+            "; ".join(
+                f"solver.{k} {msg} (set in {cfg.origin('solver.' + k)})" for k, msg in problems
+            )
+        )
 
 
 class Trainer:
@@ -88,10 +107,14 @@ class Trainer:
         self.cfg, self.out, self.ctx = cfg, Path(output_dir), ctx
         s = cfg.solver
         self.max_iter, self.accumulate = int(s.max_iter), int(s.accumulate)
-        self.micro_batch = self._micro_batch_size(int(s.ims_per_batch), int(s.accumulate), ctx.world_size)
+        self.micro_batch = self._micro_batch_size(
+            int(s.ims_per_batch), int(s.accumulate), ctx.world_size
+        )
         self.amp = bool(s.amp) and ctx.device.type == "cuda"
         if s.amp and not self.amp:
-            logger.warning("solver.amp is ignored on CPU (mixed precision needs CUDA); training in float32")
+            logger.warning(
+                "solver.amp is ignored on CPU (mixed precision needs CUDA); training in float32"
+            )
         seed_all(s.seed)  # the same initial weights on every rank
         self.train_set = build_dataset_main_first(cfg, "train", ctx)
         self.class_names = list(self.train_set.class_names)
@@ -99,20 +122,38 @@ class Trainer:
         if cfg.model.weights:
             load_model_weights(self.model, cfg.model.weights, strict=False)
         lr = scaled_base_lr(s.base_lr, s.ims_per_batch, s.reference_batch_size)
-        self.optimizer = build_optimizer(self.model, base_lr=lr, momentum=s.momentum, weight_decay=s.weight_decay,
-                                         weight_decay_norm=s.weight_decay_norm)
-        self.scheduler = WarmupSchedule(self.optimizer, base_lr=lr, max_iter=self.max_iter, schedule=s.lr_schedule,
-                                        steps=s.steps, gamma=s.gamma, warmup_iters=s.warmup_iters,
-                                        warmup_factor=s.warmup_factor)
+        self.optimizer = build_optimizer(
+            self.model,
+            base_lr=lr,
+            momentum=s.momentum,
+            weight_decay=s.weight_decay,
+            weight_decay_norm=s.weight_decay_norm,
+        )
+        self.scheduler = WarmupSchedule(
+            self.optimizer,
+            base_lr=lr,
+            max_iter=self.max_iter,
+            schedule=s.lr_schedule,
+            steps=s.steps,
+            gamma=s.gamma,
+            warmup_iters=s.warmup_iters,
+            warmup_factor=s.warmup_factor,
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and s.amp_dtype == "fp16")
         self.checkpointer = Checkpointer(self.out, keep=s.keep_checkpoints)
         self.start_iter, self.best, self.eval_history = 0, None, []
         rng = self._resume() if resume else None
         self.ddp = wrap_ddp(self.model, ctx)
         self.loader = build_resumable_loader(
-            self.train_set, batch_size=self.micro_batch, seed=s.seed, rank=ctx.rank, world_size=ctx.world_size,
-            start_batch=self.start_iter * self.accumulate, num_workers=cfg.data.num_workers,
-            group_by_aspect_ratio=cfg.data.aspect_ratio_grouping)
+            self.train_set,
+            batch_size=self.micro_batch,
+            seed=s.seed,
+            rank=ctx.rank,
+            world_size=ctx.world_size,
+            start_batch=self.start_iter * self.accumulate,
+            num_workers=cfg.data.num_workers,
+            group_by_aspect_ratio=cfg.data.aspect_ratio_grouping,
+        )
         if rng is not None:
             set_rng_state(rng)  # last: nothing after this may draw random numbers before training
         else:
@@ -123,32 +164,58 @@ class Trainer:
     @staticmethod
     def _micro_batch_size(total: int, accumulate: int, world_size: int) -> int:
         if accumulate < 1 or total % (world_size * accumulate):
-            raise ConfigError(f"solver.ims_per_batch={total} must be divisible by the number of processes "
-                             f"({world_size}) x solver.accumulate ({accumulate})")
+            raise ConfigError(
+                f"solver.ims_per_batch={total} must be divisible by the number of processes "
+                f"({world_size}) x solver.accumulate ({accumulate})"
+            )
         per = total // (world_size * accumulate)
-        logger.info("batch: %d images per step = %d processes x %d accumulation steps x %d images", total,
-                    world_size, accumulate, per)
+        logger.info(
+            "batch: %d images per step = %d processes x %d accumulation steps x %d images",
+            total,
+            world_size,
+            accumulate,
+            per,
+        )
         return per
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, iteration: int) -> Dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "iteration": iteration, "rng": all_gather_objects(get_rng_state()),
-                "world_size": self.ctx.world_size,
-                "data": {"seed": int(self.cfg.solver.seed), "batches_per_rank": iteration * self.accumulate,
-                         "micro_batch": self.micro_batch},
-                "best": self.best, "eval_history": self.eval_history,
-                "config": self.cfg.to_dict(), "class_names": self.class_names}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": iteration,
+            "rng": all_gather_objects(get_rng_state()),
+            "world_size": self.ctx.world_size,
+            "data": {
+                "seed": int(self.cfg.solver.seed),
+                "batches_per_rank": iteration * self.accumulate,
+                "micro_batch": self.micro_batch,
+            },
+            "best": self.best,
+            "eval_history": self.eval_history,
+            "config": self.cfg.to_dict(),
+            "class_names": self.class_names,
+        }
 
     def save_checkpoint(self, iteration: int) -> None:
-        state = self._state(iteration)  # a collective (RNG states of all ranks): every rank builds it
-        run_on_all_ranks(lambda: self.checkpointer.save(state, iteration) if self.ctx.is_main else None,
-                         "writing the checkpoint")
+        state = self._state(
+            iteration
+        )  # a collective (RNG states of all ranks): every rank builds it
+        run_on_all_ranks(
+            lambda: self.checkpointer.save(state, iteration) if self.ctx.is_main else None,
+            "writing the checkpoint",
+        )
 
     def _weights_only(self, iteration: int, metrics: Optional[Dict] = None) -> Dict[str, Any]:
-        return {"model": self.model.state_dict(), "config": self.cfg.to_dict(), "class_names": self.class_names,
-                "iteration": iteration, "metrics": metrics}
+        return {
+            "model": self.model.state_dict(),
+            "config": self.cfg.to_dict(),
+            "class_names": self.class_names,
+            "iteration": iteration,
+            "metrics": metrics,
+        }
 
     def _resume(self) -> Optional[Dict[str, Any]]:
         found = self.checkpointer.load_latest()
@@ -163,12 +230,20 @@ class Trainer:
         self.start_iter = int(state["iteration"])
         self.best, self.eval_history = state.get("best"), list(state.get("eval_history", []))
         _warn_config_changes(state.get("config", {}), self.cfg.to_dict())
-        logger.info("resumed from %s: continuing at iteration %d of %d", path, self.start_iter + 1, self.max_iter)
+        logger.info(
+            "resumed from %s: continuing at iteration %d of %d",
+            path,
+            self.start_iter + 1,
+            self.max_iter,
+        )
         rngs = state.get("rng") or []
         if state.get("world_size") != self.ctx.world_size or len(rngs) != self.ctx.world_size:
-            logger.warning("checkpoint written by %s processes, now %d: random states reseeded, the data stream "
-                           "re-sharded (the run continues, but not bit-identically)", state.get("world_size"),
-                           self.ctx.world_size)
+            logger.warning(
+                "checkpoint written by %s processes, now %d: random states reseeded, the data stream "
+                "re-sharded (the run continues, but not bit-identically)",
+                state.get("world_size"),
+                self.ctx.world_size,
+            )
             return None
         return rngs[self.ctx.rank]
 
@@ -177,8 +252,9 @@ class Trainer:
         with autocast_context(self.ctx.device, self.amp, self.cfg.solver.amp_dtype):
             return self.ddp(batch)
 
-    def _check_losses(self, iteration: int, values: Optional[Dict[str, float]],
-                      error: Optional[BaseException]) -> None:
+    def _check_losses(
+        self, iteration: int, values: Optional[Dict[str, float]], error: Optional[BaseException]
+    ) -> None:
         """One all-reduce per micro-batch: did any rank fail, or see a non-finite loss? Then every
         rank raises at the same point instead of leaving the others in a collective."""
         bad = {} if values is None else {k: v for k, v in values.items() if not math.isfinite(v)}
@@ -189,15 +265,20 @@ class Trainer:
             raise RuntimeError(f"iteration {iteration}: another rank failed; see that rank's log")
         if flags[1] > 0:
             found = all_gather_objects(bad)
-            terms = ", ".join(f"{k}={v}" + (f" (rank {r})" if len(found) > 1 else "")
-                              for r, b in enumerate(found) for k, v in sorted(b.items()))
+            terms = ", ".join(
+                f"{k}={v}" + (f" (rank {r})" if len(found) > 1 else "")
+                for r, b in enumerate(found)
+                for k, v in sorted(b.items())
+            )
             self._diverged(f"non-finite loss at iteration {iteration}: {terms}")
 
     def _diverged(self, message: str) -> None:
         self.checkpointer.disable(f"training diverged ({message})")
-        raise DivergenceError(f"{message}. Training stopped; no checkpoint was written after divergence "
-                              "(resume from the last good one with a lower solver.base_lr, a longer "
-                              "solver.warmup_iters or solver.clip_grad_norm > 0)")
+        raise DivergenceError(
+            f"{message}. Training stopped; no checkpoint was written after divergence "
+            "(resume from the last good one with a lower solver.base_lr, a longer "
+            "solver.warmup_iters or solver.clip_grad_norm > 0)"
+        )
 
     def run_step(self, iteration: int, data_iter) -> Dict[str, float]:
         """One optimizer step (``accumulate`` micro-batches); returns this rank's mean loss values."""
@@ -205,14 +286,18 @@ class Trainer:
         for micro in range(self.accumulate):
             last = micro == self.accumulate - 1
             # gradients are all-reduced only in the last micro-batch's backward
-            with contextlib.nullcontext() if last or not self.ctx.distributed else self.ddp.no_sync():
+            with (
+                contextlib.nullcontext() if last or not self.ctx.distributed else self.ddp.no_sync()
+            ):
                 values, error, t0 = None, None, time.perf_counter()
                 try:
                     batch = next(data_iter)
                     totals["data_time"] += time.perf_counter() - t0
                     losses = self._forward(batch)
                     names = sorted(losses)
-                    stacked = torch.stack([losses[k].detach().float() for k in names]).cpu().tolist()
+                    stacked = (
+                        torch.stack([losses[k].detach().float() for k in names]).cpu().tolist()
+                    )
                     values = dict(zip(names, stacked))
                 except Exception as e:  # raised by _check_losses, once every rank knows
                     error = e
@@ -227,7 +312,9 @@ class Trainer:
         clip = float(self.cfg.solver.clip_grad_norm)
         if clip > 0:
             self.scaler.unscale_(self.optimizer)
-            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            params = [
+                p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None
+            ]
             norm = torch.nn.utils.clip_grad_norm_(params, clip)
             # gradients are all-reduced, so every rank sees the same norm and stops together
             if not self.scaler.is_enabled() and not torch.isfinite(norm):
@@ -255,8 +342,15 @@ class Trainer:
         evaluator = build_evaluator(dataset, output_dir=out, engine=self.cfg.test.evaluator_engine)
         loader = build_test_loader(self.cfg, dataset, self.ctx.rank, self.ctx.world_size)
         with preserve_rng():  # evaluating must not change the training run that follows
-            metrics = run_inference(self.model, loader, evaluator, device=self.ctx.device, amp=self.amp,
-                                    amp_dtype=self.cfg.solver.amp_dtype, desc=f"eval {split} @ {iteration}")
+            metrics = run_inference(
+                self.model,
+                loader,
+                evaluator,
+                device=self.ctx.device,
+                amp=self.amp,
+                amp_dtype=self.cfg.solver.amp_dtype,
+                desc=f"eval {split} @ {iteration}",
+            )
         self._track(iteration, split, metrics)
         return metrics
 
@@ -265,14 +359,23 @@ class Trainer:
         record = {"iteration": iteration, "split": split, **scalar_metrics(metrics)}
         self.eval_history.append(record)
         if self.writer is not None:
-            self.writer.write(iteration, {"split": split, **scalar_metrics(metrics)}, prefix=f"{split}/")
+            self.writer.write(
+                iteration, {"split": split, **scalar_metrics(metrics)}, prefix=f"{split}/"
+            )
         if key is None or (self.best is not None and metrics[key] <= self.best["value"]):
             return
-        self.best = {"metric": key, "value": float(metrics[key]), "iteration": iteration, "split": split}
+        self.best = {
+            "metric": key,
+            "value": float(metrics[key]),
+            "iteration": iteration,
+            "split": split,
+        }
         logger.info("new best %s %s = %.4f at iteration %d", split, key, metrics[key], iteration)
         weights = self._weights_only(iteration, scalar_metrics(metrics))
-        run_on_all_ranks(lambda: self.checkpointer.save_named(weights, BEST) if self.ctx.is_main else None,
-                         "writing best.pth")
+        run_on_all_ranks(
+            lambda: self.checkpointer.save_named(weights, BEST) if self.ctx.is_main else None,
+            "writing best.pth",
+        )
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> Dict[str, Any]:
@@ -281,10 +384,19 @@ class Trainer:
         s = self.cfg.solver
         self.writer = EventWriter(self.out, enabled=self.ctx.is_main, start_iter=self.start_iter)
         smooth = SmoothedScalars(window=max(1, s.log_period))
-        bar = tqdm(total=self.max_iter, initial=self.start_iter, desc="train", unit="it", dynamic_ncols=True,
-                   disable=not self.ctx.is_main, mininterval=bar_interval())
+        bar = tqdm(
+            total=self.max_iter,
+            initial=self.start_iter,
+            desc="train",
+            unit="it",
+            dynamic_ncols=True,
+            disable=not self.ctx.is_main,
+            mininterval=bar_interval(),
+        )
         data_iter = iter(self.loader)
-        logger.info("training iterations %d..%d in %s", self.start_iter + 1, self.max_iter, self.out)
+        logger.info(
+            "training iterations %d..%d in %s", self.start_iter + 1, self.max_iter, self.out
+        )
         try:
             with bar:
                 for it in range(self.start_iter + 1, self.max_iter + 1):
@@ -304,10 +416,14 @@ class Trainer:
 
     def _after_step(self, it: int, smooth: SmoothedScalars, bar) -> None:
         s = self.cfg.solver
-        bar.set_postfix_str(progress_postfix(step_record(smooth.means(), s.ims_per_batch, self.ctx.device)),
-                            refresh=False)
+        bar.set_postfix_str(
+            progress_postfix(step_record(smooth.means(), s.ims_per_batch, self.ctx.device)),
+            refresh=False,
+        )
         if it % s.log_period == 0 or it == self.max_iter:
-            record = step_record(_average_over_ranks(smooth.means()), s.ims_per_batch, self.ctx.device)
+            record = step_record(
+                _average_over_ranks(smooth.means()), s.ims_per_batch, self.ctx.device
+            )
             self.writer.write(it, record, prefix="train/")
             log_step(it, self.max_iter, record)
         if s.eval_period > 0 and it % s.eval_period == 0 and it < self.max_iter:
@@ -318,8 +434,10 @@ class Trainer:
     def _finish(self, metrics: Dict[str, Any]) -> None:
         self.save_checkpoint(self.max_iter)
         weights = self._weights_only(self.max_iter, scalar_metrics(metrics))
-        run_on_all_ranks(lambda: self.checkpointer.save_named(weights, FINAL) if self.ctx.is_main else None,
-                         "writing model_final.pth")
+        run_on_all_ranks(
+            lambda: self.checkpointer.save_named(weights, FINAL) if self.ctx.is_main else None,
+            "writing model_final.pth",
+        )
         if self.ctx.is_main:
             final_report(self.out, metrics, self.eval_history, self.best, self.max_iter)
             path = plot_curves(self.out)

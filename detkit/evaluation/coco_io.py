@@ -5,6 +5,7 @@ engine runs: duplicate annotation ids or id 0 in the ground truth (pycocotools s
 ground-truth id in the detection, so id 0 reads as "unmatched" and duplicate ids fetch the wrong box),
 result image ids or category ids that the ground truth does not know, and non-finite numbers.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,22 +51,36 @@ class Detections:
 
     @staticmethod
     def empty() -> "Detections":
-        return Detections(np.zeros(0, np.int64), np.zeros(0, np.int64),
-                          np.zeros((0, 4), np.float64), np.zeros(0, np.float64))
+        return Detections(
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros((0, 4), np.float64),
+            np.zeros(0, np.float64),
+        )
 
     @staticmethod
     def concat(parts: Sequence["Detections"]) -> "Detections":
         parts = [p for p in parts if p.size]
         if not parts:
             return Detections.empty()
-        return Detections(*(np.concatenate([getattr(p, f) for p in parts])
-                            for f in ("image_id", "category_id", "bbox", "score")))
+        return Detections(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("image_id", "category_id", "bbox", "score")
+            )
+        )
 
     def to_coco_list(self) -> List[Dict[str, Any]]:
         """The COCO results format: ``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``."""
-        return [{"image_id": i, "category_id": c, "bbox": b, "score": s}
-                for i, c, b, s in zip(self.image_id.tolist(), self.category_id.tolist(),
-                                      self.bbox.tolist(), self.score.tolist())]
+        return [
+            {"image_id": i, "category_id": c, "bbox": b, "score": s}
+            for i, c, b, s in zip(
+                self.image_id.tolist(),
+                self.category_id.tolist(),
+                self.bbox.tolist(),
+                self.score.tolist(),
+            )
+        ]
 
 
 @dataclass
@@ -91,7 +106,9 @@ def load_coco_gt(gt: PathOrDict) -> GroundTruth:
     else:
         source, dataset = str(gt), _read_json(gt, "COCO ground-truth")
     if not isinstance(dataset, dict):
-        raise ValueError(f"{source}: a COCO ground truth is a JSON object, got {type(dataset).__name__}")
+        raise ValueError(
+            f"{source}: a COCO ground truth is a JSON object, got {type(dataset).__name__}"
+        )
     for key in ("images", "annotations", "categories"):
         if not isinstance(dataset.get(key), list):
             raise ValueError(f"{source}: missing or invalid '{key}' list in the COCO ground truth")
@@ -107,12 +124,23 @@ def load_coco_gt(gt: PathOrDict) -> GroundTruth:
     except KeyError as e:
         raise ValueError(f"{source}: an annotation has no {e} field") from None
     except (TypeError, ValueError):
-        raise ValueError(f"{source}: every annotation needs a 4-number 'bbox' and a numeric 'area'") from None
+        raise ValueError(
+            f"{source}: every annotation needs a 4-number 'bbox' and a numeric 'area'"
+        ) from None
     crowd = np.asarray([bool(a.get("iscrowd", 0)) for a in anns], bool).reshape(len(anns))
     _warn_unknown_refs(ann_img, image_ids, ann_cat, cat_ids, source)
-    return GroundTruth(source, dataset, np.unique(image_ids), np.unique(cat_ids),
-                       {int(c["id"]): str(c.get("name", c["id"])) for c in dataset["categories"]},
-                       ann_img, ann_cat, bbox, area, crowd)
+    return GroundTruth(
+        source,
+        dataset,
+        np.unique(image_ids),
+        np.unique(cat_ids),
+        {int(c["id"]): str(c.get("name", c["id"])) for c in dataset["categories"]},
+        ann_img,
+        ann_cat,
+        bbox,
+        area,
+        crowd,
+    )
 
 
 def _int_array(values: list, source: str, what: str) -> np.ndarray:
@@ -127,23 +155,34 @@ def _check_annotation_ids(anns: list, source: str) -> None:
     if any(i is None for i in ids):
         raise ValueError(f"{source}: annotation #{ids.index(None)} has no 'id'")
     if 0 in ids:
-        raise ValueError(f"{source}: annotation id 0 (annotation #{ids.index(0)}) is not allowed: "
-                         "pycocotools treats id 0 as 'unmatched' and mis-scores it; renumber from 1")
+        raise ValueError(
+            f"{source}: annotation id 0 (annotation #{ids.index(0)}) is not allowed: "
+            "pycocotools treats id 0 as 'unmatched' and mis-scores it; renumber from 1"
+        )
     dup = sorted(i for i, n in Counter(ids).items() if n > 1)
     if dup:
-        raise ValueError(f"{source}: duplicate annotation ids {_short(dup)}; COCO evaluation looks "
-                         "annotations up by id, so duplicates are mis-scored; make the ids unique")
+        raise ValueError(
+            f"{source}: duplicate annotation ids {_short(dup)}; COCO evaluation looks "
+            "annotations up by id, so duplicates are mis-scored; make the ids unique"
+        )
 
 
 def _warn_unknown_refs(ann_img, image_ids, ann_cat, cat_ids, source) -> None:
     bad_img = np.setdiff1d(ann_img, image_ids)
     if bad_img.size:
-        logger.warning("%s: annotations refer to image ids not in 'images' (%s); they are not evaluated",
-                       source, _short(bad_img.tolist()))
+        logger.warning(
+            "%s: annotations refer to image ids not in 'images' (%s); they are not evaluated",
+            source,
+            _short(bad_img.tolist()),
+        )
     bad_cat = np.setdiff1d(ann_cat, cat_ids)
     if bad_cat.size:
-        logger.warning("%s: annotations refer to category ids not in 'categories' (%s); they are not "
-                       "evaluated", source, _short(bad_cat.tolist()))
+        logger.warning(
+            "%s: annotations refer to category ids not in 'categories' (%s); they are not "
+            "evaluated",
+            source,
+            _short(bad_cat.tolist()),
+        )
 
 
 def load_coco_results(results: PathOrList) -> Tuple[List[Dict[str, Any]], str]:
@@ -156,8 +195,9 @@ def load_coco_results(results: PathOrList) -> Tuple[List[Dict[str, Any]], str]:
         logger.info("%s: reading the detections from its 'annotations' list", source)
         data = data["annotations"]
     if not isinstance(data, list):
-        raise ValueError(f"{source}: COCO results must be a JSON list of detections, got "
-                         f"{type(data).__name__}")
+        raise ValueError(
+            f"{source}: COCO results must be a JSON list of detections, got {type(data).__name__}"
+        )
     return data, source
 
 
@@ -174,25 +214,36 @@ def results_to_detections(results: List[Dict[str, Any]], source: str) -> Detecti
         for n, r in enumerate(results):
             ok = isinstance(r, dict) and {"image_id", "category_id", "bbox", "score"} <= set(r)
             if not ok or np.size(r["bbox"]) != 4:
-                raise ValueError(f"{source}: detection #{n} needs 'image_id', 'category_id', "
-                                 f"'bbox' [x, y, w, h] and 'score'; got {r!r}") from None
-        raise ValueError(f"{source}: detections have non-numeric 'bbox' or 'score' values") from None
-    return Detections(_int_array(img, source, "image_id"), _int_array(cat, source, "category_id"),
-                      bbox, score)
+                raise ValueError(
+                    f"{source}: detection #{n} needs 'image_id', 'category_id', "
+                    f"'bbox' [x, y, w, h] and 'score'; got {r!r}"
+                ) from None
+        raise ValueError(
+            f"{source}: detections have non-numeric 'bbox' or 'score' values"
+        ) from None
+    return Detections(
+        _int_array(img, source, "image_id"), _int_array(cat, source, "category_id"), bbox, score
+    )
 
 
 def check_detections(dets: Detections, gt: GroundTruth, source: str) -> None:
     """Reject detections that pycocotools would reject or silently drop."""
     bad_img = np.setdiff1d(dets.image_id, gt.image_ids)
     if bad_img.size:
-        raise ValueError(f"{source}: result image ids not in the ground truth {gt.source}: "
-                         f"{_short(bad_img.tolist())}")
+        raise ValueError(
+            f"{source}: result image ids not in the ground truth {gt.source}: "
+            f"{_short(bad_img.tolist())}"
+        )
     bad_cat = np.setdiff1d(dets.category_id, gt.cat_ids)
     if bad_cat.size:
-        raise ValueError(f"{source}: result category ids not in the ground truth {gt.source}: "
-                         f"{_short(bad_cat.tolist())} (known: {_short(gt.cat_ids.tolist(), 100)})")
+        raise ValueError(
+            f"{source}: result category ids not in the ground truth {gt.source}: "
+            f"{_short(bad_cat.tolist())} (known: {_short(gt.cat_ids.tolist(), 100)})"
+        )
     finite = np.isfinite(dets.score) & np.isfinite(dets.bbox).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
-        raise ValueError(f"{source}: {bad.size} detections have NaN/inf in 'bbox' or 'score' "
-                         f"(first: #{_short(bad.tolist(), 5)})")
+        raise ValueError(
+            f"{source}: {bad.size} detections have NaN/inf in 'bbox' or 'score' "
+            f"(first: #{_short(bad.tolist(), 5)})"
+        )

@@ -1,4 +1,5 @@
 """Pieces both evaluators share: gathering across processes, image-id bookkeeping, tables, JSON."""
+
 from __future__ import annotations
 
 import json
@@ -55,15 +56,21 @@ def check_processed_ids(processed: Sequence[int], known: Iterable[int], source: 
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         dup = uniq[counts > 1].tolist()
-        raise ValueError(f"image ids processed more than once: {short_list(dup)}; every image must be "
-                         "predicted exactly once (a padding DistributedSampler repeats images)")
+        raise ValueError(
+            f"image ids processed more than once: {short_list(dup)}; every image must be "
+            "predicted exactly once (a padding DistributedSampler repeats images)"
+        )
     known = np.asarray(sorted(set(int(i) for i in known)), np.int64)
     unknown = np.setdiff1d(uniq, known)
     if unknown.size:
         raise ValueError(f"processed image ids not in {source}: {short_list(unknown.tolist())}")
     if 0 < uniq.size < known.size:
-        logger.warning("evaluating %d of the %d images in %s (only those processed)",
-                       uniq.size, known.size, source)
+        logger.warning(
+            "evaluating %d of the %d images in %s (only those processed)",
+            uniq.size,
+            known.size,
+            source,
+        )
     return uniq
 
 
@@ -95,7 +102,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     left = [any(c[i] and not _numeric(c[i]) for c in cells) for i in range(len(headers))]
 
     def fmt(values: Sequence[str]) -> str:
-        return " | ".join(v.ljust(w) if lft else v.rjust(w) for v, w, lft in zip(values, widths, left))
+        return " | ".join(
+            v.ljust(w) if lft else v.rjust(w) for v, w, lft in zip(values, widths, left)
+        )
 
     return "\n".join([fmt(headers), "-+-".join("-" * w for w in widths)] + [fmt(r) for r in cells])
 
@@ -105,11 +114,11 @@ def per_class_table(per_class: dict, title: str, columns: int = 3) -> str:
     items = [(name, "n/a" if ap < 0 else f"{ap:.3f}") for name, ap in per_class.items()]
     rows = []
     for i in range(0, len(items), columns):
-        chunk = items[i:i + columns]
+        chunk = items[i : i + columns]
         chunk += [("", "")] * (columns - len(chunk))
         rows.append([v for pair in chunk for v in pair])
     headers = ["class", title] * min(columns, max(len(items), 1))
-    return format_table(headers, [r[:len(headers)] for r in rows])
+    return format_table(headers, [r[: len(headers)] for r in rows])
 
 
 def write_json(obj: Any, path: os.PathLike) -> Path:

@@ -21,6 +21,7 @@ Only the matching is sequential (detection after detection); it runs once per de
 (image, category) groups at the same time, padded into buckets of similar size, and skips the
 detections and ground truths that overlap nothing at IoU >= 0.5.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,9 +34,22 @@ from .coco_io import Detections, GroundTruth
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # the same floats as pycocotools' Params.iouThrs
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # == Params.recThrs
 MAX_DETS = (1, 10, 100)
-AREA_RANGES = np.array([[0.0, 1e10], [0.0, 32.0 ** 2], [32.0 ** 2, 96.0 ** 2], [96.0 ** 2, 1e10]])
+AREA_RANGES = np.array([[0.0, 1e10], [0.0, 32.0**2], [32.0**2, 96.0**2], [96.0**2, 1e10]])
 AREA_NAMES = ("all", "small", "medium", "large")
-STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_NAMES = (
+    "AP",
+    "AP50",
+    "AP75",
+    "APs",
+    "APm",
+    "APl",
+    "AR1",
+    "AR10",
+    "AR100",
+    "ARs",
+    "ARm",
+    "ARl",
+)
 
 _MATCH_THRESHOLDS = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)
 _EPS = np.spacing(1)  # the epsilon pycocotools adds to the precision denominator
@@ -54,8 +68,9 @@ class COCOEvalOutput:
     cat_ids: np.ndarray  # (K,) the category id of each K index
 
 
-def evaluate_fast(gt: GroundTruth, dets: Detections,
-                  img_ids: Optional[np.ndarray] = None) -> COCOEvalOutput:
+def evaluate_fast(
+    gt: GroundTruth, dets: Detections, img_ids: Optional[np.ndarray] = None
+) -> COCOEvalOutput:
     """COCO bbox evaluation of ``dets`` on the images ``img_ids`` (default: all ground-truth images)."""
     img_ids = gt.image_ids if img_ids is None else np.unique(np.asarray(img_ids, np.int64))
     cat_ids = gt.cat_ids
@@ -79,11 +94,18 @@ def _index_gt(gt: GroundTruth, img_ids: np.ndarray, cat_ids: np.ndarray) -> Dict
     order = np.argsort(key, kind="stable")  # group by (image, category), file order inside
     crowd = gt.ann_crowd[keep][order]
     ignore = _area_outside(gt.ann_area[keep][order]) | crowd[None]
-    return {"key": key[order], "cat": cat[order], "box": gt.ann_bbox[keep][order],
-            "crowd": crowd, "ignore": ignore}
+    return {
+        "key": key[order],
+        "cat": cat[order],
+        "box": gt.ann_bbox[keep][order],
+        "crowd": crowd,
+        "ignore": ignore,
+    }
 
 
-def _index_dets(dets: Detections, img_ids: np.ndarray, cat_ids: np.ndarray) -> Dict[str, np.ndarray]:
+def _index_dets(
+    dets: Detections, img_ids: np.ndarray, cat_ids: np.ndarray
+) -> Dict[str, np.ndarray]:
     keep = np.flatnonzero(np.isin(dets.image_id, img_ids) & np.isin(dets.category_id, cat_ids))
     img = np.searchsorted(img_ids, dets.image_id[keep])
     cat = np.searchsorted(cat_ids, dets.category_id[keep])
@@ -93,9 +115,16 @@ def _index_dets(dets: Detections, img_ids: np.ndarray, cat_ids: np.ndarray) -> D
     rank = _rank_in_group(key[order])
     top = order[rank < MAX_DETS[-1]]  # pycocotools keeps the best max(MAX_DETS) per group
     box = dets.bbox[keep][top]
-    return {"key": key[top], "cat": cat[top], "img": img[top], "score": score[top],
-            "orig": keep[top], "rank": rank[rank < MAX_DETS[-1]], "box": box,
-            "outside": _area_outside(box[:, 2] * box[:, 3])}
+    return {
+        "key": key[top],
+        "cat": cat[top],
+        "img": img[top],
+        "score": score[top],
+        "orig": keep[top],
+        "rank": rank[rank < MAX_DETS[-1]],
+        "box": box,
+        "outside": _area_outside(box[:, 2] * box[:, 3]),
+    }
 
 
 def _rank_in_group(key: np.ndarray) -> np.ndarray:
@@ -131,7 +160,9 @@ def _candidate_pairs(g: Dict, d: Dict) -> Tuple[np.ndarray, np.ndarray, np.ndarr
     out = []
     lo = 0
     while lo < len(n_pairs):
-        hi = max(int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + _PAIR_CHUNK, "right")), lo + 1)
+        hi = max(
+            int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + _PAIR_CHUNK, "right")), lo + 1
+        )
         per = n_pairs[lo:hi]
         grp = np.repeat(np.arange(hi - lo), per)
         local = np.arange(per.sum()) - np.repeat(np.cumsum(per) - per, per)
@@ -160,17 +191,27 @@ def _match_all(g: Dict, d: Dict) -> np.ndarray:
     _, det_group, n_det = np.unique(d["key"][dets], return_inverse=True, return_counts=True)
     gt_group, n_gt = np.unique(g["key"][gts], return_inverse=True, return_counts=True)[1:]
     det_col, gt_col = _rank_in_group(d["key"][dets]), _rank_in_group(g["key"][gts])
-    problem = {"pair_group": det_group[det_inv], "pair_row": det_col[det_inv],
-               "pair_col": gt_col[gt_inv], "pair_iou": pair_iou, "n_det": n_det,
-               "det": dets, "det_group": det_group, "det_col": det_col, "gt_group": gt_group,
-               "gt_col": gt_col, "gt_ignore": g["ignore"][:, gts], "gt_crowd": g["crowd"][gts]}
+    problem = {
+        "pair_group": det_group[det_inv],
+        "pair_row": det_col[det_inv],
+        "pair_col": gt_col[gt_inv],
+        "pair_iou": pair_iou,
+        "n_det": n_det,
+        "det": dets,
+        "det_group": det_group,
+        "det_col": det_col,
+        "gt_group": gt_group,
+        "gt_col": gt_col,
+        "gt_ignore": g["ignore"][:, gts],
+        "gt_crowd": g["crowd"][gts],
+    }
     width = 1 << np.ceil(np.log2(n_gt)).astype(int)  # bucket groups by padded GT count
     for w in np.unique(width):
         members = np.flatnonzero(width == w)
         members = members[np.argsort(-n_det[members], kind="stable")]  # most detections first
         step = max(1, _MATCH_CELLS // (int(n_det[members[0]]) * int(w)))
         for i in range(0, len(members), step):
-            det_index, out = _match_groups(members[i:i + step], int(w), problem)
+            det_index, out = _match_groups(members[i : i + step], int(w), problem)
             codes[:, :, det_index] = out.transpose(1, 2, 0)
     return codes
 
@@ -183,7 +224,9 @@ def _match_groups(members: np.ndarray, w: int, p: Dict) -> Tuple[np.ndarray, np.
     B, D, A = len(members), int(p["n_det"][members[0]]), p["gt_ignore"].shape[0]
     ious = np.full((B, D, w), -1.0)
     mine = slot[p["pair_group"]] >= 0
-    ious[slot[p["pair_group"]][mine], p["pair_row"][mine], p["pair_col"][mine]] = p["pair_iou"][mine]
+    ious[slot[p["pair_group"]][mine], p["pair_row"][mine], p["pair_col"][mine]] = p["pair_iou"][
+        mine
+    ]
     ignore = np.ones((B, A, w), bool)
     crowd = np.zeros((B, w), bool)
     mine = slot[p["gt_group"]] >= 0
@@ -195,8 +238,9 @@ def _match_groups(members: np.ndarray, w: int, p: Dict) -> Tuple[np.ndarray, np.
     return p["det"][mine], out[rows, cols]
 
 
-def _greedy_match(ious: np.ndarray, ignore: np.ndarray, crowd: np.ndarray,
-                  n_det: np.ndarray) -> np.ndarray:
+def _greedy_match(
+    ious: np.ndarray, ignore: np.ndarray, crowd: np.ndarray, n_det: np.ndarray
+) -> np.ndarray:
     """Greedy matching for B groups at once.
 
     ious (B, D, G) padded with -1, detections in score order; ignore (B, A, G); crowd (B, G);
@@ -212,14 +256,17 @@ def _greedy_match(ious: np.ndarray, ignore: np.ndarray, crowd: np.ndarray,
         nb = int(np.count_nonzero(n_det > k))
         iou = ious[:nb, k]
         cand = (iou[:, None, None, :] >= _MATCH_THRESHOLDS[None, None, :, None]) & (
-            ~taken[:nb] | reusable[:nb])
+            ~taken[:nb] | reusable[:nb]
+        )
         cand_regular = cand & regular[:nb]
         has_regular = cand_regular.any(-1)
         cand = np.where(has_regular[..., None], cand_regular, cand)  # ignored GT only as a fallback
         matched = cand.any(-1)
         if not matched.any():
             continue
-        best = G - 1 - np.where(cand, iou[:, None, None, :], -1.0)[..., ::-1].argmax(-1)  # ties: last
+        best = (
+            G - 1 - np.where(cand, iou[:, None, None, :], -1.0)[..., ::-1].argmax(-1)
+        )  # ties: last
         b, a, t = np.nonzero(matched)
         taken[b, a, t, best[b, a, t]] = True
         out[:nb, k] = np.where(matched, np.where(has_regular, _MATCH, _MATCH_IGNORED), _NO_MATCH)
@@ -228,8 +275,9 @@ def _greedy_match(ious: np.ndarray, ignore: np.ndarray, crowd: np.ndarray,
 
 def _accumulate(g: Dict, d: Dict, codes: np.ndarray, K: int) -> Tuple[np.ndarray, np.ndarray]:
     A, T, R, M = len(AREA_RANGES), len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(MAX_DETS)
-    npig = np.stack([np.bincount(g["cat"], weights=~g["ignore"][a], minlength=K)
-                     for a in range(A)], axis=1).astype(np.int64)  # (K, A) non-ignored GT
+    npig = np.stack(
+        [np.bincount(g["cat"], weights=~g["ignore"][a], minlength=K) for a in range(A)], axis=1
+    ).astype(np.int64)  # (K, A) non-ignored GT
     # per category: score descending, then image id, then the order inside the image
     order = np.lexsort((d["orig"], d["img"], -d["score"], d["cat"]))
     codes = np.ascontiguousarray(codes[:, :, order]).reshape(A * T, -1)  # row cumsums need C order
@@ -252,8 +300,9 @@ def _accumulate(g: Dict, d: Dict, codes: np.ndarray, K: int) -> Tuple[np.ndarray
     return precision, recall
 
 
-def _precision_recall(tp: np.ndarray, fp: np.ndarray, cat: np.ndarray, npig: np.ndarray,
-                      T: int) -> Tuple[np.ndarray, np.ndarray]:
+def _precision_recall(
+    tp: np.ndarray, fp: np.ndarray, cat: np.ndarray, npig: np.ndarray, T: int
+) -> Tuple[np.ndarray, np.ndarray]:
     """Interpolated precision (rows*K, R) and recall (rows*K,) for each (row=(a, t), category).
 
     Only true positives move recall, so precision at recall threshold r is the best precision at or
@@ -311,11 +360,13 @@ def summarize(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
     t50 = np.flatnonzero(IOU_THRESHOLDS == 0.5)
     t75 = np.flatnonzero(IOU_THRESHOLDS == 0.75)
     m100 = MAX_DETS.index(100)
-    return np.array([
-        mean(precision[:, :, :, 0, m100]),
-        mean(precision[t50][:, :, :, 0, m100]),
-        mean(precision[t75][:, :, :, 0, m100]),
-        *(mean(precision[:, :, :, a, m100]) for a in (1, 2, 3)),
-        *(mean(recall[:, :, 0, m]) for m in range(len(MAX_DETS))),
-        *(mean(recall[:, :, a, m100]) for a in (1, 2, 3)),
-    ])
+    return np.array(
+        [
+            mean(precision[:, :, :, 0, m100]),
+            mean(precision[t50][:, :, :, 0, m100]),
+            mean(precision[t75][:, :, :, 0, m100]),
+            *(mean(precision[:, :, :, a, m100]) for a in (1, 2, 3)),
+            *(mean(recall[:, :, 0, m]) for m in range(len(MAX_DETS))),
+            *(mean(recall[:, :, a, m100]) for a in (1, 2, 3)),
+        ]
+    )

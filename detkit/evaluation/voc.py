@@ -19,6 +19,7 @@ The devkit's rules:
   the precision envelope (VOC2010+).  A class without non-difficult ground truth has no AP: it is
   reported as -1 and left out of the mAP.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,14 +29,39 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..registry import EVALUATORS
-from .common import (check_processed_ids, format_table, gather_to_main, per_class_table, to_numpy,
-                     write_json)
+from .common import (
+    check_processed_ids,
+    format_table,
+    gather_to_main,
+    per_class_table,
+    to_numpy,
+    write_json,
+)
 
 logger = logging.getLogger("detkit")
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-               "train", "tvmonitor")
+VOC_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 _ELEVEN_POINTS = np.arange(11) * 0.1  # the devkit's Python port: np.arange(0., 1.1, 0.1)
 
 
@@ -58,7 +84,9 @@ def voc_iou(det: np.ndarray, gt: np.ndarray) -> np.ndarray:
 def average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> float:
     """VOC AP from cumulative recall/precision (detections by descending score)."""
     if use_07_metric:
-        best = [precision[recall >= t].max() if (recall >= t).any() else 0.0 for t in _ELEVEN_POINTS]
+        best = [
+            precision[recall >= t].max() if (recall >= t).any() else 0.0 for t in _ELEVEN_POINTS
+        ]
         return float(np.sum(best) / 11.0)
     rec = np.concatenate([[0.0], recall, [1.0]])
     prec = np.concatenate([[0.0], precision, [0.0]])
@@ -67,8 +95,9 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, use_07_metric: 
     return float(np.sum((rec[steps + 1] - rec[steps]) * prec[steps + 1]))
 
 
-def _best_gt(det_img: np.ndarray, det_boxes: np.ndarray, gt_img: np.ndarray,
-             gt_boxes: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def _best_gt(
+    det_img: np.ndarray, det_boxes: np.ndarray, gt_img: np.ndarray, gt_boxes: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
     """For each detection: highest IoU with a ground truth of its image (-inf if none) and that
     ground truth's index (first of equal ones; -1 if none).  ``gt_img`` must be sorted."""
     uniq, start, count = np.unique(gt_img, return_index=True, return_counts=True)
@@ -91,10 +120,17 @@ def _best_gt(det_img: np.ndarray, det_boxes: np.ndarray, gt_img: np.ndarray,
     return best_iou, best_gt
 
 
-def class_average_precision(gt_img: np.ndarray, gt_boxes: np.ndarray, gt_difficult: np.ndarray,
-                            det_img: np.ndarray, det_scores: np.ndarray, det_boxes: np.ndarray,
-                            iou_thresh: float = 0.5, iou_strict: bool = True,
-                            use_07_metric: bool = False) -> float:
+def class_average_precision(
+    gt_img: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_difficult: np.ndarray,
+    det_img: np.ndarray,
+    det_scores: np.ndarray,
+    det_boxes: np.ndarray,
+    iou_thresh: float = 0.5,
+    iou_strict: bool = True,
+    use_07_metric: bool = False,
+) -> float:
     """AP of one class; boxes in devkit convention, images as integer keys.  NaN without GT."""
     npos = int(np.count_nonzero(~gt_difficult))
     if npos == 0:
@@ -119,13 +155,22 @@ def summarize_voc(aps: Dict[str, float], title: str) -> Dict[str, Any]:
     """``{"mAP", "per_class"}`` (NaN AP -> -1, left out of the mean) and a logged table."""
     missing = [name for name, ap in aps.items() if np.isnan(ap)]
     if missing:
-        logger.warning("no (non-difficult) ground truth for classes %s: AP reported as -1 and left "
-                       "out of the mAP", missing)
+        logger.warning(
+            "no (non-difficult) ground truth for classes %s: AP reported as -1 and left "
+            "out of the mAP",
+            missing,
+        )
     valid = [ap for ap in aps.values() if not np.isnan(ap)]
-    result = {"mAP": float(np.mean(valid)) if valid else -1.0,
-              "per_class": {name: (-1.0 if np.isnan(ap) else float(ap)) for name, ap in aps.items()}}
-    logger.info("%s\n%s\nper-class AP:\n%s", title, format_table(["mAP"], [[result["mAP"]]]),
-                per_class_table(result["per_class"], "AP"))
+    result = {
+        "mAP": float(np.mean(valid)) if valid else -1.0,
+        "per_class": {name: (-1.0 if np.isnan(ap) else float(ap)) for name, ap in aps.items()},
+    }
+    logger.info(
+        "%s\n%s\nper-class AP:\n%s",
+        title,
+        format_table(["mAP"], [[result["mAP"]]]),
+        per_class_table(result["per_class"], "AP"),
+    )
     return result
 
 
@@ -138,9 +183,15 @@ class VOCEvaluator:
     ``{"mAP", "per_class"}``; under torch.distributed rank 0 returns them, other ranks ``{}``.
     """
 
-    def __init__(self, records: Sequence[Dict], class_names: Sequence[str],
-                 use_07_metric: bool = False, iou_thresh: float = 0.5, iou_strict: bool = True,
-                 output_dir: Optional[str] = None):
+    def __init__(
+        self,
+        records: Sequence[Dict],
+        class_names: Sequence[str],
+        use_07_metric: bool = False,
+        iou_thresh: float = 0.5,
+        iou_strict: bool = True,
+        output_dir: Optional[str] = None,
+    ):
         self.class_names = list(class_names)
         self.use_07_metric, self.iou_thresh, self.iou_strict = use_07_metric, iou_thresh, iou_strict
         self.output_dir = output_dir
@@ -152,10 +203,14 @@ class VOCEvaluator:
         for rec in records:
             boxes = detkit_to_devkit_boxes(rec["boxes"])
             labels = np.asarray(rec["labels"], np.int64).reshape(-1)
-            difficult = np.asarray(rec.get("difficult", np.zeros(len(labels), bool)), bool).reshape(-1)
+            difficult = np.asarray(rec.get("difficult", np.zeros(len(labels), bool)), bool).reshape(
+                -1
+            )
             if not len(boxes) == len(labels) == len(difficult):
-                raise ValueError(f"record of image {rec['image_id']}: boxes, labels and difficult "
-                                 "have different lengths")
+                raise ValueError(
+                    f"record of image {rec['image_id']}: boxes, labels and difficult "
+                    "have different lengths"
+                )
             parts["img"].append(np.full(len(labels), int(rec["image_id"]), np.int64))
             parts["boxes"].append(boxes)
             parts["labels"].append(labels)
@@ -164,8 +219,12 @@ class VOCEvaluator:
         if len(set(self._record_ids)) != len(self._record_ids):
             raise ValueError("VOCEvaluator: records contain the same image_id more than once")
         if not records:
-            return {"img": np.zeros(0, np.int64), "boxes": np.zeros((0, 4)),
-                    "labels": np.zeros(0, np.int64), "difficult": np.zeros(0, bool)}
+            return {
+                "img": np.zeros(0, np.int64),
+                "boxes": np.zeros((0, 4)),
+                "labels": np.zeros(0, np.int64),
+                "difficult": np.zeros(0, bool),
+            }
         return {k: np.concatenate(v) for k, v in parts.items()}
 
     def reset(self) -> None:
@@ -183,8 +242,14 @@ class VOCEvaluator:
             if not len(boxes) == len(scores) == len(labels):
                 raise ValueError(f"image {image_id}: boxes, scores and labels differ in length")
             self._image_ids.append(image_id)
-            self._dets.append((np.full(len(scores), image_id, np.int64), detkit_to_devkit_boxes(boxes),
-                               scores, labels))
+            self._dets.append(
+                (
+                    np.full(len(scores), image_id, np.int64),
+                    detkit_to_devkit_boxes(boxes),
+                    scores,
+                    labels,
+                )
+            )
 
     def evaluate(self) -> Dict[str, Any]:
         gathered = gather_to_main([(self._image_ids, self._dets)])
@@ -195,11 +260,15 @@ class VOCEvaluator:
         if image_ids:
             keep = check_processed_ids(image_ids, self._record_ids, "the dataset records")
         else:
-            logger.warning("VOCEvaluator.evaluate(): no images were processed; scoring empty results "
-                           "on every record")
+            logger.warning(
+                "VOCEvaluator.evaluate(): no images were processed; scoring empty results "
+                "on every record"
+            )
             keep = np.asarray(self._record_ids, np.int64)
-        det = [np.concatenate([p[i] for p in parts]) if parts else np.zeros((0, 4) if i == 1 else 0)
-               for i in range(4)]
+        det = [
+            np.concatenate([p[i] for p in parts]) if parts else np.zeros((0, 4) if i == 1 else 0)
+            for i in range(4)
+        ]
         if det[3].size and (det[3].min() < 0 or det[3].max() >= len(self.class_names)):
             raise ValueError(f"output labels outside 0..{len(self.class_names) - 1}")
         if det[0].size == 0:
@@ -209,8 +278,16 @@ class VOCEvaluator:
         for c, name in enumerate(self.class_names):
             g, d = gt["labels"] == c, det[3] == c
             aps[name] = class_average_precision(
-                gt["img"][g], gt["boxes"][g], gt["difficult"][g], det[0][d], det[2][d], det[1][d],
-                self.iou_thresh, self.iou_strict, self.use_07_metric)
+                gt["img"][g],
+                gt["boxes"][g],
+                gt["difficult"][g],
+                det[0][d],
+                det[2][d],
+                det[1][d],
+                self.iou_thresh,
+                self.iou_strict,
+                self.use_07_metric,
+            )
         result = summarize_voc(aps, self._title(len(keep), det[0].size))
         if self.output_dir is not None:
             logger.info("wrote %s", write_json(result, Path(self.output_dir) / "metrics.json"))
@@ -219,5 +296,7 @@ class VOCEvaluator:
     def _title(self, n_images: int, n_dets: int) -> str:
         metric = "11-point (VOC07)" if self.use_07_metric else "area (VOC10+)"
         op = ">" if self.iou_strict else ">="
-        return (f"VOC evaluation ({n_images} images, {n_dets} detections, AP {metric}, "
-                f"IoU {op} {self.iou_thresh}):")
+        return (
+            f"VOC evaluation ({n_images} images, {n_dets} detections, AP {metric}, "
+            f"IoU {op} {self.iou_thresh}):"
+        )

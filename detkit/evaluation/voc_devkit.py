@@ -4,6 +4,7 @@ Result files hold one detection per line, ``image_id score x1 y1 x2 y2``, in the
 inclusive pixels (what the official evaluation server expects).  Ground truth comes from
 ``Annotations/<image_id>.xml`` for the ids listed in ``ImageSets/Main/<split>.txt``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -76,7 +77,9 @@ def read_result_file(path: PathLike, known_ids: Dict[str, int]) -> Tuple[np.ndar
     return img, values[:, 0], values[:, 1:]
 
 
-def load_voc_ground_truth(voc_root: PathLike, split: str) -> Tuple[Dict[str, int], Dict[str, Tuple]]:
+def load_voc_ground_truth(
+    voc_root: PathLike, split: str
+) -> Tuple[Dict[str, int], Dict[str, Tuple]]:
     """Image id -> index, and class name -> (image index, boxes, difficult) arrays."""
     image_ids = read_split(voc_root, split)
     index = {image_id: k for k, image_id in enumerate(image_ids)}
@@ -84,16 +87,27 @@ def load_voc_ground_truth(voc_root: PathLike, split: str) -> Tuple[Dict[str, int
     for image_id, k in index.items():
         for obj in parse_voc_xml(Path(voc_root) / "Annotations" / f"{image_id}.xml"):
             per_class.setdefault(obj["name"], []).append((k, obj["bbox"], obj["difficult"]))
-    arrays = {name: (np.asarray([o[0] for o in objs], np.int64),
-                     np.asarray([o[1] for o in objs], np.float64).reshape(-1, 4),
-                     np.asarray([o[2] for o in objs], bool)) for name, objs in per_class.items()}
+    arrays = {
+        name: (
+            np.asarray([o[0] for o in objs], np.int64),
+            np.asarray([o[1] for o in objs], np.float64).reshape(-1, 4),
+            np.asarray([o[2] for o in objs], bool),
+        )
+        for name, objs in per_class.items()
+    }
     return index, arrays
 
 
-def evaluate_voc_files(voc_root: PathLike, split: str, results_dir: PathLike,
-                       prefix: str = "comp4_det_test_", class_names: Sequence[str] = VOC_CLASSES,
-                       use_07_metric: bool = False, iou_thresh: float = 0.5,
-                       iou_strict: bool = True) -> Dict[str, Any]:
+def evaluate_voc_files(
+    voc_root: PathLike,
+    split: str,
+    results_dir: PathLike,
+    prefix: str = "comp4_det_test_",
+    class_names: Sequence[str] = VOC_CLASSES,
+    use_07_metric: bool = False,
+    iou_thresh: float = 0.5,
+    iou_strict: bool = True,
+) -> Dict[str, Any]:
     """Devkit-style evaluation of ``<results_dir>/<prefix><class>.txt`` for every class.
 
     Returns ``{"mAP", "per_class"}``; the rules are :mod:`detkit.evaluation.voc`'s.
@@ -108,9 +122,20 @@ def evaluate_voc_files(voc_root: PathLike, split: str, results_dir: PathLike,
         det_img, scores, boxes = read_result_file(Path(results_dir) / f"{prefix}{name}.txt", index)
         n_dets += len(scores)
         g_img, g_boxes, g_difficult = gt.get(name, empty)
-        aps[name] = class_average_precision(g_img, g_boxes, g_difficult, det_img, scores, boxes,
-                                            iou_thresh, iou_strict, use_07_metric)
+        aps[name] = class_average_precision(
+            g_img,
+            g_boxes,
+            g_difficult,
+            det_img,
+            scores,
+            boxes,
+            iou_thresh,
+            iou_strict,
+            use_07_metric,
+        )
     metric = "11-point (VOC07)" if use_07_metric else "area (VOC10+)"
-    title = (f"VOC evaluation of {results_dir} on {voc_root} '{split}' ({len(index)} images, "
-             f"{n_dets} detections, AP {metric}, IoU {'>' if iou_strict else '>='} {iou_thresh}):")
+    title = (
+        f"VOC evaluation of {results_dir} on {voc_root} '{split}' ({len(index)} images, "
+        f"{n_dets} detections, AP {metric}, IoU {'>' if iou_strict else '>='} {iou_thresh}):"
+    )
     return summarize_voc(aps, title)

@@ -3,6 +3,7 @@
 A PyTorch detection is matched when the exported model has a detection with the same label,
 IoU >= 0.99 and |score difference| <= 1e-3; the export passes when >= 99% are matched.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,9 @@ from torchvision.ops import box_iou
 logger = logging.getLogger("detkit")
 
 
-def match_fraction(ref: Dict, out: Dict, iou_thresh: float = 0.99, score_tol: float = 1e-3) -> float:
+def match_fraction(
+    ref: Dict, out: Dict, iou_thresh: float = 0.99, score_tol: float = 1e-3
+) -> float:
     """Fraction of ``ref``'s detections matched in ``out`` (1.0 when both are empty, 0.0 when only
     ``out`` has detections: extra detections are a mismatch too)."""
     rb, rs, rl = (torch.as_tensor(np.asarray(ref[k])) for k in ("boxes", "scores", "labels"))
@@ -24,8 +27,11 @@ def match_fraction(ref: Dict, out: Dict, iou_thresh: float = 0.99, score_tol: fl
         return 1.0 if len(ob) == 0 else 0.0
     if len(ob) == 0:
         return 0.0
-    ok = ((box_iou(rb.float().reshape(-1, 4), ob.float().reshape(-1, 4)) >= iou_thresh)
-          & (rl.long()[:, None] == ol.long()[None]) & ((rs.float()[:, None] - os_.float()[None]).abs() <= score_tol))
+    ok = (
+        (box_iou(rb.float().reshape(-1, 4), ob.float().reshape(-1, 4)) >= iou_thresh)
+        & (rl.long()[:, None] == ol.long()[None])
+        & ((rs.float()[:, None] - os_.float()[None]).abs() <= score_tol)
+    )
     return ok.any(dim=1).float().mean().item()
 
 
@@ -36,6 +42,7 @@ def default_check_images() -> List[np.ndarray]:
         rng = np.random.default_rng(seed)
         base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
         import cv2
+
         images.append(cv2.resize(base, (w, h), interpolation=cv2.INTER_CUBIC))
     return images
 
@@ -68,6 +75,12 @@ def check_export(det, path: str, fmt: str, images: Optional[Sequence[np.ndarray]
         out = run(image)
         fraction = match_fraction({k: v.cpu() for k, v in ref.items()}, out)
         worst = min(worst, fraction)
-        logger.info("check %dx%d: %d PyTorch detections, %d exported, %.2f%% matched", image.shape[1], image.shape[0],
-                    len(ref["boxes"]), len(out["boxes"]), 100 * fraction)
+        logger.info(
+            "check %dx%d: %d PyTorch detections, %d exported, %.2f%% matched",
+            image.shape[1],
+            image.shape[0],
+            len(ref["boxes"]),
+            len(out["boxes"]),
+            100 * fraction,
+        )
     return worst

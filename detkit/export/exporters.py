@@ -14,6 +14,7 @@ Class names are stored with the file: in TorchScript as the ``class_names`` attr
 strings, also in the ``extra_files`` entry ``class_names.json``), in ONNX as the metadata entry
 ``class_names`` (a JSON list).
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,18 +31,29 @@ from .traceable import ExportableDetector, ExportError
 
 logger = logging.getLogger("detkit")
 FORMATS = ("torchscript", "onnx")
-MIN_OPSET = 16  # RoIAlign's coordinate_transformation_mode (aligned=True/False) exists from opset 16
+MIN_OPSET = (
+    16  # RoIAlign's coordinate_transformation_mode (aligned=True/False) exists from opset 16
+)
 
 
 def exportable(det) -> ExportableDetector:
     """The export graph of a ``Detector`` (its model on CPU, its config's test sizes)."""
     t = det.cfg.test
     if t.scales or t.flip:
-        logger.warning("test-time augmentation (test.scales=%s, test.flip=%s) is not exported: the exported model "
-                       "runs one pass at input.min_size_test=%s", list(t.scales), t.flip, det.cfg.input.min_size_test)
-    model = det.model if det.device.type == "cpu" else copy.deepcopy(det.model).cpu()  # leave det as it is
+        logger.warning(
+            "test-time augmentation (test.scales=%s, test.flip=%s) is not exported: the exported model "
+            "runs one pass at input.min_size_test=%s",
+            list(t.scales),
+            t.flip,
+            det.cfg.input.min_size_test,
+        )
+    model = (
+        det.model if det.device.type == "cpu" else copy.deepcopy(det.model).cpu()
+    )  # leave det as it is
     model.eval()
-    return ExportableDetector(model, min_size=det.cfg.input.min_size_test, max_size=det.cfg.input.max_size_test).eval()
+    return ExportableDetector(
+        model, min_size=det.cfg.input.min_size_test, max_size=det.cfg.input.max_size_test
+    ).eval()
 
 
 def example_image(height: int = 240, width: int = 320, seed: int = 0) -> torch.Tensor:
@@ -54,16 +66,24 @@ def _trace(module: ExportableDetector, image: torch.Tensor):
     errors. (torch's own sanity checks, e.g. GroupNorm's batch-size check, warn too; those are harmless.)"""
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.trace is deprecated": chosen on purpose
+        warnings.simplefilter(
+            "ignore", FutureWarning
+        )  # "torch.jit.trace is deprecated": chosen on purpose
         traced = torch.jit.trace(module, (image,), check_trace=False)
     tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
     ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    frozen = [f"{w.filename}:{w.lineno}: {w.message}" for w in tracer if os.path.abspath(w.filename).startswith(ours)]
+    frozen = [
+        f"{w.filename}:{w.lineno}: {w.message}"
+        for w in tracer
+        if os.path.abspath(w.filename).startswith(ours)
+    ]
     for w in tracer:
         logger.debug("tracer warning %s:%s: %s", w.filename, w.lineno, w.message)
     if frozen:
-        raise ExportError("tracing froze input-dependent values into the graph; the export would only work for "
-                          f"one image size: {frozen[:3]}")
+        raise ExportError(
+            "tracing froze input-dependent values into the graph; the export would only work for "
+            f"one image size: {frozen[:3]}"
+        )
     return traced
 
 
@@ -74,7 +94,10 @@ def export_torchscript(det, path: str, example: Optional[torch.Tensor] = None) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated"
         torch.jit.save(traced, path, _extra_files={"class_names.json": names})
-    logger.info("wrote TorchScript model %s (input: uint8 (3, H, W) RGB; outputs: boxes, scores, labels)", path)
+    logger.info(
+        "wrote TorchScript model %s (input: uint8 (3, H, W) RGB; outputs: boxes, scores, labels)",
+        path,
+    )
     return path
 
 
@@ -90,33 +113,54 @@ def load_torchscript(path: str) -> Tuple[torch.jit.ScriptModule, List[str]]:
 
 def export_onnx(det, path: str, opset: int = 17, example: Optional[torch.Tensor] = None) -> str:
     if opset < MIN_OPSET:
-        raise ExportError(f"opset {opset} is too old: detkit's ONNX export needs opset >= {MIN_OPSET}")
+        raise ExportError(
+            f"opset {opset} is too old: detkit's ONNX export needs opset >= {MIN_OPSET}"
+        )
     try:
         import onnx
     except ImportError:
-        raise ExportError("ONNX export needs the optional extra: pip install 'detkit[export]' (onnx, onnxruntime)")
+        raise ExportError(
+            "ONNX export needs the optional extra: pip install 'detkit[export]' (onnx, onnxruntime)"
+        ) from None
     import torchvision  # noqa: F401  (registers the ONNX symbolics of nms / roi_align / roi_pool)
 
     module = exportable(det)
     image = example if example is not None else example_image()
-    _trace(module, image)  # fails early, with a clear message, if anything size-dependent gets frozen
+    _trace(
+        module, image
+    )  # fails early, with a clear message, if anything size-dependent gets frozen
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript-based exporter is chosen on purpose (torchvision registers its nms/roi_align
         # symbolics for it); its deprecation notices are not actionable for the user
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
-        torch.onnx.export(module, (image,), path, dynamo=False, opset_version=opset, input_names=["image"],
-                          output_names=["boxes", "scores", "labels"],
-                          dynamic_axes={"image": {1: "height", 2: "width"}, "boxes": {0: "detections"},
-                                        "scores": {0: "detections"}, "labels": {0: "detections"}})
+        torch.onnx.export(
+            module,
+            (image,),
+            path,
+            dynamo=False,
+            opset_version=opset,
+            input_names=["image"],
+            output_names=["boxes", "scores", "labels"],
+            dynamic_axes={
+                "image": {1: "height", 2: "width"},
+                "boxes": {0: "detections"},
+                "scores": {0: "detections"},
+                "labels": {0: "detections"},
+            },
+        )
     model = onnx.load(path)
     entry = model.metadata_props.add()
     entry.key, entry.value = "class_names", json.dumps(module.class_names)
     onnx.checker.check_model(model)
     onnx.save(model, path)
-    logger.info("wrote ONNX model %s (opset %d; input 'image' uint8 [3, height, width] RGB; outputs boxes, scores, "
-                "labels)", path, opset)
+    logger.info(
+        "wrote ONNX model %s (opset %d; input 'image' uint8 [3, height, width] RGB; outputs boxes, scores, "
+        "labels)",
+        path,
+        opset,
+    )
     return path
 
 
@@ -137,7 +181,9 @@ class OnnxDetector:
         arr = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
         if arr.ndim == 3 and arr.shape[0] != 3 and arr.shape[2] == 3:
             arr = arr.transpose(2, 0, 1)
-        boxes, scores, labels = self.session.run(None, {"image": np.ascontiguousarray(arr, dtype=np.uint8)})
+        boxes, scores, labels = self.session.run(
+            None, {"image": np.ascontiguousarray(arr, dtype=np.uint8)}
+        )
         return {"boxes": boxes, "scores": scores, "labels": labels}
 
 

@@ -20,6 +20,7 @@ one deliberate difference: per-class (per-level) NMS runs one NMS per class inst
 coordinate-offset trick, which loses float32 precision when offsets reach 10^5 px. Not supported:
 iterative box refinement (its box voting is data-dependent) and test-time augmentation.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Tuple
@@ -42,7 +43,9 @@ def image_shape(x: Tensor) -> Tensor:
     return onnx_operators.shape_as_tensor(x)[-2:]
 
 
-def per_group_nms(boxes: Tensor, scores: Tensor, groups: Tensor, num_groups: int, thresh: float) -> Tensor:
+def per_group_nms(
+    boxes: Tensor, scores: Tensor, groups: Tensor, num_groups: int, thresh: float
+) -> Tensor:
     """NMS within each group (class or level), kept indices sorted by descending score."""
     keeps = []
     for g in range(num_groups):
@@ -60,7 +63,9 @@ def clip_to(boxes: Tensor, hw: Tensor) -> Tensor:
 
 
 def nonempty_idx(boxes: Tensor, min_size: float) -> Tensor:
-    return torch.where(((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size))[0]
+    return torch.where(
+        ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
+    )[0]
 
 
 class ExportableDetector(nn.Module):
@@ -68,15 +73,21 @@ class ExportableDetector(nn.Module):
         super().__init__()
         heads = model.roi_heads
         if heads.refine.get("enabled"):
-            raise ExportError("model.roi_heads.refine.enabled=true (iterative refinement with box voting) cannot be "
-                              "exported; export with model.roi_heads.refine.enabled=false")
+            raise ExportError(
+                "model.roi_heads.refine.enabled=true (iterative refinement with box voting) cannot be "
+                "exported; export with model.roi_heads.refine.enabled=false"
+            )
         if not isinstance(heads.pooler, (ROIAlign, ROIPool)):
-            raise ExportError(f"cannot export the RoI pooler {type(heads.pooler).__name__}; "
-                              "supported: ROIAlign, ROIPool")
+            raise ExportError(
+                f"cannot export the RoI pooler {type(heads.pooler).__name__}; "
+                "supported: ROIAlign, ROIPool"
+            )
         self.model = model.eval()
         self.class_names = list(model.class_names)
         self.min_size, self.max_size = float(min_size), float(max_size)
-        self.register_buffer("size_limits", torch.tensor([min_size, max_size], dtype=torch.float64), persistent=False)
+        self.register_buffer(
+            "size_limits", torch.tensor([min_size, max_size], dtype=torch.float64), persistent=False
+        )
         strides = dict(getattr(model.neck, "strides", None) or model.backbone.strides)
         self.rpn_strides = [strides[f] for f in model.rpn.in_features]
         self.roi_strides = [strides[f] for f in heads.in_features]
@@ -103,10 +114,14 @@ class ExportableDetector(nn.Module):
         # Kept as 1-D float64 tensors: ``number / tensor`` is exported as number * Reciprocal(x), and
         # 0-dim values are re-typed to float32 by the ONNX exporter; either rounds differently from
         # Python's double division, and then floor() can land one pixel lower.
-        sides = torch.cat([hw.min(0, keepdim=True)[0], hw.max(0, keepdim=True)[0]])  # (shorter, longer)
+        sides = torch.cat(
+            [hw.min(0, keepdim=True)[0], hw.max(0, keepdim=True)[0]]
+        )  # (shorter, longer)
         scale = (self.size_limits / sides).min(0, keepdim=True)[0]
         out_hw = torch.floor(hw * scale).long()
-        x = F.interpolate(x[None], size=(out_hw[0], out_hw[1]), mode="bilinear", align_corners=False)
+        x = F.interpolate(
+            x[None], size=(out_hw[0], out_hw[1]), mode="bilinear", align_corners=False
+        )
         d = int(m.size_divisibility)
         if d > 1:
             pad = (out_hw + (d - 1)) // d * d - out_hw
@@ -145,7 +160,9 @@ class ExportableDetector(nn.Module):
         keep = nonempty_idx(boxes, rpn.min_size)
         keep = keep[prob[keep] >= rpn.score_thresh]
         boxes, prob, lvl = boxes[keep], prob[keep], lvl[keep]
-        keep = per_group_nms(boxes, prob, lvl, len(levels), rpn.nms_thresh)[: rpn.post_nms_topk[False]]
+        keep = per_group_nms(boxes, prob, lvl, len(levels), rpn.nms_thresh)[
+            : rpn.post_nms_topk[False]
+        ]
         return boxes[keep]
 
     # ------------------------------------------------------------------ RoI heads
@@ -158,7 +175,9 @@ class ExportableDetector(nn.Module):
         k_min = min(s.bit_length() - 1 for s in self.roi_strides)
         k_max = max(s.bit_length() - 1 for s in self.roi_strides)
         area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
-        lvl = torch.floor(pooler.canonical_level + torch.log2(torch.sqrt(area) / pooler.canonical_scale) + 1e-6)
+        lvl = torch.floor(
+            pooler.canonical_level + torch.log2(torch.sqrt(area) / pooler.canonical_scale) + 1e-6
+        )
         lvl = lvl.clamp(min=k_min, max=k_max).to(torch.int64) - k_min
         # pool each level's RoIs, then put the rows back in RoI order (an indexed assignment would be
         # traced with the example's per-level RoI counts baked in)
@@ -178,14 +197,18 @@ class ExportableDetector(nn.Module):
         x = heads.box_head(self.pool(feats, rois))
         if not heads.context:
             return x
-        whole = torch.cat([torch.zeros(1, 3, dtype=boxes.dtype), size.flip(0)[None].to(boxes.dtype)], dim=1)
+        whole = torch.cat(
+            [torch.zeros(1, 3, dtype=boxes.dtype), size.flip(0)[None].to(boxes.dtype)], dim=1
+        )
         ctx = heads.box_head(self.pool(feats, whole))
         return torch.cat([x, ctx.expand(x.shape[0], -1)], dim=1)
 
     def detect(self, x: Tensor, size: Tensor, feats: Dict[str, Tensor], proposals: Tensor):
         heads = self.model.roi_heads
         k = heads.num_classes
-        logits, deltas = heads.predictor(self.region_features([feats[f] for f in heads.in_features], proposals, size))
+        logits, deltas = heads.predictor(
+            self.region_features([feats[f] for f in heads.in_features], proposals, size)
+        )
         scores = F.softmax(logits.float(), dim=-1)[:, :k]
         boxes = clip_to(heads.box_coder.decode(deltas, proposals).reshape(-1, k, 4), size)
         labels = torch.arange(k).expand_as(scores).reshape(-1)
@@ -193,5 +216,7 @@ class ExportableDetector(nn.Module):
         keep = torch.where(scores > heads.score_thresh)[0]
         keep = keep[nonempty_idx(boxes[keep], heads.min_size_test)]
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = per_group_nms(boxes, scores, labels, k, heads.nms_thresh)[: heads.detections_per_image]
+        keep = per_group_nms(boxes, scores, labels, k, heads.nms_thresh)[
+            : heads.detections_per_image
+        ]
         return boxes[keep], scores[keep], labels[keep]

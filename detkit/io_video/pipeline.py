@@ -8,6 +8,7 @@ Bounded queues keep memory flat on long videos. A corrupt frame is logged and sk
 (KeyboardInterrupt) stops decoding, lets the output thread write what the model already finished
 and closes the files, so the video plays up to the last written frame.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,13 +32,13 @@ _END = object()
 
 @dataclass
 class RunStats:
-    frames: int = 0            # frames processed and written
-    skipped: int = 0           # corrupt frames skipped
+    frames: int = 0  # frames processed and written
+    skipped: int = 0  # corrupt frames skipped
     interrupted: bool = False
-    wall_s: float = 0.0        # whole run: decode + model + draw + write, overlapped
-    model_s: float = 0.0       # time inside the model calls (main thread)
-    decode_s: float = 0.0      # time decoding (reader thread)
-    output_s: float = 0.0      # time drawing and writing (output thread)
+    wall_s: float = 0.0  # whole run: decode + model + draw + write, overlapped
+    model_s: float = 0.0  # time inside the model calls (main thread)
+    decode_s: float = 0.0  # time decoding (reader thread)
+    output_s: float = 0.0  # time drawing and writing (output thread)
 
     @property
     def pipeline_fps(self) -> float:
@@ -49,10 +50,12 @@ class RunStats:
 
     def summary(self) -> str:
         n = max(self.frames, 1)
-        return (f"{self.frames} frames in {self.wall_s:.1f} s: {self.pipeline_fps:.2f} frames/s for the whole pipeline "
-                f"(decode + model + draw + write), {self.model_fps:.2f} frames/s model only; per frame: decode "
-                f"{1000 * self.decode_s / n:.1f} ms, model {1000 * self.model_s / n:.1f} ms, draw + write "
-                f"{1000 * self.output_s / n:.1f} ms; {self.skipped} corrupt frame(s) skipped")
+        return (
+            f"{self.frames} frames in {self.wall_s:.1f} s: {self.pipeline_fps:.2f} frames/s for the whole pipeline "
+            f"(decode + model + draw + write), {self.model_fps:.2f} frames/s model only; per frame: decode "
+            f"{1000 * self.decode_s / n:.1f} ms, model {1000 * self.model_s / n:.1f} ms, draw + write "
+            f"{1000 * self.output_s / n:.1f} ms; {self.skipped} corrupt frame(s) skipped"
+        )
 
 
 class _Worker(threading.Thread):
@@ -172,20 +175,35 @@ class OutputWriter(_Worker):
                 continue
 
 
-def filter_detections(dets: Dict[str, np.ndarray], score_thresh: float = 0.0,
-                      keep_labels: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
+def filter_detections(
+    dets: Dict[str, np.ndarray],
+    score_thresh: float = 0.0,
+    keep_labels: Optional[Sequence[int]] = None,
+) -> Dict[str, np.ndarray]:
     """Keep detections with score >= score_thresh and (when given) a label in keep_labels."""
     scores = np.asarray(dets["scores"])
     keep = scores >= score_thresh
     if keep_labels is not None:
         keep &= np.isin(np.asarray(dets["labels"]), np.asarray(list(keep_labels), dtype=np.int64))
-    return {"boxes": np.asarray(dets["boxes"]).reshape(-1, 4)[keep], "scores": scores[keep],
-            "labels": np.asarray(dets["labels"])[keep]}
+    return {
+        "boxes": np.asarray(dets["boxes"]).reshape(-1, 4)[keep],
+        "scores": scores[keep],
+        "labels": np.asarray(dets["labels"])[keep],
+    }
 
 
-def run_pipeline(source, infer: Infer, *, class_names: Sequence[str], writer=None, jsonl=None, batch_size: int = 1,
-                 score_thresh: float = 0.0, keep_labels: Optional[Sequence[int]] = None,
-                 progress: bool = True) -> RunStats:
+def run_pipeline(
+    source,
+    infer: Infer,
+    *,
+    class_names: Sequence[str],
+    writer=None,
+    jsonl=None,
+    batch_size: int = 1,
+    score_thresh: float = 0.0,
+    keep_labels: Optional[Sequence[int]] = None,
+    progress: bool = True,
+) -> RunStats:
     """Detect on every frame of ``source``; returns the counts and timings (also logged).
 
     ``infer`` maps a list of RGB frames to one detection dict (numpy boxes/scores/labels) per frame.
@@ -194,8 +212,13 @@ def run_pipeline(source, infer: Infer, *, class_names: Sequence[str], writer=Non
     stats = RunStats()
     reader = FrameReader(source, max_queue=max(4, 3 * batch_size))
     output = OutputWriter(writer, jsonl, class_names, max_queue=max(4, 3 * batch_size))
-    bar = tqdm(total=getattr(source, "total", None), unit="frame", desc="detect", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=getattr(source, "total", None),
+        unit="frame",
+        desc="detect",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
 
     def on_error(frame: Frame) -> None:
         stats.skipped += 1

@@ -11,6 +11,7 @@ Test-time switches of the detector's config (multi-scale, flip; ``test.*``) appl
 and the detections go next to it with the suffix ``.jsonl``; for image input, ``output`` is a
 folder of annotated images with ``detections.jsonl`` inside.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,7 +38,7 @@ class UsageError(ValueError):
 @dataclass
 class RunResult:
     stats: RunStats
-    video: Optional[str]   # the annotated video file or image folder (None with no_video)
+    video: Optional[str]  # the annotated video file or image folder (None with no_video)
     jsonl: str
 
 
@@ -52,19 +53,29 @@ def detector_infer(det, predictor: Optional[torch.nn.Module] = None) -> Infer:
         outs = predictor([det.sample(im) for im in images])
         if cuda:
             torch.cuda.synchronize(det.device)  # so that the model time is the model's
-        return [{"boxes": o["boxes"].float().cpu().numpy().reshape(-1, 4), "scores": o["scores"].float().cpu().numpy(),
-                 "labels": o["labels"].cpu().numpy().astype(np.int64)} for o in outs]
+        return [
+            {
+                "boxes": o["boxes"].float().cpu().numpy().reshape(-1, 4),
+                "scores": o["scores"].float().cpu().numpy(),
+                "labels": o["labels"].cpu().numpy().astype(np.int64),
+            }
+            for o in outs
+        ]
 
     return infer
 
 
-def class_indices(names: Optional[Sequence[str]], class_names: Sequence[str]) -> Optional[List[int]]:
+def class_indices(
+    names: Optional[Sequence[str]], class_names: Sequence[str]
+) -> Optional[List[int]]:
     """Label indices of the requested class names (``--classes``); an unknown name is an error."""
     if not names:
         return None
     unknown = [n for n in names if n not in class_names]
     if unknown:
-        raise UsageError(f"unknown class name(s) {unknown}; the model's classes are {list(class_names)}")
+        raise UsageError(
+            f"unknown class name(s) {unknown}; the model's classes are {list(class_names)}"
+        )
     return [list(class_names).index(n) for n in names]
 
 
@@ -74,7 +85,9 @@ def default_output(spec, is_images: bool, root: str = "output/video") -> str:
     if isinstance(spec, int) or text.isdigit():
         stem = f"camera{int(text)}"
     else:
-        head = re.split(r"[*?\[]", text)[0].rstrip("/\\")  # a glob: the part before the first wildcard
+        head = re.split(r"[*?\[]", text)[0].rstrip(
+            "/\\"
+        )  # a glob: the part before the first wildcard
         stem = os.path.splitext(os.path.basename(head))[0].strip(".") or "input"
     return os.path.join(root, stem if is_images else f"{stem}.mp4")
 
@@ -84,7 +97,9 @@ def _outputs(source, spec, output: Optional[str], no_video: bool):
     output = output or default_output(spec, is_images)
     if output.lower().endswith(".jsonl"):
         if not no_video:
-            raise UsageError(f"--output {output} is a .jsonl file: add --no-video, or give a video path/folder")
+            raise UsageError(
+                f"--output {output} is a .jsonl file: add --no-video, or give a video path/folder"
+            )
         return None, JsonLinesWriter(output), output
     if is_images:
         jsonl_path = os.path.join(output, "detections.jsonl")
@@ -96,25 +111,54 @@ def _outputs(source, spec, output: Optional[str], no_video: bool):
     return writer, JsonLinesWriter(jsonl_path), output
 
 
-def detect_source(det, spec, *, output: Optional[str] = None, score_thresh: float = 0.5,
-                  classes: Optional[Sequence[str]] = None, every: int = 1, max_frames: Optional[int] = None,
-                  batch_size: int = 1, no_video: bool = False, progress: bool = True,
-                  capture_factory: Callable = cv2.VideoCapture, infer: Optional[Infer] = None) -> RunResult:
+def detect_source(
+    det,
+    spec,
+    *,
+    output: Optional[str] = None,
+    score_thresh: float = 0.5,
+    classes: Optional[Sequence[str]] = None,
+    every: int = 1,
+    max_frames: Optional[int] = None,
+    batch_size: int = 1,
+    no_video: bool = False,
+    progress: bool = True,
+    capture_factory: Callable = cv2.VideoCapture,
+    infer: Optional[Infer] = None,
+) -> RunResult:
     """Open ``spec`` (see ``open_source``), run the detector, write the outputs; returns the stats."""
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
     keep = class_indices(classes, det.class_names)
-    source = open_source(spec, every=every, max_frames=max_frames, exif=bool(det.cfg.input.exif),
-                         capture_factory=capture_factory)
+    source = open_source(
+        spec,
+        every=every,
+        max_frames=max_frames,
+        exif=bool(det.cfg.input.exif),
+        capture_factory=capture_factory,
+    )
     try:
         writer, jsonl, media = _outputs(source, spec, output, no_video)
     except BaseException:
         if isinstance(source, CaptureSource):
             source.capture.release()
         raise
-    logger.info("detecting on %s (%s frames) -> %s%s", getattr(source, "name", spec), source.total or "unknown",
-                "" if writer is None else f"{media} and ", jsonl.path)
-    stats = run_pipeline(source, infer or detector_infer(det), class_names=det.class_names, writer=writer,
-                         jsonl=jsonl, batch_size=batch_size, score_thresh=score_thresh, keep_labels=keep,
-                         progress=progress)
+    logger.info(
+        "detecting on %s (%s frames) -> %s%s",
+        getattr(source, "name", spec),
+        source.total or "unknown",
+        "" if writer is None else f"{media} and ",
+        jsonl.path,
+    )
+    stats = run_pipeline(
+        source,
+        infer or detector_infer(det),
+        class_names=det.class_names,
+        writer=writer,
+        jsonl=jsonl,
+        batch_size=batch_size,
+        score_thresh=score_thresh,
+        keep_labels=keep,
+        progress=progress,
+    )
     return RunResult(stats, None if writer is None else media, jsonl.path)

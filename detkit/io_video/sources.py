@@ -4,6 +4,7 @@ Every source is an iterable of ``Frame`` objects in order. A frame that cannot b
 yielded with ``image=None`` and an ``error`` message instead of ending the run, so the pipeline can
 log it and go on. ``open_source`` picks the source from what the user typed.
 """
+
 from __future__ import annotations
 
 import glob
@@ -19,7 +20,18 @@ import numpy as np
 
 logger = logging.getLogger("detkit")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+    ".ppm",
+    ".pgm",
+)
 DEFAULT_FPS = 25.0
 MAX_CONSECUTIVE_FAILURES = 25  # failed reads in a row before a video is taken to have ended
 
@@ -30,10 +42,10 @@ class SourceError(OSError):
 
 @dataclass
 class Frame:
-    index: int                        # position in the source (0-based, counts skipped frames too)
-    timestamp: Optional[float]        # seconds from the start; None for image files
-    image: Optional[np.ndarray]       # RGB uint8 HxWx3; None when the frame could not be decoded
-    name: Optional[str] = None        # file name for image sources
+    index: int  # position in the source (0-based, counts skipped frames too)
+    timestamp: Optional[float]  # seconds from the start; None for image files
+    image: Optional[np.ndarray]  # RGB uint8 HxWx3; None when the frame could not be decoded
+    name: Optional[str] = None  # file name for image sources
     error: Optional[str] = None
 
 
@@ -45,19 +57,32 @@ class CaptureSource:
     file is shorter than its header says. Cameras (``live=True``): wall-clock timestamps, no total.
     """
 
-    def __init__(self, capture, name: str, *, live: bool = False, every: int = 1, max_frames: Optional[int] = None):
+    def __init__(
+        self,
+        capture,
+        name: str,
+        *,
+        live: bool = False,
+        every: int = 1,
+        max_frames: Optional[int] = None,
+    ):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         self.capture, self.name, self.live = capture, name, live
         self.every, self.max_frames = every, max_frames
         fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
         if not math.isfinite(fps) or fps <= 0 or fps > 1000:
-            logger.warning("%s reports no usable frame rate (%s); assuming %.0f fps", name, fps, DEFAULT_FPS)
+            logger.warning(
+                "%s reports no usable frame rate (%s); assuming %.0f fps", name, fps, DEFAULT_FPS
+            )
             fps = DEFAULT_FPS
         self.fps = fps
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if not live else 0
         self.frame_count = count if count > 0 else None
-        self.size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0))
+        self.size = (
+            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0),
+            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0),
+        )
 
     @property
     def total(self) -> Optional[int]:
@@ -85,7 +110,9 @@ class CaptureSource:
                     pending = []
                     if wanted:
                         produced += 1
-                        yield Frame(index, time.monotonic() - t0 if self.live else index / self.fps, image)
+                        yield Frame(
+                            index, time.monotonic() - t0 if self.live else index / self.fps, image
+                        )
                 index += 1
             if pending:
                 self._ended_early(pending[0])
@@ -110,15 +137,26 @@ class CaptureSource:
         if self.live:
             logger.warning("%s stopped delivering frames at frame %d", self.name, at)
         elif self.frame_count is not None:
-            logger.warning("%s ended at frame %d although its header announces %d frames (truncated file?)",
-                           self.name, at, self.frame_count)
+            logger.warning(
+                "%s ended at frame %d although its header announces %d frames (truncated file?)",
+                self.name,
+                at,
+                self.frame_count,
+            )
 
 
 class ImageSource:
     """Image files read with detkit's reader (RGB, EXIF orientation applied)."""
 
-    def __init__(self, paths: List[str], name: str, *, every: int = 1, max_frames: Optional[int] = None,
-                 exif: bool = True):
+    def __init__(
+        self,
+        paths: List[str],
+        name: str,
+        *,
+        every: int = 1,
+        max_frames: Optional[int] = None,
+        exif: bool = True,
+    ):
         self.paths = paths[::every][:max_frames] if max_frames is not None else paths[::every]
         self.name, self.exif, self.every = name, exif, every
         self.fps, self.live = None, False
@@ -146,16 +184,26 @@ def is_image_file(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def open_source(spec: Union[str, int], *, every: int = 1, max_frames: Optional[int] = None, exif: bool = True,
-                capture_factory: Callable = cv2.VideoCapture) -> Source:
+def open_source(
+    spec: Union[str, int],
+    *,
+    every: int = 1,
+    max_frames: Optional[int] = None,
+    exif: bool = True,
+    capture_factory: Callable = cv2.VideoCapture,
+) -> Source:
     """A camera index (``0`` or ``"0"``), a stream URL, a glob (``"frames/*.jpg"``), a folder, an image or a
     video file."""
     if isinstance(spec, int) or (isinstance(spec, str) and spec.strip().isdigit()):
         index = int(spec)
         capture = capture_factory(index)
         if not capture.isOpened():
-            raise SourceError(f"cannot open camera {index} (is it connected, and not used by another program?)")
-        return CaptureSource(capture, f"camera {index}", live=True, every=every, max_frames=max_frames)
+            raise SourceError(
+                f"cannot open camera {index} (is it connected, and not used by another program?)"
+            )
+        return CaptureSource(
+            capture, f"camera {index}", live=True, every=every, max_frames=max_frames
+        )
     spec = os.fspath(spec)
     if "://" in spec:  # a stream (rtsp://, http://): live like a camera
         capture = capture_factory(spec)
@@ -173,16 +221,22 @@ def open_source(spec: Union[str, int], *, every: int = 1, max_frames: Optional[i
             raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {spec}")
         return ImageSource(paths, spec, every=every, max_frames=max_frames, exif=exif)
     if not os.path.exists(spec):
-        raise SourceError(f"input not found: {spec} (expected a video, an image, a folder, a glob or a camera index)")
+        raise SourceError(
+            f"input not found: {spec} (expected a video, an image, a folder, a glob or a camera index)"
+        )
     if is_image_file(spec):
         return ImageSource([spec], spec, every=1, max_frames=max_frames, exif=exif)
     return _open_video(spec, capture_factory, every, max_frames)
 
 
-def _open_video(path: str, capture_factory: Callable, every: int, max_frames: Optional[int]) -> CaptureSource:
+def _open_video(
+    path: str, capture_factory: Callable, every: int, max_frames: Optional[int]
+) -> CaptureSource:
     capture = capture_factory(path)
     if not capture.isOpened():
-        raise SourceError(f"cannot open video file {path}: not a video, or a codec OpenCV's FFmpeg cannot decode")
+        raise SourceError(
+            f"cannot open video file {path}: not a video, or a codec OpenCV's FFmpeg cannot decode"
+        )
     source = CaptureSource(capture, path, every=every, max_frames=max_frames)
     if source.size[0] <= 0 or source.size[1] <= 0:
         capture.release()

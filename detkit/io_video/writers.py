@@ -15,6 +15,7 @@ JSON-lines schema, one object per processed frame, in frame order::
 A corrupt frame that was skipped has no record. The file is flushed after every record, so it is
 complete up to the last written frame even when the run is interrupted.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,17 +37,25 @@ def make_record(frame, detections: Dict[str, np.ndarray], class_names: Sequence[
     """The JSON-lines record of one frame (see the module docstring)."""
     h, w = frame.image.shape[:2]
     labels = [int(x) for x in detections["labels"]]
-    record = {"frame": int(frame.index),
-              "timestamp": None if frame.timestamp is None else round(float(frame.timestamp), 6)}
+    record = {
+        "frame": int(frame.index),
+        "timestamp": None if frame.timestamp is None else round(float(frame.timestamp), 6),
+    }
     if frame.name is not None:
         record["file"] = str(frame.name)
-    record.update({
-        "width": int(w), "height": int(h),
-        "boxes": [[round(float(v), 2) for v in box] for box in np.asarray(detections["boxes"]).reshape(-1, 4)],
-        "scores": [round(float(s), 4) for s in detections["scores"]],
-        "labels": labels,
-        "names": [class_names[i] if 0 <= i < len(class_names) else str(i) for i in labels],
-    })
+    record.update(
+        {
+            "width": int(w),
+            "height": int(h),
+            "boxes": [
+                [round(float(v), 2) for v in box]
+                for box in np.asarray(detections["boxes"]).reshape(-1, 4)
+            ],
+            "scores": [round(float(s), 4) for s in detections["scores"]],
+            "labels": labels,
+            "names": [class_names[i] if 0 <= i < len(class_names) else str(i) for i in labels],
+        }
+    )
     return record
 
 
@@ -91,11 +100,18 @@ class VideoFileWriter:
     def write(self, rgb: np.ndarray, name: Optional[str] = None) -> None:
         h, w = rgb.shape[:2]
         if self._writer is None:
-            self._writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
+            self._writer = cv2.VideoWriter(
+                self.path, cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h)
+            )
             if not self._writer.isOpened():
-                raise OutputError(f"cannot write video {self.path} (codec {self.fourcc}, {w}x{h} at {self.fps} fps)")
+                raise OutputError(
+                    f"cannot write video {self.path} (codec {self.fourcc}, {w}x{h} at {self.fps} fps)"
+                )
             self.size = (w, h)
-        elif (w, h) != self.size:  # a video's frames share one size; resize the odd one rather than drop it
+        elif (
+            w,
+            h,
+        ) != self.size:  # a video's frames share one size; resize the odd one rather than drop it
             rgb = cv2.resize(rgb, self.size, interpolation=cv2.INTER_AREA)
         self._writer.write(np.ascontiguousarray(rgb[:, :, ::-1]))
         self.count += 1

@@ -6,6 +6,7 @@ shifted to (x * stride_w, y * stride_h) for every grid cell, cell-major: index =
 The stride of a level is the padded image size // grid size, so odd top levels (P6) get the same
 anchors as torchvision's AnchorGenerator.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
@@ -36,18 +37,27 @@ class AnchorGenerator(nn.Module):
     def num_anchors_per_cell(self) -> int:
         counts = {len(c) for c in self.cell_anchors}
         if len(counts) != 1:
-            raise ValueError("every level must have the same number of anchors per cell (one shared RPN head)")
+            raise ValueError(
+                "every level must have the same number of anchors per cell (one shared RPN head)"
+            )
         return counts.pop()
 
-    def forward(self, grid_sizes: List[Tuple[int, int]], image_size: Tuple[int, int], device) -> List[Tensor]:
+    def forward(
+        self, grid_sizes: List[Tuple[int, int]], image_size: Tuple[int, int], device
+    ) -> List[Tensor]:
         """One (H*W*A, 4) tensor of anchors per level."""
         if len(grid_sizes) != len(self.cell_anchors):
-            raise ValueError(f"{len(grid_sizes)} feature maps but anchor sizes for {len(self.cell_anchors)} levels")
+            raise ValueError(
+                f"{len(grid_sizes)} feature maps but anchor sizes for {len(self.cell_anchors)} levels"
+            )
         key = (tuple(grid_sizes), tuple(image_size), str(device))
         if key not in self._cache:
             if len(self._cache) > 64:
                 self._cache.clear()
-            self._cache[key] = [self._grid(g, image_size, c.to(device)) for g, c in zip(grid_sizes, self.cell_anchors)]
+            self._cache[key] = [
+                self._grid(g, image_size, c.to(device))
+                for g, c in zip(grid_sizes, self.cell_anchors)
+            ]
         return self._cache[key]
 
     @staticmethod

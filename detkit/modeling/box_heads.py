@@ -1,4 +1,5 @@
 """Per-region box heads: pooled RoI features (R, C, S, S) -> one feature vector per region (R, D)."""
+
 from __future__ import annotations
 
 import torch
@@ -31,11 +32,21 @@ class Res5Head(nn.Module):
     """The C4 head (the paper's design): the whole res5 stage runs on each 14x14 pooled region
     (stride 2 brings it to 7x7), then global average pooling. No hidden fc layers, no dropout."""
 
-    def __init__(self, *, in_channels: int, depth: int = 101, norm: str = "FrozenBN", gn_groups: int = 32,
-                 pooler_size: int = 14, fc_dim: int = 0):
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        depth: int = 101,
+        norm: str = "FrozenBN",
+        gn_groups: int = 32,
+        pooler_size: int = 14,
+        fc_dim: int = 0,
+    ):
         super().__init__()
         block = BasicBlock if depth < 50 else Bottleneck
-        self.res5 = make_stage(block, in_channels, 512, BLOCKS_PER_DEPTH[depth][3], 2, norm, gn_groups)
+        self.res5 = make_stage(
+            block, in_channels, 512, BLOCKS_PER_DEPTH[depth][3], 2, norm, gn_groups
+        )
         self.out_channels = 512 * block.expansion
         init_he(self)
 

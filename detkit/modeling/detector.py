@@ -4,6 +4,7 @@ Input: a list of samples (see docs/architecture.md), each with an already-resize
 (3, H, W) in 0..255 and the original "height"/"width". Training returns a dict of losses;
 inference returns one dict per image with boxes in original-image pixels.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
@@ -16,9 +17,18 @@ from ..structures import ImageList
 
 
 class FasterRCNN(nn.Module):
-    def __init__(self, *, backbone: nn.Module, neck: Optional[nn.Module], rpn: nn.Module, roi_heads: nn.Module,
-                 pixel_mean: Sequence[float], pixel_std: Sequence[float], size_divisibility: int = 32,
-                 class_names: Optional[List[str]] = None):
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        neck: Optional[nn.Module],
+        rpn: nn.Module,
+        roi_heads: nn.Module,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int = 32,
+        class_names: Optional[List[str]] = None,
+    ):
         super().__init__()
         self.backbone = backbone
         self.neck = neck
@@ -32,7 +42,9 @@ class FasterRCNN(nn.Module):
         self.register_buffer("pixel_mean", mean.float().view(-1, 1, 1), False)
         self.register_buffer("pixel_std", std.float().view(-1, 1, 1), False)
         self.size_divisibility = size_divisibility
-        self.class_names = list(class_names) if class_names else [str(i) for i in range(roi_heads.num_classes)]
+        self.class_names = (
+            list(class_names) if class_names else [str(i) for i in range(roi_heads.num_classes)]
+        )
 
     @property
     def device(self) -> torch.device:
@@ -44,11 +56,18 @@ class FasterRCNN(nn.Module):
         the batch to a multiple of size_divisibility with zeros."""
         images = []
         for s in batch:
-            x = (s["image"].to(self.device, non_blocking=True).float() / 255.0 - self.pixel_mean) / self.pixel_std
+            x = (
+                s["image"].to(self.device, non_blocking=True).float() / 255.0 - self.pixel_mean
+            ) / self.pixel_std
             scale = s.get("scale")
             if scale is not None and float(scale) != 1.0:
-                x = F.interpolate(x[None], scale_factor=float(scale), mode="bilinear", recompute_scale_factor=True,
-                                  align_corners=False)[0]
+                x = F.interpolate(
+                    x[None],
+                    scale_factor=float(scale),
+                    mode="bilinear",
+                    recompute_scale_factor=True,
+                    align_corners=False,
+                )[0]
             images.append(x)
         return ImageList.from_tensors(images, self.size_divisibility)
 
@@ -65,8 +84,10 @@ class FasterRCNN(nn.Module):
         gt_labels = [s["gt_labels"].to(self.device, torch.int64).reshape(-1) for s in batch]
         for s, labels in zip(batch, gt_labels):
             if len(labels) and (labels.min() < 0 or labels.max() >= self.roi_heads.num_classes):
-                raise ValueError(f"image {s.get('image_id')}: gt_labels must be in 0..{self.roi_heads.num_classes - 1}, "
-                                 f"got {labels.tolist()}")
+                raise ValueError(
+                    f"image {s.get('image_id')}: gt_labels must be in 0..{self.roi_heads.num_classes - 1}, "
+                    f"got {labels.tolist()}"
+                )
         features = self.extract_features(images)
         proposals, _, rpn_losses = self.rpn(images, features, gt_boxes)
         _, roi_losses = self.roi_heads(images, features, proposals, gt_boxes, gt_labels)
@@ -78,14 +99,20 @@ class FasterRCNN(nn.Module):
         features = self.extract_features(images)
         proposals, _, _ = self.rpn(images, features)
         detections, _ = self.roi_heads(images, features, proposals)
-        return [self.rescale(d, size, s) for d, size, s in zip(detections, images.image_sizes, batch)]
+        return [
+            self.rescale(d, size, s) for d, size, s in zip(detections, images.image_sizes, batch)
+        ]
 
     @staticmethod
     def rescale(detections, resized_size, sample: dict) -> Dict[str, Tensor]:
         """Map boxes from the resized network input back to the original image (as torchvision)."""
         boxes, scores, labels = detections
         h, w = sample.get("height", resized_size[0]), sample.get("width", resized_size[1])
-        ratio_h = torch.tensor(h, dtype=torch.float32) / torch.tensor(resized_size[0], dtype=torch.float32)
-        ratio_w = torch.tensor(w, dtype=torch.float32) / torch.tensor(resized_size[1], dtype=torch.float32)
+        ratio_h = torch.tensor(h, dtype=torch.float32) / torch.tensor(
+            resized_size[0], dtype=torch.float32
+        )
+        ratio_w = torch.tensor(w, dtype=torch.float32) / torch.tensor(
+            resized_size[1], dtype=torch.float32
+        )
         scale = torch.stack([ratio_w, ratio_h, ratio_w, ratio_h]).to(boxes.device)
         return {"boxes": boxes.float() * scale, "scores": scores.float(), "labels": labels}

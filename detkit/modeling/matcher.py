@@ -1,4 +1,5 @@
 """Assigns each prediction (anchor or proposal) to a ground-truth box, or to background/ignore."""
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -32,7 +33,10 @@ class Matcher:
         """
         num_preds = iou.shape[1]
         if iou.shape[0] == 0:
-            return (iou.new_zeros(num_preds, dtype=torch.int64), iou.new_zeros(num_preds, dtype=torch.int8))
+            return (
+                iou.new_zeros(num_preds, dtype=torch.int64),
+                iou.new_zeros(num_preds, dtype=torch.int8),
+            )
         best_iou, matched = iou.max(dim=0)
         labels = torch.full((num_preds,), IGNORE, dtype=torch.int8, device=iou.device)
         labels[best_iou >= self.fg_thresh] = FOREGROUND

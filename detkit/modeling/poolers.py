@@ -5,6 +5,7 @@ k = floor(k0 + log2(sqrt(area) / 224) + 1e-6), clamped to the available levels (
 torchvision's MultiScaleRoIAlign). The spatial scale of each level is 2 ** round(log2(feature /
 padded image)), inferred from the shapes like torchvision does.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,9 @@ from ..registry import ROI_POOLERS
 
 def boxes_to_rois(boxes: List[Tensor]) -> Tensor:
     """Per-image (Ni, 4) boxes -> (sum Ni, 5) rois with the image index in column 0."""
-    idx = torch.cat([torch.full((len(b), 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)])
+    idx = torch.cat(
+        [torch.full((len(b), 1), i, dtype=b.dtype, device=b.device) for i, b in enumerate(boxes)]
+    )
     return torch.cat([idx, torch.cat(boxes)], dim=1)
 
 
@@ -37,7 +40,9 @@ class _MultiLevelPooler(nn.Module):
     def pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
         raise NotImplementedError  # implemented by the two registered poolers below
 
-    def forward(self, features: Sequence[Tensor], boxes: List[Tensor], image_size: Tuple[int, int]) -> Tensor:
+    def forward(
+        self, features: Sequence[Tensor], boxes: List[Tensor], image_size: Tuple[int, int]
+    ) -> Tensor:
         """features: one (N, C, H, W) tensor per level, finest first; boxes: per-image (Ni, 4).
 
         Box coordinates, the level assignment and the pooling itself stay float32 when autocast
@@ -51,7 +56,9 @@ class _MultiLevelPooler(nn.Module):
         k_max = -int(math.log2(scales[-1]))
         area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
         eps = torch.tensor(1e-6, dtype=area.dtype)
-        lvl = torch.floor(self.canonical_level + torch.log2(torch.sqrt(area) / self.canonical_scale) + eps)
+        lvl = torch.floor(
+            self.canonical_level + torch.log2(torch.sqrt(area) / self.canonical_scale) + eps
+        )
         lvl = lvl.clamp(min=k_min, max=k_max).to(torch.int64) - k_min
         out = features[0].new_zeros((len(rois), features[0].shape[1]) + self.output_size)
         for level, (feature, scale) in enumerate(zip(features, scales)):
@@ -66,7 +73,9 @@ class ROIAlign(_MultiLevelPooler):
     """Bilinear sampling at regularly spaced points (no quantisation); ``aligned=True`` uses the
     half-pixel-corrected coordinates (Detectron2), ``False`` matches torchvision's Faster R-CNN."""
 
-    def __init__(self, *, output_size: int = 7, sampling_ratio: int = 2, aligned: bool = False, **kw):
+    def __init__(
+        self, *, output_size: int = 7, sampling_ratio: int = 2, aligned: bool = False, **kw
+    ):
         super().__init__(output_size=output_size, **kw)
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
@@ -79,7 +88,9 @@ class ROIAlign(_MultiLevelPooler):
 class ROIPool(_MultiLevelPooler):
     """Max pooling over quantised bins: the original Fast/Faster R-CNN RoI pooling (as the paper)."""
 
-    def __init__(self, *, output_size: int = 7, sampling_ratio: int = 0, aligned: bool = False, **kw):
+    def __init__(
+        self, *, output_size: int = 7, sampling_ratio: int = 0, aligned: bool = False, **kw
+    ):
         super().__init__(output_size=output_size, **kw)
 
     def pool(self, feature, rois, scale):

@@ -5,6 +5,7 @@ Shapes used below:
     logits: (R, K + 1), background is the LAST column (index K) and exists only here
     deltas: (R, 4K), class-specific box regression
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..structures import BoxCoder, ImageList, batched_nms, box_iou, clip_boxes, nonempty
-from .matcher import FOREGROUND, Matcher
+from .matcher import Matcher
 from .sampler import sample_balanced
 
 Detections = Tuple[Tensor, Tensor, Tensor]  # boxes (D, 4), scores (D,), labels (D,)
@@ -37,19 +38,36 @@ class BoxPredictor(nn.Module):
 
 
 class ROIHeads(nn.Module):
-    def __init__(self, *, in_features: Sequence[str], pooler: nn.Module, box_head: nn.Module, num_classes: int,
-                 matcher: Matcher, box_coder: BoxCoder, batch_size_per_image: int = 512,
-                 positive_fraction: float = 0.25, add_gt_as_proposals: bool = True, smooth_l1_beta: float = 1 / 9,
-                 loss_weight: float = 1.0, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                 detections_per_image: int = 100, min_size_test: float = 1e-2, context: bool = False,
-                 refine: Optional[dict] = None):
+    def __init__(
+        self,
+        *,
+        in_features: Sequence[str],
+        pooler: nn.Module,
+        box_head: nn.Module,
+        num_classes: int,
+        matcher: Matcher,
+        box_coder: BoxCoder,
+        batch_size_per_image: int = 512,
+        positive_fraction: float = 0.25,
+        add_gt_as_proposals: bool = True,
+        smooth_l1_beta: float = 1 / 9,
+        loss_weight: float = 1.0,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        detections_per_image: int = 100,
+        min_size_test: float = 1e-2,
+        context: bool = False,
+        refine: Optional[dict] = None,
+    ):
         super().__init__()
         self.in_features = list(in_features)
         self.pooler = pooler
         self.box_head = box_head
         self.num_classes = num_classes
         self.context = context
-        self.predictor = BoxPredictor(in_channels=box_head.out_channels * (2 if context else 1), num_classes=num_classes)
+        self.predictor = BoxPredictor(
+            in_channels=box_head.out_channels * (2 if context else 1), num_classes=num_classes
+        )
         self.matcher = matcher
         self.box_coder = box_coder
         self.batch_size_per_image = batch_size_per_image
@@ -64,7 +82,9 @@ class ROIHeads(nn.Module):
         self.refine = dict(refine or {"enabled": False})
 
     # ---------------------------------------------------------------- features
-    def region_features(self, images: ImageList, features: Dict[str, Tensor], boxes: List[Tensor]) -> Tensor:
+    def region_features(
+        self, images: ImageList, features: Dict[str, Tensor], boxes: List[Tensor]
+    ) -> Tensor:
         """Pool and run the box head on per-image boxes; with context, append the image's feature."""
         feats = [features[f] for f in self.in_features]
         x = self.box_head(self.pooler(feats, boxes, images.padded_size))
@@ -76,23 +96,33 @@ class ROIHeads(nn.Module):
 
     def context_features(self, images: ImageList, feats: List[Tensor]) -> Tensor:
         """Global context: the whole image as one RoI through the same pooler and head (one per image)."""
-        whole = [torch.tensor([[0.0, 0.0, w, h]], device=feats[0].device) for h, w in images.image_sizes]
+        whole = [
+            torch.tensor([[0.0, 0.0, w, h]], device=feats[0].device) for h, w in images.image_sizes
+        ]
         return self.box_head(self.pooler(feats, whole, images.padded_size))
 
-    def forward(self, images: ImageList, features: Dict[str, Tensor], proposals: List[Tensor],
-                gt_boxes: Optional[List[Tensor]] = None, gt_labels: Optional[List[Tensor]] = None
-                ) -> Tuple[List[Detections], Dict[str, Tensor]]:
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, Tensor],
+        proposals: List[Tensor],
+        gt_boxes: Optional[List[Tensor]] = None,
+        gt_labels: Optional[List[Tensor]] = None,
+    ) -> Tuple[List[Detections], Dict[str, Tensor]]:
         if self.training:
             return [], self.losses(images, features, proposals, gt_boxes, gt_labels)
         logits, deltas = self.predictor(self.region_features(images, features, proposals))
         if self.refine.get("enabled"):
             from .test_time import refine_detections  # test-time only; keeps training code small
+
             return refine_detections(self, images, features, proposals, logits, deltas), {}
         return self.postprocess(logits, deltas, proposals, images.image_sizes), {}
 
     # ---------------------------------------------------------------- training
     @torch.no_grad()
-    def sample_proposals(self, proposals: List[Tensor], gt_boxes: List[Tensor], gt_labels: List[Tensor]):
+    def sample_proposals(
+        self, proposals: List[Tensor], gt_boxes: List[Tensor], gt_labels: List[Tensor]
+    ):
         """Per image: add the GT boxes to the proposals (a perfect proposal for every object from the
         first iteration on), match at IoU 0.5, sample 25% foreground; return boxes, class targets
         (K = background) and regression targets."""
@@ -101,9 +131,13 @@ class ROIHeads(nn.Module):
             if self.add_gt_as_proposals:
                 props = torch.cat([props, gt.to(props.dtype)])
             matched, match_labels = self.matcher(box_iou(gt, props))
-            pos, neg = sample_balanced(match_labels, self.batch_size_per_image, self.positive_fraction)
+            pos, neg = sample_balanced(
+                match_labels, self.batch_size_per_image, self.positive_fraction
+            )
             idx = torch.cat([pos, neg])
-            labels = torch.full((len(idx),), self.num_classes, dtype=torch.int64, device=props.device)
+            labels = torch.full(
+                (len(idx),), self.num_classes, dtype=torch.int64, device=props.device
+            )
             if len(gt):
                 labels[: len(pos)] = gl[matched[pos]]
                 targets = self.box_coder.encode(props[pos], gt[matched[pos]])
@@ -127,20 +161,32 @@ class ROIHeads(nn.Module):
         loss_cls = F.cross_entropy(logits.float(), labels)
         pos = torch.where(labels < self.num_classes)[0]
         pos_deltas = deltas.view(len(deltas), self.num_classes, 4)[pos, labels[pos]]
-        loss_box = F.smooth_l1_loss(pos_deltas.float(), targets.float(), beta=self.smooth_l1_beta,
-                                    reduction="sum") / labels.numel()
+        loss_box = (
+            F.smooth_l1_loss(
+                pos_deltas.float(), targets.float(), beta=self.smooth_l1_beta, reduction="sum"
+            )
+            / labels.numel()
+        )
         return {"loss_cls": loss_cls * self.loss_weight, "loss_box": loss_box * self.loss_weight}
 
     # ---------------------------------------------------------------- inference
     def decode(self, logits: Tensor, deltas: Tensor, proposals: List[Tensor], image_sizes):
         """Per image: (P, K) foreground scores and (P, K, 4) clipped class-specific boxes."""
         scores = F.softmax(logits.float(), dim=-1)[:, : self.num_classes]
-        boxes = self.box_coder.decode(deltas, torch.cat(proposals)).view(len(deltas), self.num_classes, 4)
+        boxes = self.box_coder.decode(deltas, torch.cat(proposals)).view(
+            len(deltas), self.num_classes, 4
+        )
         counts = [len(p) for p in proposals]
-        return [(clip_boxes(b, size), s) for b, s, size in zip(boxes.split(counts), scores.split(counts), image_sizes)]
+        return [
+            (clip_boxes(b, size), s)
+            for b, s, size in zip(boxes.split(counts), scores.split(counts), image_sizes)
+        ]
 
     def postprocess(self, logits, deltas, proposals, image_sizes) -> List[Detections]:
-        return [self.select(boxes, scores) for boxes, scores in self.decode(logits, deltas, proposals, image_sizes)]
+        return [
+            self.select(boxes, scores)
+            for boxes, scores in self.decode(logits, deltas, proposals, image_sizes)
+        ]
 
     def select(self, boxes: Tensor, scores: Tensor) -> Detections:
         """Score threshold, drop tiny boxes, per-class NMS, keep the best detections_per_image."""

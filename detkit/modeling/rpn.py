@@ -5,6 +5,7 @@ Shapes used below:
     Hi, Wi: grid of level i         Ai = Hi * Wi * A: anchors of level i; T = sum Ai
     logits: objectness before the sigmoid; deltas: encoded box regression (dx, dy, dw, dh)
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -41,12 +42,24 @@ class RPNHead(nn.Module):
 
 
 class RPN(nn.Module):
-    def __init__(self, *, in_features: Sequence[str], head: RPNHead, anchor_generator: AnchorGenerator,
-                 matcher: Matcher, box_coder: BoxCoder, batch_size_per_image: int = 256,
-                 positive_fraction: float = 0.5, pre_nms_topk: Tuple[int, int] = (2000, 1000),
-                 post_nms_topk: Tuple[int, int] = (2000, 1000), nms_thresh: float = 0.7,
-                 score_thresh: float = 0.0, min_size: float = 1e-3, smooth_l1_beta: float = 1 / 9,
-                 loss_weight: float = 1.0):
+    def __init__(
+        self,
+        *,
+        in_features: Sequence[str],
+        head: RPNHead,
+        anchor_generator: AnchorGenerator,
+        matcher: Matcher,
+        box_coder: BoxCoder,
+        batch_size_per_image: int = 256,
+        positive_fraction: float = 0.5,
+        pre_nms_topk: Tuple[int, int] = (2000, 1000),
+        post_nms_topk: Tuple[int, int] = (2000, 1000),
+        nms_thresh: float = 0.7,
+        score_thresh: float = 0.0,
+        min_size: float = 1e-3,
+        smooth_l1_beta: float = 1 / 9,
+        loss_weight: float = 1.0,
+    ):
         super().__init__()
         self.in_features = list(in_features)
         self.head = head
@@ -63,27 +76,42 @@ class RPN(nn.Module):
         self.smooth_l1_beta = smooth_l1_beta
         self.loss_weight = loss_weight
 
-    def forward(self, images: ImageList, features: Dict[str, Tensor],
-                gt_boxes: Optional[List[Tensor]] = None) -> Tuple[List[Tensor], List[Tensor], Dict[str, Tensor]]:
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, Tensor],
+        gt_boxes: Optional[List[Tensor]] = None,
+    ) -> Tuple[List[Tensor], List[Tensor], Dict[str, Tensor]]:
         """Returns per-image proposals (Pi, 4), their objectness probabilities (Pi,), and losses."""
         feats = [features[f] for f in self.in_features]
         logits, deltas = self.head(feats)
-        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in feats], images.padded_size, feats[0].device)
+        anchors = self.anchor_generator(
+            [tuple(f.shape[-2:]) for f in feats], images.padded_size, feats[0].device
+        )
         n = len(images)
         # (N, A, H, W) -> (N, H*W*A) and (N, 4A, H, W) -> (N, H*W*A, 4): anchor order is cell-major
         logits = [x.permute(0, 2, 3, 1).reshape(n, -1) for x in logits]
-        deltas = [x.view(n, -1, 4, *x.shape[-2:]).permute(0, 3, 4, 1, 2).reshape(n, -1, 4) for x in deltas]
+        deltas = [
+            x.view(n, -1, 4, *x.shape[-2:]).permute(0, 3, 4, 1, 2).reshape(n, -1, 4) for x in deltas
+        ]
         with torch.no_grad():
             proposals, scores = self.select_proposals(anchors, logits, deltas, images.image_sizes)
         losses = {}
         if self.training:
             if gt_boxes is None:
                 raise ValueError("the RPN needs gt_boxes in training mode")
-            losses = self.losses(torch.cat(anchors), torch.cat(logits, 1), torch.cat(deltas, 1), gt_boxes)
+            losses = self.losses(
+                torch.cat(anchors), torch.cat(logits, 1), torch.cat(deltas, 1), gt_boxes
+            )
         return proposals, scores, losses
 
-    def select_proposals(self, anchors: List[Tensor], logits: List[Tensor], deltas: List[Tensor],
-                         image_sizes: List[Tuple[int, int]]) -> Tuple[List[Tensor], List[Tensor]]:
+    def select_proposals(
+        self,
+        anchors: List[Tensor],
+        logits: List[Tensor],
+        deltas: List[Tensor],
+        image_sizes: List[Tuple[int, int]],
+    ) -> Tuple[List[Tensor], List[Tensor]]:
         """Top-k per level, decode, clip, drop tiny boxes, NMS per level, keep the best post-NMS top-k."""
         n = logits[0].shape[0]
         batch_idx = torch.arange(n, device=logits[0].device)[:, None]
@@ -91,7 +119,7 @@ class RPN(nn.Module):
         for level, (a, lg, d) in enumerate(zip(anchors, logits, deltas)):
             k = min(self.pre_nms_topk[self.training], lg.shape[1])
             lg_k, idx = lg.detach().topk(k, dim=1)
-            d_k = d.detach()[batch_idx, idx]                        # (N, k, 4)
+            d_k = d.detach()[batch_idx, idx]  # (N, k, 4)
             boxes = self.box_coder.decode(d_k.reshape(-1, 4), a[idx.reshape(-1)]).view(n, k, 4)
             topk_logits.append(lg_k)
             topk_boxes.append(boxes)
@@ -106,28 +134,55 @@ class RPN(nn.Module):
             keep = nonempty(boxes, self.min_size)
             keep = keep[prob[keep] >= self.score_thresh]
             boxes, prob, lvl = boxes[keep], prob[keep], levels[keep]
-            keep = batched_nms(boxes.float(), prob, lvl, self.nms_thresh)[: self.post_nms_topk[self.training]]
+            keep = batched_nms(boxes.float(), prob, lvl, self.nms_thresh)[
+                : self.post_nms_topk[self.training]
+            ]
             proposals.append(boxes[keep])
             scores.append(prob[keep])
         return proposals, scores
 
-    def losses(self, anchors: Tensor, logits: Tensor, deltas: Tensor, gt_boxes: List[Tensor]) -> Dict[str, Tensor]:
+    def losses(
+        self, anchors: Tensor, logits: Tensor, deltas: Tensor, gt_boxes: List[Tensor]
+    ) -> Dict[str, Tensor]:
         """Objectness BCE and smooth-L1 box loss over a balanced sample of anchors per image,
         both normalised by the number of sampled anchors (an image without GT gives box loss 0)."""
         sampled, labels, pos_deltas, targets = [], [], [], []
         for i, gt in enumerate(gt_boxes):
             with torch.no_grad():
                 matched, match_labels = self.matcher(box_iou(gt, anchors))
-                pos, neg = sample_balanced(match_labels, self.batch_size_per_image, self.positive_fraction)
-                targets.append(self.box_coder.encode(anchors[pos], gt[matched[pos]]) if len(gt) else anchors[pos])
+                pos, neg = sample_balanced(
+                    match_labels, self.batch_size_per_image, self.positive_fraction
+                )
+                targets.append(
+                    self.box_coder.encode(anchors[pos], gt[matched[pos]])
+                    if len(gt)
+                    else anchors[pos]
+                )
             offset = i * len(anchors)
             sampled += [pos + offset, neg + offset]
-            labels += [torch.ones_like(pos, dtype=logits.dtype), torch.zeros_like(neg, dtype=logits.dtype)]
+            labels += [
+                torch.ones_like(pos, dtype=logits.dtype),
+                torch.zeros_like(neg, dtype=logits.dtype),
+            ]
             pos_deltas.append(deltas[i, pos])
         sampled_idx = torch.cat(sampled)
         num = max(sampled_idx.numel(), 1)
-        obj_loss = F.binary_cross_entropy_with_logits(
-            logits.reshape(-1)[sampled_idx].float(), torch.cat(labels).float(), reduction="sum") / num
-        box_loss = F.smooth_l1_loss(torch.cat(pos_deltas).float(), torch.cat(targets).float(),
-                                    beta=self.smooth_l1_beta, reduction="sum") / num
-        return {"loss_rpn_cls": obj_loss * self.loss_weight, "loss_rpn_box": box_loss * self.loss_weight}
+        obj_loss = (
+            F.binary_cross_entropy_with_logits(
+                logits.reshape(-1)[sampled_idx].float(), torch.cat(labels).float(), reduction="sum"
+            )
+            / num
+        )
+        box_loss = (
+            F.smooth_l1_loss(
+                torch.cat(pos_deltas).float(),
+                torch.cat(targets).float(),
+                beta=self.smooth_l1_beta,
+                reduction="sum",
+            )
+            / num
+        )
+        return {
+            "loss_rpn_cls": obj_loss * self.loss_weight,
+            "loss_rpn_box": box_loss * self.loss_weight,
+        }

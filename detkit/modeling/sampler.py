@@ -1,4 +1,5 @@
 """Balanced sampling of positives and negatives for the RPN and RoI losses."""
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -7,7 +8,9 @@ import torch
 from torch import Tensor
 
 
-def sample_balanced(labels: Tensor, batch_size: int, positive_fraction: float) -> Tuple[Tensor, Tensor]:
+def sample_balanced(
+    labels: Tensor, batch_size: int, positive_fraction: float
+) -> Tuple[Tensor, Tensor]:
     """Pick at most ``batch_size * positive_fraction`` positives (labels == 1) at random and fill the
     rest of ``batch_size`` with negatives (labels == 0); -1 is never sampled.
 

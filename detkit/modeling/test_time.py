@@ -4,6 +4,7 @@
 - multi-scale and horizontal-flip testing (``TestTimeAugmentation``), merged per class by NMS,
   soft-NMS or box voting.
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,8 +28,14 @@ def box_voting(kept_boxes: Tensor, all_boxes: Tensor, all_scores: Tensor, thresh
     return (weights @ all_boxes) / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
 
 
-def nms_and_vote(boxes: Tensor, scores: Tensor, labels: Tensor, nms_thresh: float, vote_thresh: Optional[float],
-                 max_dets: int):
+def nms_and_vote(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    nms_thresh: float,
+    vote_thresh: Optional[float],
+    max_dets: int,
+):
     """Per-class NMS on the union, then (optionally) per-class box voting among the same union."""
     keep = batched_nms(boxes, scores, labels, nms_thresh)[:max_dets]
     kept_boxes, kept_scores, kept_labels = boxes[keep], scores[keep], labels[keep]
@@ -41,8 +48,14 @@ def nms_and_vote(boxes: Tensor, scores: Tensor, labels: Tensor, nms_thresh: floa
     return kept_boxes, kept_scores, kept_labels
 
 
-def soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, sigma: float = 0.5, score_thresh: float = 1e-3,
-             max_dets: int = 100):
+def soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    sigma: float = 0.5,
+    score_thresh: float = 1e-3,
+    max_dets: int = 100,
+):
     """Gaussian soft-NMS per class (Bodla et al. 2017): overlapping boxes are down-weighted by
     exp(-IoU^2 / sigma) instead of removed."""
     out_b, out_s, out_l = [], [], []
@@ -67,8 +80,14 @@ def soft_nms(boxes: Tensor, scores: Tensor, labels: Tensor, sigma: float = 0.5, 
 
 
 @torch.no_grad()
-def refine_detections(heads, images, features: Dict[str, Tensor], proposals: List[Tensor], logits: Tensor,
-                      deltas: Tensor):
+def refine_detections(
+    heads,
+    images,
+    features: Dict[str, Tensor],
+    proposals: List[Tensor],
+    logits: Tensor,
+    deltas: Tensor,
+):
     """Iterative box refinement: pool a new feature at each regressed box (the box of the proposal's
     best foreground class), predict a new score and box; merge the new predictions with the previous
     ones, NMS the union at ``refine.nms_thresh`` (0.3), then box voting at ``refine.vote_thresh``."""
@@ -90,8 +109,16 @@ def refine_detections(heads, images, features: Dict[str, Tensor], proposals: Lis
         boxes, scores = boxes.reshape(-1, 4), scores.reshape(-1)
         keep = torch.where(scores > heads.score_thresh)[0]
         keep = keep[nonempty(boxes[keep], heads.min_size_test)]
-        results.append(nms_and_vote(boxes[keep], scores[keep], labels[keep], cfg.get("nms_thresh", 0.3),
-                                    cfg.get("vote_thresh", 0.8), heads.detections_per_image))
+        results.append(
+            nms_and_vote(
+                boxes[keep],
+                scores[keep],
+                labels[keep],
+                cfg.get("nms_thresh", 0.3),
+                cfg.get("vote_thresh", 0.8),
+                heads.detections_per_image,
+            )
+        )
     return results
 
 
@@ -110,9 +137,18 @@ class TestTimeAugmentation(nn.Module):
 
     __test__ = False  # not a pytest class, despite the name
 
-    def __init__(self, model: nn.Module, *, scales: Sequence[int], max_size: int, flip: bool = False,
-                 merge: str = "nms", nms_thresh: float = 0.5, vote_thresh: float = 0.8,
-                 detections_per_image: int = 100):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        scales: Sequence[int],
+        max_size: int,
+        flip: bool = False,
+        merge: str = "nms",
+        nms_thresh: float = 0.5,
+        vote_thresh: float = 0.8,
+        detections_per_image: int = 100,
+    ):
         super().__init__()
         if merge not in ("nms", "soft_nms", "vote"):
             raise ValueError(f"unknown test.merge '{merge}'; valid: nms, soft_nms, vote")
@@ -162,7 +198,9 @@ class TestTimeAugmentation(nn.Module):
             b, s, l = soft_nms(boxes, scores, labels, max_dets=self.detections_per_image)
         else:
             vote = self.vote_thresh if self.merge == "vote" else None
-            b, s, l = nms_and_vote(boxes, scores, labels, self.nms_thresh, vote, self.detections_per_image)
+            b, s, l = nms_and_vote(
+                boxes, scores, labels, self.nms_thresh, vote, self.detections_per_image
+            )
         return {"boxes": b, "scores": s, "labels": l}
 
 
@@ -176,10 +214,14 @@ def resolve_precision(cfg, device: torch.device) -> str:
     if value == "auto":
         return str(cfg.solver.amp_dtype) if cfg.solver.amp and device.type == "cuda" else "fp32"
     if value not in PRECISIONS:
-        raise ValueError(f"test.precision must be one of auto, {', '.join(PRECISIONS)}; got '{value}'")
+        raise ValueError(
+            f"test.precision must be one of auto, {', '.join(PRECISIONS)}; got '{value}'"
+        )
     if value == "fp16" and device.type != "cuda":
-        raise ValueError(f"test.precision=fp16 needs a CUDA device (this run is on {device.type}); "
-                         "use bf16 or fp32 on the CPU")
+        raise ValueError(
+            f"test.precision=fp16 needs a CUDA device (this run is on {device.type}); "
+            "use bf16 or fp32 on the CPU"
+        )
     return value
 
 
@@ -214,16 +256,24 @@ def build_predictor(model: nn.Module, cfg) -> nn.Module:
     predictor = model
     if t.scales or t.flip:
         scales = list(t.scales) or [cfg.input.min_size_test]
-        predictor = TestTimeAugmentation(model, scales=scales, max_size=cfg.input.max_size_test, flip=t.flip,
-                                         merge=t.merge, nms_thresh=t.merge_nms_thresh,
-                                         vote_thresh=cfg.model.roi_heads.refine.vote_thresh,
-                                         detections_per_image=cfg.model.roi_heads.detections_per_image)
+        predictor = TestTimeAugmentation(
+            model,
+            scales=scales,
+            max_size=cfg.input.max_size_test,
+            flip=t.flip,
+            merge=t.merge,
+            nms_thresh=t.merge_nms_thresh,
+            vote_thresh=cfg.model.roi_heads.refine.vote_thresh,
+            detections_per_image=cfg.model.roi_heads.detections_per_image,
+        )
     device = next(model.parameters()).device
     precision = resolve_precision(cfg, device)
     if precision == "bf16" and device.type == "cpu" and not _cpu_has_fast_bf16():
-        logger.warning("test.precision=bf16 on a CPU without bf16 instructions: PyTorch falls back to slow "
-                       "convolutions (measured 16x slower than fp32 for the quick-start model, ~45x for a C4 head); use it to "
-                       "check bf16 accuracy, not for speed")
+        logger.warning(
+            "test.precision=bf16 on a CPU without bf16 instructions: PyTorch falls back to slow "
+            "convolutions (measured 16x slower than fp32 for the quick-start model, ~45x for a C4 head); use it to "
+            "check bf16 accuracy, not for speed"
+        )
     return predictor if precision == "fp32" else AutocastPredictor(predictor, precision)
 
 

@@ -2,6 +2,7 @@
 
 Nothing is ever downloaded; every path is a file the user names.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,10 @@ logger = logging.getLogger("detkit")
 def load_state_file(path: str) -> Dict[str, Tensor]:
     """A state dict from a local file: a plain state dict, or a dict holding one under 'model'/'state_dict'."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path} (detkit never downloads weights; "
-                                "give the path of a local file)")
+        raise FileNotFoundError(
+            f"weights file not found: {path} (detkit never downloads weights; "
+            "give the path of a local file)"
+        )
     obj = torch.load(path, map_location="cpu", weights_only=False)
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
@@ -36,7 +39,7 @@ def imagenet_to_detkit(state: Dict[str, Tensor], c4: bool) -> Dict[str, Tensor]:
         if k.startswith("fc."):
             continue
         if c4 and k.startswith("layer4."):
-            out["roi_heads.box_head.res5." + k[len("layer4."):]] = v
+            out["roi_heads.box_head.res5." + k[len("layer4.") :]] = v
         else:
             out["backbone." + k] = v
     return out
@@ -51,11 +54,23 @@ def load_backbone_weights(model: nn.Module, path: str) -> None:
     if bad:
         raise ValueError(f"{path}: shapes differ for {bad[:3]} (is model.backbone.depth right?)")
     result = model.load_state_dict(state, strict=False)
-    expected_missing = [k for k in result.missing_keys if k.startswith("backbone.") or ".res5." in k]
+    expected_missing = [
+        k for k in result.missing_keys if k.startswith("backbone.") or ".res5." in k
+    ]
     if result.unexpected_keys:
-        logger.warning("%s: %d keys not used, e.g. %s", path, len(result.unexpected_keys), result.unexpected_keys[:3])
+        logger.warning(
+            "%s: %d keys not used, e.g. %s",
+            path,
+            len(result.unexpected_keys),
+            result.unexpected_keys[:3],
+        )
     if expected_missing:
-        logger.warning("%s: %d backbone keys missing, e.g. %s", path, len(expected_missing), expected_missing[:3])
+        logger.warning(
+            "%s: %d backbone keys missing, e.g. %s",
+            path,
+            len(expected_missing),
+            expected_missing[:3],
+        )
     logger.info("loaded ImageNet backbone weights from %s (%d tensors)", path, len(state))
 
 
@@ -103,7 +118,9 @@ def torchvision_num_classes(state: Dict[str, Tensor]) -> int:
 
 def atomic_save(obj, path: str) -> None:
     """Write a checkpoint atomically; one implementation, the engine's (temporary file, fsync, rename)."""
-    from ..engine.checkpoint import atomic_save as engine_atomic_save  # lazy: the engine imports modeling
+    from ..engine.checkpoint import (
+        atomic_save as engine_atomic_save,
+    )  # lazy: the engine imports modeling
 
     engine_atomic_save(obj, path)
 
@@ -111,13 +128,94 @@ def atomic_save(obj, path: str) -> None:
 # torchvision's COCO detectors have 91 outputs: background + the 90 original COCO ids, 11 unused.
 # detkit label i = torchvision label i + 1 - 1 -> COCO category id i + 1.
 COCO_TORCHVISION_NAMES = [
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "N/A", "backpack", "umbrella", "N/A", "N/A", "handbag", "tie",
-    "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
-    "skateboard", "surfboard", "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork", "knife", "spoon",
-    "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake",
-    "chair", "couch", "potted plant", "bed", "N/A", "dining table", "N/A", "N/A", "toilet", "N/A", "tv",
-    "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
-    "refrigerator", "N/A", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "N/A",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "N/A",
+    "backpack",
+    "umbrella",
+    "N/A",
+    "N/A",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "N/A",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "N/A",
+    "dining table",
+    "N/A",
+    "N/A",
+    "toilet",
+    "N/A",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "N/A",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 ]

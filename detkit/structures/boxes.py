@@ -3,6 +3,7 @@
 IoU, NMS and RoI pooling come from ``torchvision.ops`` (nothing to compile); this module adds the
 pieces detkit needs around them: the box coder, clipping and small-box removal.
 """
+
 from __future__ import annotations
 
 import math
@@ -10,7 +11,7 @@ from typing import Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou, batched_nms, nms  # noqa: F401  (re-exported)
+from torchvision.ops import batched_nms, box_iou, nms  # noqa: F401  (re-exported)
 
 # exp() of a larger log-scale delta would explode; 1000/16 is the ratio used since Fast R-CNN.
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -42,7 +43,11 @@ class BoxCoder:
     regression targets have roughly unit variance (10, 10, 5, 5 for the RoI head).
     """
 
-    def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), scale_clamp: float = DEFAULT_SCALE_CLAMP):
+    def __init__(
+        self,
+        weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+        scale_clamp: float = DEFAULT_SCALE_CLAMP,
+    ):
         self.weights = tuple(float(w) for w in weights)
         self.scale_clamp = scale_clamp
 
@@ -58,7 +63,13 @@ class BoxCoder:
         gx = target[:, 0] + 0.5 * gw
         gy = target[:, 1] + 0.5 * gh
         return torch.stack(
-            (wx * (gx - px) / pw, wy * (gy - py) / ph, ww * torch.log(gw / pw), wh * torch.log(gh / ph)), dim=1
+            (
+                wx * (gx - px) / pw,
+                wy * (gy - py) / ph,
+                ww * torch.log(gw / pw),
+                wh * torch.log(gh / ph),
+            ),
+            dim=1,
         )
 
     def decode(self, deltas: Tensor, reference: Tensor) -> Tensor:

@@ -1,10 +1,10 @@
 """A batch of images of different sizes padded into one tensor, with each image's real size."""
+
 from __future__ import annotations
 
 import math
 from typing import List, Tuple
 
-import torch
 from torch import Tensor
 
 
@@ -23,7 +23,9 @@ class ImageList:
         return tuple(self.tensor.shape[-2:])
 
     @classmethod
-    def from_tensors(cls, tensors: List[Tensor], size_divisibility: int = 0, pad_value: float = 0.0) -> "ImageList":
+    def from_tensors(
+        cls, tensors: List[Tensor], size_divisibility: int = 0, pad_value: float = 0.0
+    ) -> "ImageList":
         """Pad (C, H, W) tensors to the largest H and W, rounded up to a multiple of size_divisibility."""
         if not tensors:
             raise ValueError("ImageList.from_tensors needs at least one image")

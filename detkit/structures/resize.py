@@ -1,4 +1,5 @@
 """The deterministic test-time scale: shorter side to min_size unless the longer side would exceed max_size."""
+
 from __future__ import annotations
 
 

@@ -1,4 +1,5 @@
 """Command-line helpers: errors a user can fix end the tool with one clear line, not a traceback."""
+
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,14 @@ def user_errors() -> Iterator[None]:
 
     try:
         yield
-    except (ConfigError, DatasetError, CheckpointError, DivergenceError, OutputDirInUse, FileNotFoundError) as e:
+    except (
+        ConfigError,
+        DatasetError,
+        CheckpointError,
+        DivergenceError,
+        OutputDirInUse,
+        FileNotFoundError,
+    ) as e:
         logger = logging.getLogger("detkit")
         if logger.handlers:
             logger.error("%s: %s", type(e).__name__, e)

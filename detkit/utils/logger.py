@@ -3,6 +3,7 @@
 The package itself only ever calls ``logging.getLogger("detkit")``; handlers are attached here, by the
 entry points (tools/train.py, tools/test.py), never at import time.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,14 +22,19 @@ class TqdmHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             from tqdm import tqdm
+
             tqdm.write(self.format(record), file=self.stream)
             self.flush()
         except Exception:  # logging must never raise
             self.handleError(record)
 
 
-def setup_logging(output_dir: Optional[str] = None, rank: int = 0, level: int = logging.INFO,
-                  console: Optional[bool] = None) -> logging.Logger:
+def setup_logging(
+    output_dir: Optional[str] = None,
+    rank: int = 0,
+    level: int = logging.INFO,
+    console: Optional[bool] = None,
+) -> logging.Logger:
     """Configure the ``detkit`` logger and return it.
 
     Rank 0 logs to stderr (``console=None`` means: only rank 0) and, with ``output_dir``, to

@@ -1,4 +1,5 @@
 """Seeding and saving/restoring every random number generator a training step touches."""
+
 from __future__ import annotations
 
 import logging
@@ -21,7 +22,11 @@ def seed_all(seed: int) -> None:
 
 def get_rng_state() -> Dict[str, Any]:
     """The state of the python, numpy, torch and (when available) CUDA generators of this process."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -37,8 +42,11 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     if cuda is None or not torch.cuda.is_available():
         return
     if len(cuda) != torch.cuda.device_count():
-        logger.warning("not restoring CUDA RNG states: saved for %d devices, %d visible now",
-                       len(cuda), torch.cuda.device_count())
+        logger.warning(
+            "not restoring CUDA RNG states: saved for %d devices, %d visible now",
+            len(cuda),
+            torch.cuda.device_count(),
+        )
         return
     torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
 

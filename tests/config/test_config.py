@@ -2,6 +2,7 @@
 
 Every fixture is written into tmp_path so these tests do not depend on the shipped configs/.
 """
+
 import copy
 import os
 import pickle
@@ -62,7 +63,10 @@ def test_every_default_key_reachable_by_attribute():
 @pytest.fixture
 def tree(tmp_path):
     """configs/_base_/{models,schedules}/*.yaml and a leaf in configs/det/ that uses both."""
-    write(tmp_path, "configs/_base_/models/frcnn.yaml", """
+    write(
+        tmp_path,
+        "configs/_base_/models/frcnn.yaml",
+        """
         model:
           num_classes: 20
           rpn:
@@ -72,20 +76,29 @@ def tree(tmp_path):
             weights: weights/r50.pth
         solver:
           steps: [1, 2, 3]
-    """)
-    write(tmp_path, "configs/_base_/schedules/1x.yaml", """
+    """,
+    )
+    write(
+        tmp_path,
+        "configs/_base_/schedules/1x.yaml",
+        """
         solver:
           base_lr: 0.01
           max_iter: 1000
-    """)
-    leaf = write(tmp_path, "configs/det/leaf.yaml", """
+    """,
+    )
+    leaf = write(
+        tmp_path,
+        "configs/det/leaf.yaml",
+        """
         _base_: [../_base_/models/frcnn.yaml, ../_base_/schedules/1x.yaml]
         model:
           rpn:
             nms_thresh: 0.5
         solver:
           steps: [500]
-    """)
+    """,
+    )
     return leaf
 
 
@@ -101,11 +114,11 @@ def test_base_relative_paths_across_directories(tree, tmp_path, monkeypatch):
 
 def test_base_deep_merges_dicts_and_replaces_lists(tree):
     cfg = load_config(tree)
-    assert cfg.model.rpn.nms_thresh == 0.5          # leaf wins
-    assert cfg.model.rpn.fg_iou_thresh == 0.8       # sibling key from the base survives
-    assert cfg.model.rpn.bg_iou_thresh == 0.3       # untouched default survives
+    assert cfg.model.rpn.nms_thresh == 0.5  # leaf wins
+    assert cfg.model.rpn.fg_iou_thresh == 0.8  # sibling key from the base survives
+    assert cfg.model.rpn.bg_iou_thresh == 0.3  # untouched default survives
     assert cfg.model.backbone.depth == 50
-    assert cfg.solver.steps == [500]                # replaced, not [1, 2, 3, 500]
+    assert cfg.solver.steps == [500]  # replaced, not [1, 2, 3, 500]
 
 
 def test_relative_paths_in_values_stay_as_written(tree):
@@ -151,7 +164,9 @@ def test_diamond_bases_are_not_a_cycle(tmp_path):
 
 def test_missing_base_and_missing_file(tmp_path):
     leaf = write(tmp_path, "leaf.yaml", "_base_: [nope.yaml]\n")
-    with pytest.raises(ConfigError, match=r"base config 'nope.yaml' listed in .*leaf.yaml not found"):
+    with pytest.raises(
+        ConfigError, match=r"base config 'nope.yaml' listed in .*leaf.yaml not found"
+    ):
         load_config(leaf)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.yaml")
@@ -170,12 +185,19 @@ def test_empty_file_bad_yaml_and_non_mapping(tmp_path):
 
 # -- overrides ------------------------------------------------------------------------------------
 def test_overrides_of_each_type(tree):
-    cfg = load_config(tree, [
-        "solver.base_lr=0.05", "model.backbone.depth=101", "test.flip=true",
-        "test.scales=[600,800]", "model.backbone.weights=/x/y.pth",
-        "model.rpn.anchor_sizes=[[16],[32]]", "model.backbone.out_features=[res4]",
-        "solver.momentum=1",
-    ])
+    cfg = load_config(
+        tree,
+        [
+            "solver.base_lr=0.05",
+            "model.backbone.depth=101",
+            "test.flip=true",
+            "test.scales=[600,800]",
+            "model.backbone.weights=/x/y.pth",
+            "model.rpn.anchor_sizes=[[16],[32]]",
+            "model.backbone.out_features=[res4]",
+            "solver.momentum=1",
+        ],
+    )
     assert cfg.solver.base_lr == 0.05
     assert cfg.model.backbone.depth == 101
     assert cfg.test.flip is True
@@ -188,10 +210,17 @@ def test_overrides_of_each_type(tree):
 
 
 def test_string_overrides_are_taken_verbatim(tmp_path):
-    cfg = load_config(None, [
-        "output_dir=2024-01-01", "model.backbone.norm=null", "model.weights=/a/b #1.pth",
-        "model.neck.name=none", "data.root=", "test.merge='vote'",
-    ])
+    cfg = load_config(
+        None,
+        [
+            "output_dir=2024-01-01",
+            "model.backbone.norm=null",
+            "model.weights=/a/b #1.pth",
+            "model.neck.name=none",
+            "data.root=",
+            "test.merge='vote'",
+        ],
+    )
     assert cfg.output_dir == "2024-01-01"
     assert cfg.model.backbone.norm == "null"
     assert cfg.model.weights == "/a/b #1.pth"
@@ -201,8 +230,15 @@ def test_string_overrides_are_taken_verbatim(tmp_path):
 
 
 def test_overrides_apply_in_order_and_dict_values_merge():
-    cfg = load_config(None, ["model.rpn.nms_thresh=0.1", "model.rpn={fg_iou_thresh: 0.9}",
-                             "solver.gamma=0.2", "solver.gamma=0.3"])
+    cfg = load_config(
+        None,
+        [
+            "model.rpn.nms_thresh=0.1",
+            "model.rpn={fg_iou_thresh: 0.9}",
+            "solver.gamma=0.2",
+            "solver.gamma=0.3",
+        ],
+    )
     assert (cfg.model.rpn.nms_thresh, cfg.model.rpn.fg_iou_thresh) == (0.1, 0.9)
     assert cfg.solver.gamma == 0.3
 
@@ -223,8 +259,10 @@ def test_malformed_overrides():
 def test_override_errors_name_the_command_line():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["model.rpn.nms_tresh=0.5"])
-    assert str(err.value) == ("unknown config key 'model.rpn.nms_tresh' (command line); "
-                              "did you mean 'model.rpn.nms_thresh'?")
+    assert str(err.value) == (
+        "unknown config key 'model.rpn.nms_tresh' (command line); "
+        "did you mean 'model.rpn.nms_thresh'?"
+    )
     with pytest.raises(ConfigError, match=r"'solver.max_iter' \(command line\): expected int"):
         load_config(None, ["solver.max_iter=abc"])
 
@@ -235,14 +273,20 @@ def test_unknown_key_error_text(tmp_path, monkeypatch):
     write(tmp_path, "configs/x.yaml", "model:\n  rpn:\n    nms_tresh: 0.5\n")
     with pytest.raises(ConfigError) as err:
         load_config("configs/x.yaml")
-    assert str(err.value) == ("unknown config key 'model.rpn.nms_tresh' (configs/x.yaml); "
-                              "did you mean 'model.rpn.nms_thresh'?")
+    assert str(err.value) == (
+        "unknown config key 'model.rpn.nms_tresh' (configs/x.yaml); "
+        "did you mean 'model.rpn.nms_thresh'?"
+    )
 
 
 def test_unknown_key_under_the_wrong_parent_and_without_match(tmp_path):
-    with pytest.raises(ConfigError, match=r"'model.fc_dim'.*did you mean 'model.roi_heads.box_head.fc_dim'"):
+    with pytest.raises(
+        ConfigError, match=r"'model.fc_dim'.*did you mean 'model.roi_heads.box_head.fc_dim'"
+    ):
         load_config({"model": {"fc_dim": 512}})
-    with pytest.raises(ConfigError, match=r"unknown config key 'zzz'.*valid keys at the top level: model"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'zzz'.*valid keys at the top level: model"
+    ):
         load_config({"zzz": 1})
 
 
@@ -257,23 +301,34 @@ def test_unknown_key_in_base_names_the_base_file(tmp_path):
     assert "leaf.yaml" not in message
 
 
-@pytest.mark.parametrize("text, key, expected, given", [
-    ("solver: {base_lr: fast}", "solver.base_lr", "expected float", "str 'fast'"),
-    ("solver: {max_iter: true}", "solver.max_iter", "expected int", "bool True"),
-    ("solver: {base_lr: false}", "solver.base_lr", "expected float", "bool False"),
-    ("solver: {max_iter: 1.5}", "solver.max_iter", "expected int", "float 1.5"),
-    ("test: {flip: 1}", "test.flip", "expected bool", "int 1"),
-    ("model: {backbone: {name: 3}}", "model.backbone.name", "expected str", "int 3"),
-    ("solver: {steps: [100, x]}", "solver.steps[1]", "expected int", "str 'x'"),
-    ("solver: {steps: 100}", "solver.steps", "expected a list of int", "int 100"),
-    ("model: {rpn: {anchor_sizes: [[32], 64]}}", "model.rpn.anchor_sizes[1]", "expected a list",
-     "int 64"),
-    ("model: {rpn: {anchor_sizes: [[32.5]]}}", "model.rpn.anchor_sizes[0][0]", "expected int",
-     "float 32.5"),
-    ("model: {rpn: 0.7}", "model.rpn", "expected a mapping", "float 0.7"),
-    ("model: {num_classes: {a: 1}}", "model.num_classes", "expected int", "dict {'a': 1}"),
-    ("solver: {gamma: null}", "solver.gamma", "expected float", "null None"),
-])
+@pytest.mark.parametrize(
+    "text, key, expected, given",
+    [
+        ("solver: {base_lr: fast}", "solver.base_lr", "expected float", "str 'fast'"),
+        ("solver: {max_iter: true}", "solver.max_iter", "expected int", "bool True"),
+        ("solver: {base_lr: false}", "solver.base_lr", "expected float", "bool False"),
+        ("solver: {max_iter: 1.5}", "solver.max_iter", "expected int", "float 1.5"),
+        ("test: {flip: 1}", "test.flip", "expected bool", "int 1"),
+        ("model: {backbone: {name: 3}}", "model.backbone.name", "expected str", "int 3"),
+        ("solver: {steps: [100, x]}", "solver.steps[1]", "expected int", "str 'x'"),
+        ("solver: {steps: 100}", "solver.steps", "expected a list of int", "int 100"),
+        (
+            "model: {rpn: {anchor_sizes: [[32], 64]}}",
+            "model.rpn.anchor_sizes[1]",
+            "expected a list",
+            "int 64",
+        ),
+        (
+            "model: {rpn: {anchor_sizes: [[32.5]]}}",
+            "model.rpn.anchor_sizes[0][0]",
+            "expected int",
+            "float 32.5",
+        ),
+        ("model: {rpn: 0.7}", "model.rpn", "expected a mapping", "float 0.7"),
+        ("model: {num_classes: {a: 1}}", "model.num_classes", "expected int", "dict {'a': 1}"),
+        ("solver: {gamma: null}", "solver.gamma", "expected float", "null None"),
+    ],
+)
 def test_wrong_types(tmp_path, text, key, expected, given):
     path = write(tmp_path, "bad.yaml", text + "\n")
     with pytest.raises(ConfigError) as err:
@@ -292,7 +347,9 @@ def test_int_converted_to_float():
 
 def test_exponent_floats_without_a_dot(tmp_path):
     """PyYAML alone reads `1e-4` as a string (YAML 1.1); detkit configs read it as a float."""
-    path = write(tmp_path, "x.yaml", "solver: {weight_decay: 1e-4}\nmodel: {pixel_std: [1E+2, 5e1, 1]}\n")
+    path = write(
+        tmp_path, "x.yaml", "solver: {weight_decay: 1e-4}\nmodel: {pixel_std: [1E+2, 5e1, 1]}\n"
+    )
     cfg = load_config(path, ["solver.base_lr=2e-3"])
     assert (cfg.solver.weight_decay, cfg.solver.base_lr) == (1e-4, 2e-3)
     assert cfg.model.pixel_std == [100.0, 50.0, 1.0]
@@ -321,8 +378,13 @@ def test_dataset_entries_need_a_name():
 
 # -- the Config object ----------------------------------------------------------------------------
 def test_round_trip_to_dict_dump_load(tree, tmp_path):
-    cfg = load_config(tree, ["data.train.datasets=[{name: VOCDataset, root: VOC2007, split: trainval}]",
-                             "solver.weight_decay=1e-05"])
+    cfg = load_config(
+        tree,
+        [
+            "data.train.datasets=[{name: VOCDataset, root: VOC2007, split: trainval}]",
+            "solver.weight_decay=1e-05",
+        ],
+    )
     out = tmp_path / "out" / "config.yaml"
     cfg.dump(out)
     again = load_config(out)
@@ -405,7 +467,7 @@ def test_load_config_from_dict_has_no_source_file(tmp_path, monkeypatch):
 def test_missing_attribute_suggests_a_key():
     cfg = load_config()
     with pytest.raises(AttributeError, match="did you mean 'model.rpn.nms_thresh'"):
-        cfg.model.rpn.nms_tresh
+        _ = cfg.model.rpn.nms_tresh
     with pytest.raises(KeyError):
         cfg["nope"]
     assert cfg.get("nope", 3) == 3 and "model" in cfg

@@ -1,4 +1,5 @@
 """Helpers shared by the data tests (imported relatively: ``from .helpers import ...``)."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,11 @@ import pytest
 from PIL import Image
 
 # ../shared/testdata beside the project (override with $DETKIT_TESTDATA, as tests/conftest.py does)
-SHARED_TESTDATA = Path(os.environ.get("DETKIT_TESTDATA",
-                                      Path(__file__).resolve().parents[2] / ".." / "shared" / "testdata"))
+SHARED_TESTDATA = Path(
+    os.environ.get(
+        "DETKIT_TESTDATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "testdata"
+    )
+)
 
 
 def shared_path(*parts: str) -> Path:
@@ -23,7 +27,9 @@ def shared_path(*parts: str) -> Path:
 
 
 def write_coco(path: Path, images, annotations, categories) -> Path:
-    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
     return path
 
 
@@ -37,11 +43,24 @@ def write_jpeg(path: Path, width: int, height: int, seed: int = 0) -> Path:
 def make_cfg(train=None, val=None, **sections) -> dict:
     """A plain-dict config with the keys detkit.data.build reads (tiny sizes, no workers)."""
     cfg = {
-        "input": {"min_size_train": [32], "max_size_train": 64, "min_size_test": 32, "max_size_test": 64,
-                  "hflip_prob": 0.5, "color_jitter": 0.0, "exif": True},
-        "data": {"root": "", "train": {"datasets": train or [], "filter_empty": True},
-                 "val": {"datasets": val or []}, "test": {"datasets": []}, "num_workers": 0,
-                 "aspect_ratio_grouping": True, "skip_broken_images": False},
+        "input": {
+            "min_size_train": [32],
+            "max_size_train": 64,
+            "min_size_test": 32,
+            "max_size_test": 64,
+            "hflip_prob": 0.5,
+            "color_jitter": 0.0,
+            "exif": True,
+        },
+        "data": {
+            "root": "",
+            "train": {"datasets": train or [], "filter_empty": True},
+            "val": {"datasets": val or []},
+            "test": {"datasets": []},
+            "num_workers": 0,
+            "aspect_ratio_grouping": True,
+            "skip_broken_images": False,
+        },
         "solver": {"ims_per_batch": 2, "seed": 42},
         "test": {"ims_per_batch": 1},
     }

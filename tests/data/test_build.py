@@ -1,4 +1,5 @@
 """build_dataset / loaders: config entries, unions, errors, batching, broken images in workers."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,7 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from detkit.data import DatasetError, DatasetUnion, build_dataset, build_test_loader, build_train_loader
+from detkit.data import (
+    DatasetError,
+    DatasetUnion,
+    build_dataset,
+    build_test_loader,
+    build_train_loader,
+)
 from detkit.data.transforms import TestMapper, TrainMapper
 
 from .helpers import make_cfg, write_coco
@@ -42,45 +49,74 @@ def test_union_of_two_entries_and_data_root(tiny_coco):
     relative = {"name": "COCODataset", "ann_file": ann_file.name, "img_dir": img_dir.name}
     cfg = make_cfg(train=[_entry(tiny_coco), relative], data={"root": str(ann_file.parent)})
     union = build_dataset(cfg, "train")
-    assert isinstance(union, DatasetUnion) and len(union) == 4 and union.class_names == ["cat", "dog"]
+    assert (
+        isinstance(union, DatasetUnion) and len(union) == 4 and union.class_names == ["cat", "dog"]
+    )
     assert [r["image_id"] for r in union.records] == [1, 2, 1, 2]
     assert union[3]["gt_labels"].tolist() == [1] and union.evaluator_type == "coco"
     with pytest.raises(AttributeError, match="no single ann_file"):
-        union.ann_file
+        _ = union.ann_file
 
 
 def test_union_with_different_classes_names_both(tiny_coco, tmp_path):
     other = write_coco(tmp_path / "other.json", [], [], [{"id": 1, "name": "car"}])
-    cfg = make_cfg(train=[_entry(tiny_coco), {"name": "COCODataset", "ann_file": str(other),
-                                              "img_dir": str(tmp_path)}])
+    cfg = make_cfg(
+        train=[
+            _entry(tiny_coco),
+            {"name": "COCODataset", "ann_file": str(other), "img_dir": str(tmp_path)},
+        ]
+    )
     cfg["data"]["train"]["filter_empty"] = False
-    with pytest.raises(DatasetError, match=r"cannot combine data.train.datasets\[0\].*and "
-                                           r"data.train.datasets\[1\].*class names differ"):
+    with pytest.raises(
+        DatasetError,
+        match=r"cannot combine data.train.datasets\[0\].*and "
+        r"data.train.datasets\[1\].*class names differ",
+    ):
         build_dataset(cfg, "train")
 
 
-@pytest.mark.parametrize("entry, message", [
-    ({"name": "COCODataset", "ann_fle": "a.json", "img_dir": "x"},
-     r"datasets\[0\]: unknown argument 'ann_fle' for COCODataset; valid arguments: .*did you mean 'ann_file'"),
-    ({"name": "COCODataset", "img_dir": "x"}, r"COCODataset needs argument\(s\) \['ann_file'\]"),
-    ({"name": "CocoDataset"}, r"datasets\[0\]: unknown dataset 'CocoDataset'.*did you mean 'COCODataset'"),
-    ({"ann_file": "a.json"}, "must be a mapping with a 'name' key"),
-    ({"name": "VOCDataset", "root": "x", "split": "train", "mapper": None}, "unknown argument 'mapper'"),
-])
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        (
+            {"name": "COCODataset", "ann_fle": "a.json", "img_dir": "x"},
+            r"datasets\[0\]: unknown argument 'ann_fle' for COCODataset; valid arguments: .*did you mean 'ann_file'",
+        ),
+        (
+            {"name": "COCODataset", "img_dir": "x"},
+            r"COCODataset needs argument\(s\) \['ann_file'\]",
+        ),
+        (
+            {"name": "CocoDataset"},
+            r"datasets\[0\]: unknown dataset 'CocoDataset'.*did you mean 'COCODataset'",
+        ),
+        ({"ann_file": "a.json"}, "must be a mapping with a 'name' key"),
+        (
+            {"name": "VOCDataset", "root": "x", "split": "train", "mapper": None},
+            "unknown argument 'mapper'",
+        ),
+    ],
+)
 def test_bad_entries(entry, message):
     with pytest.raises(DatasetError, match=message):
         build_dataset(make_cfg(train=[entry]), "train")
 
 
 def test_no_datasets_configured():
-    with pytest.raises(DatasetError, match=r"no datasets configured under data.val.datasets.*README"):
+    with pytest.raises(
+        DatasetError, match=r"no datasets configured under data.val.datasets.*README"
+    ):
         build_dataset(make_cfg(), "val")
 
 
 def test_with_detkit_config(tiny_coco):
     config = pytest.importorskip("detkit.config")
-    cfg = config.Config({"data": {"train": {"datasets": [_entry(tiny_coco)]}},
-                         "input": {"min_size_train": [32], "max_size_train": 64}})
+    cfg = config.Config(
+        {
+            "data": {"train": {"datasets": [_entry(tiny_coco)]}},
+            "input": {"min_size_train": [32], "max_size_train": 64},
+        }
+    )
     assert len(build_dataset(cfg, "train")) == 2
 
 
@@ -96,10 +132,18 @@ def test_train_loader_batches_are_endless_grouped_and_seeded(tiny_coco):
     assert all(len(b) == 2 for b in first)  # ims_per_batch // world_size
     for batch in first:
         assert len({s["image_id"] for s in batch}) == 1  # one orientation per batch
-        assert all(s["gt_boxes"].dtype == torch.float32 and s["image"].dtype == torch.uint8 for s in batch)
+        assert all(
+            s["gt_boxes"].dtype == torch.float32 and s["image"].dtype == torch.uint8 for s in batch
+        )
     again = batches(0, 2)
-    assert [[s["image_id"] for s in b] for b in first] == [[s["image_id"] for s in b] for b in again]
-    assert all(torch.equal(a["gt_boxes"], b["gt_boxes"]) for x, y in zip(first, again) for a, b in zip(x, y))
+    assert [[s["image_id"] for s in b] for b in first] == [
+        [s["image_id"] for s in b] for b in again
+    ]
+    assert all(
+        torch.equal(a["gt_boxes"], b["gt_boxes"])
+        for x, y in zip(first, again)
+        for a, b in zip(x, y)
+    )
     with pytest.raises(ValueError, match="not divisible"):
         build_train_loader(cfg, dataset, rank=0, world_size=3)
 
@@ -136,17 +180,26 @@ def test_broken_image_in_a_worker_names_the_file(tiny_coco):
 
 def test_skip_broken_counts_and_skips(tiny_coco, caplog):
     _break_image(tiny_coco)
-    cfg = make_cfg(train=[_entry(tiny_coco)], val=[_entry(tiny_coco)], data={"skip_broken_images": True})
+    cfg = make_cfg(
+        train=[_entry(tiny_coco)], val=[_entry(tiny_coco)], data={"skip_broken_images": True}
+    )
     val = build_dataset(cfg, "val")
     ids = [s["image_id"] for b in build_test_loader(cfg, val, rank=0, world_size=1) for s in b]
-    assert ids == [1, 3] and val.num_skipped == 1 and "skipping broken image (1 so far" in caplog.text
+    assert (
+        ids == [1, 3] and val.num_skipped == 1 and "skipping broken image (1 so far" in caplog.text
+    )
     train = build_dataset(cfg, "train")
     assert train[1]["image_id"] == 1  # a training set substitutes the next readable image
 
 
 def test_synthetic_entry_resolves_under_data_root(tmp_path):
-    entry = {"name": "SyntheticDataset", "root": "synth", "num_images": 4, "image_size": [64, 96],
-             "split": "val"}
+    entry = {
+        "name": "SyntheticDataset",
+        "root": "synth",
+        "num_images": 4,
+        "image_size": [64, 96],
+        "split": "val",
+    }
     cfg = make_cfg(val=[entry], data={"root": str(tmp_path)})
     ds = build_dataset(cfg, "val")
     assert len(ds) == 4 and (tmp_path / "synth" / "val" / "annotations.json").exists()

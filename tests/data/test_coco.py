@@ -1,4 +1,5 @@
 """COCODataset: records, label mapping, box cleaning, strict errors, reference files."""
+
 from __future__ import annotations
 
 import json
@@ -61,14 +62,21 @@ def test_getitem_with_and_without_mapper(tiny_coco):
 
 
 def test_degenerate_and_outside_boxes_warn_once_each(tmp_path, caplog):
-    anns = [_ann(11, [10, 10, 0, 5]), _ann(12, [10, 10, 5, -1]), _ann(13, [90, 40, 20, 20]),
-            _ann(14, [-5, 0, 10, 10]), _ann(15, [200, 10, 5, 5]), _ann(16, [1, 1, 3, 3]),
-            _ann(17, [0, 0, 100.004, 50])]
+    anns = [
+        _ann(11, [10, 10, 0, 5]),
+        _ann(12, [10, 10, 5, -1]),
+        _ann(13, [90, 40, 20, 20]),
+        _ann(14, [-5, 0, 10, 10]),
+        _ann(15, [200, 10, 5, 5]),
+        _ann(16, [1, 1, 3, 3]),
+        _ann(17, [0, 0, 100.004, 50]),
+    ]
     ann_file = write_coco(tmp_path / "a.json", IMAGES, anns, CATS)
     with caplog.at_level(logging.WARNING, logger="detkit"):
         ds = COCODataset(str(ann_file), str(tmp_path))
-    np.testing.assert_allclose(ds.records[0]["boxes"], [[90, 40, 100, 50], [0, 0, 5, 10], [1, 1, 4, 4],
-                                                       [0, 0, 100, 50]])
+    np.testing.assert_allclose(
+        ds.records[0]["boxes"], [[90, 40, 100, 50], [0, 0, 5, 10], [1, 1, 4, 4], [0, 0, 100, 50]]
+    )
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     for ann_id in (11, 12, 13, 14, 15):
         mine = [w for w in warnings if f"annotation id {ann_id}:" in w]
@@ -76,14 +84,20 @@ def test_degenerate_and_outside_boxes_warn_once_each(tmp_path, caplog):
     assert not [w for w in warnings if "annotation id 16" in w or "annotation id 17" in w]
 
 
-@pytest.mark.parametrize("anns, message", [
-    ([_ann(0, [1, 1, 2, 2])], "annotation id 0"),
-    ([_ann(3, [1, 1, 2, 2]), _ann(3, [2, 2, 2, 2])], "duplicate annotation id 3"),
-    ([_ann(4, [1, 1, 2, 2], category_id=9)], "annotation id 4 refers to unknown category id 9"),
-    ([_ann(6, [1, 1, 2, 2], image_id=99)], "annotation id 6 refers to unknown image id 99"),
-    ([{"id": 7, "image_id": 5, "category_id": 1}], r"annotation #0 \(id 7\) is missing key\(s\) \['bbox'\]"),
-    ([_ann(8, [1, 1, 2])], "annotation id 8: 'bbox' must be 4 finite numbers"),
-])
+@pytest.mark.parametrize(
+    "anns, message",
+    [
+        ([_ann(0, [1, 1, 2, 2])], "annotation id 0"),
+        ([_ann(3, [1, 1, 2, 2]), _ann(3, [2, 2, 2, 2])], "duplicate annotation id 3"),
+        ([_ann(4, [1, 1, 2, 2], category_id=9)], "annotation id 4 refers to unknown category id 9"),
+        ([_ann(6, [1, 1, 2, 2], image_id=99)], "annotation id 6 refers to unknown image id 99"),
+        (
+            [{"id": 7, "image_id": 5, "category_id": 1}],
+            r"annotation #0 \(id 7\) is missing key\(s\) \['bbox'\]",
+        ),
+        ([_ann(8, [1, 1, 2])], "annotation id 8: 'bbox' must be 4 finite numbers"),
+    ],
+)
 def test_bad_annotations_are_errors_naming_file_and_id(tmp_path, anns, message):
     ann_file = write_coco(tmp_path / "bad.json", IMAGES, anns, CATS)
     with pytest.raises(DatasetError, match=message) as info:
@@ -101,7 +115,9 @@ def test_malformed_json_and_missing_sections(tmp_path):
     with pytest.raises(DatasetError, match="noimg.json: 'images' must be a list"):
         COCODataset(str(no_images), str(tmp_path))
     bad_image = write_coco(tmp_path / "badimg.json", [{"id": 1, "file_name": "a.jpg"}], [], CATS)
-    with pytest.raises(DatasetError, match=r"image #0 \(id 1\) is missing key\(s\) \['height', 'width'\]"):
+    with pytest.raises(
+        DatasetError, match=r"image #0 \(id 1\) is missing key\(s\) \['height', 'width'\]"
+    ):
         COCODataset(str(bad_image), str(tmp_path))
 
 
@@ -120,7 +136,9 @@ def test_relative_paths_resolve_against_env_var(tiny_coco, monkeypatch):
 def test_image_size_mismatch_is_a_clear_error(tmp_path):
     write_jpeg(tmp_path / "x.jpg", 50, 100)  # the file is portrait, the annotation says landscape
     ds = COCODataset(str(write_coco(tmp_path / "a.json", IMAGES, [], CATS)), str(tmp_path))
-    with pytest.raises(DatasetError, match=r"x.jpg \(image id 5\) is 50x100 .* says 100x50.*swapped"):
+    with pytest.raises(
+        DatasetError, match=r"x.jpg \(image id 5\) is 50x100 .* says 100x50.*swapped"
+    ):
         ds[0]
 
 
@@ -130,14 +148,21 @@ def test_mmdetection_sample_files():
     assert ds.class_names == ["bus", "car"] and len(ds) == 3
     assert [len(r["boxes"]) for r in ds.records] == [2, 1, 0]
     assert len(COCODataset(str(data / "coco_sample.json"), str(data), filter_empty=True)) == 2
-    with pytest.raises(DatasetError, match="coco_wrong_format_sample.json: duplicate annotation id 1"):
+    with pytest.raises(
+        DatasetError, match="coco_wrong_format_sample.json: duplicate annotation id 1"
+    ):
         COCODataset(str(data / "coco_wrong_format_sample.json"), str(data))
 
 
 def test_faster_coco_eval_fixture_reads_images():
     data = shared_path("faster_coco_eval", "tests", "dataset")
     ds = COCODataset(str(data / "gt_dataset.json"), str(data))
-    assert ds.class_names == ["cloud", "heart", "arrow", "star"] and ds.label_to_category_id == [1, 2, 3, 4]
+    assert ds.class_names == ["cloud", "heart", "arrow", "star"] and ds.label_to_category_id == [
+        1,
+        2,
+        3,
+        4,
+    ]
     assert sum(len(r["boxes"]) for r in ds.records) == 9
     r = ds.records[0]
     assert r["file_name"].endswith("img_3.jpg")

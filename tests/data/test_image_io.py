@@ -1,4 +1,5 @@
 """read_image on odd, rotated and broken files (reference files from ../shared/testdata)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,17 +19,20 @@ def _mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float32) - b.astype(np.float32)).mean())
 
 
-@pytest.mark.parametrize("parts, size_hw, gray", [
-    (MMCV + ("grayscale.jpg",), (300, 400), True),
-    (MMCV + ("grayscale_dim3.jpg",), (300, 400), True),
-    (MMCV + ("palette.gif",), (300, 400), False),
-    (MMCV + ("gray_alpha.png",), (400, 500), True),
-    (PILLOW + ("pil123rgba.png",), (150, 162), False),
-    (PILLOW + ("hopper_gray.jpg",), (128, 128), True),
-    (PILLOW + ("hopper_bad_exif.jpg",), (500, 500), True),
-    (PILLOW + ("invalid-exif.jpg",), (200, 200), False),
-    (PILLOW + ("pil_sample_cmyk.jpg",), (100, 100), False),
-])
+@pytest.mark.parametrize(
+    "parts, size_hw, gray",
+    [
+        (MMCV + ("grayscale.jpg",), (300, 400), True),
+        (MMCV + ("grayscale_dim3.jpg",), (300, 400), True),
+        (MMCV + ("palette.gif",), (300, 400), False),
+        (MMCV + ("gray_alpha.png",), (400, 500), True),
+        (PILLOW + ("pil123rgba.png",), (150, 162), False),
+        (PILLOW + ("hopper_gray.jpg",), (128, 128), True),
+        (PILLOW + ("hopper_bad_exif.jpg",), (500, 500), True),
+        (PILLOW + ("invalid-exif.jpg",), (200, 200), False),
+        (PILLOW + ("pil_sample_cmyk.jpg",), (100, 100), False),
+    ],
+)
 def test_odd_modes_become_uint8_rgb(parts, size_hw, gray):
     image = read_image(shared_path(*parts))
     assert image.dtype == np.uint8 and image.shape == size_hw + (3,)
@@ -85,18 +89,23 @@ def test_pillow_orientation_files_match_upright_hopper(k):
 
 def test_mmcv_exif_rotated_file():
     color = read_image(shared_path(*MMCV, "color.jpg"))
-    rotated = read_image(shared_path(*MMCV, "color_exif.jpg"))  # orientation 6: 90 degrees clockwise
+    rotated = read_image(
+        shared_path(*MMCV, "color_exif.jpg")
+    )  # orientation 6: 90 degrees clockwise
     assert rotated.shape == (400, 300, 3)
     assert _mean_abs_diff(rotated, np.rot90(color, -1)) < 8
 
 
-@pytest.mark.parametrize("parts", [
-    PILLOW + ("broken.png",),
-    PILLOW + ("broken_data_stream.png",),
-    PILLOW + ("decompression_bomb.gif",),
-    MMCV + ("uint16-5channel.tif",),  # 5 channels: refused, clearly
-    MMCV + ("test.mp4",),
-])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        PILLOW + ("broken.png",),
+        PILLOW + ("broken_data_stream.png",),
+        PILLOW + ("decompression_bomb.gif",),
+        MMCV + ("uint16-5channel.tif",),  # 5 channels: refused, clearly
+        MMCV + ("test.mp4",),
+    ],
+)
 def test_broken_or_unsupported_files_raise_naming_the_file(parts):
     path = shared_path(*parts)
     with pytest.raises(ImageReadError, match=str(path).replace(".", r"\.")):

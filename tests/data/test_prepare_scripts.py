@@ -1,4 +1,5 @@
 """The preparation scripts in datasets/ (loaded as modules and run through their ``main``)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -25,28 +26,55 @@ def _script(name: str):
 
 def test_prepare_synthetic(tmp_path):
     ann_file = _script("prepare_synthetic").main(
-        ["--out", str(tmp_path), "--split", "val", "--num-images", "3", "--num-classes", "4",
-         "--min-size", "64", "--max-size", "80", "--voc"])
+        [
+            "--out",
+            str(tmp_path),
+            "--split",
+            "val",
+            "--num-images",
+            "3",
+            "--num-classes",
+            "4",
+            "--min-size",
+            "64",
+            "--max-size",
+            "80",
+            "--voc",
+        ]
+    )
     assert ann_file == tmp_path / "val" / "annotations.json"
     ds = COCODataset(str(ann_file), str(tmp_path / "val" / "JPEGImages"))
     assert len(ds) == 3 and ds.class_names == ["circle", "rectangle", "triangle", "star"]
     assert all(64 <= r["height"] <= 80 and 64 <= r["width"] <= 80 for r in ds.records)
-    assert (tmp_path / "val" / "ImageSets" / "Main" / "val.txt").read_text().split() == ["000001", "000002",
-                                                                                         "000003"]
+    assert (tmp_path / "val" / "ImageSets" / "Main" / "val.txt").read_text().split() == [
+        "000001",
+        "000002",
+        "000003",
+    ]
 
 
-@pytest.mark.parametrize("difficult, crowd, boxes", [("crowd", [0, 1], 2), ("keep", [0, 0], 2), ("drop", [0], 1)])
+@pytest.mark.parametrize(
+    "difficult, crowd, boxes", [("crowd", [0, 1], 2), ("keep", [0, 0], 2), ("drop", [0], 1)]
+)
 def test_prepare_voc_to_coco(tmp_path, difficult, crowd, boxes):
     voc = tmp_path / "VOC2007"
     write_jpeg(voc / "JPEGImages" / "000005.jpg", 60, 40)
-    write_voc_xml(voc / "Annotations" / "000005.xml", "000005.jpg", 60, 40,
-                  np.array([[0, 1, 10, 20], [4, 5, 60, 40]]), [VOC_CLASSES.index("cat"), 0], VOC_CLASSES,
-                  difficult=[False, True])
+    write_voc_xml(
+        voc / "Annotations" / "000005.xml",
+        "000005.jpg",
+        60,
+        40,
+        np.array([[0, 1, 10, 20], [4, 5, 60, 40]]),
+        [VOC_CLASSES.index("cat"), 0],
+        VOC_CLASSES,
+        difficult=[False, True],
+    )
     (voc / "ImageSets" / "Main").mkdir(parents=True)
     (voc / "ImageSets" / "Main" / "test.txt").write_text("000005\n")
     out = tmp_path / "annotations" / "voc07_test.json"
-    _script("prepare_voc_to_coco").main(["--voc-root", str(voc), "--split", "test", "--out", str(out),
-                                         "--difficult", difficult])
+    _script("prepare_voc_to_coco").main(
+        ["--voc-root", str(voc), "--split", "test", "--out", str(out), "--difficult", difficult]
+    )
     coco = json.loads(out.read_text())
     assert coco["images"] == [{"id": 5, "file_name": "000005.jpg", "height": 40, "width": 60}]
     assert [a["iscrowd"] for a in coco["annotations"]] == crowd

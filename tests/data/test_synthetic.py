@@ -1,4 +1,5 @@
 """Synthetic dataset: determinism, round trip through COCO JSON (and VOC XML), tight boxes, caching."""
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,12 @@ def test_round_trip_through_coco_json(tmp_path):
     assert ds.evaluator_type == "coco" and ds.label_to_category_id == [1, 2, 3, 4, 5, 6]
     assert ds.ann_file == str(tmp_path / "synth" / "train" / "annotations.json")
     for i, record in enumerate(ds.records):
-        image, boxes, labels = generate_image(i, seed=1, split="train", num_classes=6, image_size=(64, 96))
-        assert record["image_id"] == i + 1 and (record["height"], record["width"]) == image.shape[:2]
+        image, boxes, labels = generate_image(
+            i, seed=1, split="train", num_classes=6, image_size=(64, 96)
+        )
+        assert (
+            record["image_id"] == i + 1 and (record["height"], record["width"]) == image.shape[:2]
+        )
         np.testing.assert_array_equal(record["boxes"], boxes)
         np.testing.assert_array_equal(record["labels"], labels)
         decoded = ds[i]["image"].permute(1, 2, 0).numpy()  # JPEG: close, not equal
@@ -45,11 +50,15 @@ def test_round_trip_through_coco_json(tmp_path):
 
 def test_round_trip_through_voc_xml(tmp_path):
     SyntheticDataset(str(tmp_path), seed=2, split="val", write_voc=True, **SMALL)
-    coco = COCODataset(str(tmp_path / "val" / "annotations.json"), str(tmp_path / "val" / "JPEGImages"))
+    coco = COCODataset(
+        str(tmp_path / "val" / "annotations.json"), str(tmp_path / "val" / "JPEGImages")
+    )
     voc = VOCDataset(str(tmp_path / "val"), "val", class_names=synthetic_class_names(6))
     assert [r["image_id"] for r in voc.records] == [r["image_id"] for r in coco.records]
     for a, b in zip(coco.records, voc.records):
-        np.testing.assert_array_equal(a["boxes"], b["boxes"])  # integer pixel boxes survive 1-based XML
+        np.testing.assert_array_equal(
+            a["boxes"], b["boxes"]
+        )  # integer pixel boxes survive 1-based XML
         np.testing.assert_array_equal(a["labels"], b["labels"])
 
 
@@ -74,7 +83,9 @@ def test_statistics_over_many_images():
         rng = np.random.default_rng([7, i])
         image, boxes, lab = draw_image(160, 200, 10, rng)
         assert image.dtype == np.uint8 and image.shape == (160, 200, 3)
-        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 200).all() and (boxes[:, 3] <= 160).all()
+        assert (
+            (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 200).all() and (boxes[:, 3] <= 160).all()
+        )
         assert (boxes[:, 2:] > boxes[:, :2]).all()
         sizes += np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).tolist()
         labels += lab.tolist()
@@ -111,8 +122,9 @@ def test_generation_speed_is_logged(tmp_path, record_property):
     generate_synthetic(tmp_path, num_images=40, image_size=(256, 384))
     ms = 1000 * (time.perf_counter() - start) / 40
     record_property("synthetic_ms_per_image", ms)
-    logging.getLogger("detkit").info("synthetic generation: %.1f ms/image at 256..384 px (%.0f s per 1000)",
-                                     ms, ms)
+    logging.getLogger("detkit").info(
+        "synthetic generation: %.1f ms/image at 256..384 px (%.0f s per 1000)", ms, ms
+    )
 
 
 def test_parallel_generation_writes_the_same_files(tmp_path):

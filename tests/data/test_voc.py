@@ -1,4 +1,5 @@
 """VOC XML parsing (1-based -> 0-based, difficult, missing difficult) and VOCDataset on a folder."""
+
 from __future__ import annotations
 
 import shutil
@@ -22,20 +23,31 @@ XML_MISSING_DIFFICULT = """<annotation>
 
 
 def test_standard_class_order():
-    assert len(VOC_CLASSES) == 20 and VOC_CLASSES[0] == "aeroplane" and VOC_CLASSES[-1] == "tvmonitor"
+    assert (
+        len(VOC_CLASSES) == 20 and VOC_CLASSES[0] == "aeroplane" and VOC_CLASSES[-1] == "tvmonitor"
+    )
     assert VOC_CLASSES.index("person") == 14
 
 
 def test_parse_mmdetection_voc_xml():
-    ann = parse_voc_xml(shared_path("mmdetection", "tests", "data", "VOCdevkit", "VOC2012", "Annotations",
-                                    "000001.xml"))
+    ann = parse_voc_xml(
+        shared_path(
+            "mmdetection", "tests", "data", "VOCdevkit", "VOC2012", "Annotations", "000001.xml"
+        )
+    )
     assert (ann["width"], ann["height"]) == (335, 500)
-    np.testing.assert_allclose(ann["boxes"], [[138, 199, 207, 301]])  # xmin 139 ymin 200 xmax 207 ymax 301
-    assert ann["labels"].tolist() == [VOC_CLASSES.index("train")] and ann["difficult"].tolist() == [False]
+    np.testing.assert_allclose(
+        ann["boxes"], [[138, 199, 207, 301]]
+    )  # xmin 139 ymin 200 xmax 207 ymax 301
+    assert ann["labels"].tolist() == [VOC_CLASSES.index("train")] and ann["difficult"].tolist() == [
+        False
+    ]
 
 
 def test_parse_custom_dataset_xml_with_two_objects():
-    ann = parse_voc_xml(shared_path("mmdetection", "tests", "data", "custom_dataset", "images", "000001.xml"))
+    ann = parse_voc_xml(
+        shared_path("mmdetection", "tests", "data", "custom_dataset", "images", "000001.xml")
+    )
     np.testing.assert_allclose(ann["boxes"], [[47, 239, 195, 371], [7, 11, 352, 498]])
     assert ann["labels"].tolist() == [VOC_CLASSES.index("dog"), VOC_CLASSES.index("person")]
 
@@ -60,7 +72,9 @@ def test_unknown_class_and_broken_xml_name_the_file(tmp_path):
 
 def test_write_then_parse_round_trip(tmp_path):
     boxes = np.array([[0, 1, 10, 20], [4, 5, 60, 40]], np.float32)
-    write_voc_xml(tmp_path / "r.xml", "r.jpg", 60, 40, boxes, [7, 11], VOC_CLASSES, difficult=[False, True])
+    write_voc_xml(
+        tmp_path / "r.xml", "r.jpg", 60, 40, boxes, [7, 11], VOC_CLASSES, difficult=[False, True]
+    )
     ann = parse_voc_xml(tmp_path / "r.xml")
     np.testing.assert_allclose(ann["boxes"], boxes)
     assert ann["labels"].tolist() == [7, 11] and ann["difficult"].tolist() == [False, True]
@@ -77,8 +91,12 @@ def voc_folder(tmp_path):
     """VOCdevkit/VOC2007 with the reference XML (copied to tmp), a hand-written one, images and a split."""
     root = tmp_path / "VOCdevkit" / "VOC2007"
     (root / "Annotations").mkdir(parents=True)
-    shutil.copy(shared_path("mmdetection", "tests", "data", "VOCdevkit", "VOC2012", "Annotations", "000001.xml"),
-                root / "Annotations" / "000001.xml")
+    shutil.copy(
+        shared_path(
+            "mmdetection", "tests", "data", "VOCdevkit", "VOC2012", "Annotations", "000001.xml"
+        ),
+        root / "Annotations" / "000001.xml",
+    )
     (root / "Annotations" / "000009.xml").write_text(XML_MISSING_DIFFICULT)
     write_jpeg(root / "JPEGImages" / "000001.jpg", 335, 500)
     write_jpeg(root / "JPEGImages" / "000009.jpg", 60, 40)
@@ -101,7 +119,9 @@ def test_voc_dataset(voc_folder):
 
 
 def test_voc_missing_split_and_annotation(voc_folder):
-    with pytest.raises(DatasetError, match=r"split file for split 'test' not found: .*ImageSets/Main/test.txt"):
+    with pytest.raises(
+        DatasetError, match=r"split file for split 'test' not found: .*ImageSets/Main/test.txt"
+    ):
         VOCDataset(str(voc_folder / "VOCdevkit" / "VOC2007"), "test")
     with pytest.raises(DatasetError, match=r"VOC folder not found: .*VOC2012.*datasets/README.md"):
         VOCDataset(str(voc_folder / "VOCdevkit"), "trainval", year=2012)

@@ -1,5 +1,6 @@
 """Tiny training setups for the engine tests: ResNet-18 GN + a 32-channel FPN on 64-80 px synthetic
 images (2 classes), so a training iteration takes a fraction of a second on a CPU."""
+
 from __future__ import annotations
 
 import os
@@ -16,26 +17,49 @@ from detkit.config import Config, load_config
 REPO = Path(__file__).resolve().parents[2]
 
 TINY_MODEL = [
-    "model.num_classes=2", "model.backbone.depth=18", "model.backbone.norm=GN", "model.backbone.freeze_at=0",
-    "model.backbone.gn_groups=8", "model.neck.out_channels=32", "model.roi_heads.box_head.fc_dim=64",
-    "model.rpn.anchor_sizes=[[8],[16],[32],[64],[128]]", "model.rpn.batch_size_per_image=64",
-    "model.rpn.pre_nms_topk_train=300", "model.rpn.post_nms_topk_train=100",
-    "model.rpn.pre_nms_topk_test=200", "model.rpn.post_nms_topk_test=50",
-    "model.roi_heads.batch_size_per_image=32", "model.roi_heads.detections_per_image=20",
+    "model.num_classes=2",
+    "model.backbone.depth=18",
+    "model.backbone.norm=GN",
+    "model.backbone.freeze_at=0",
+    "model.backbone.gn_groups=8",
+    "model.neck.out_channels=32",
+    "model.roi_heads.box_head.fc_dim=64",
+    "model.rpn.anchor_sizes=[[8],[16],[32],[64],[128]]",
+    "model.rpn.batch_size_per_image=64",
+    "model.rpn.pre_nms_topk_train=300",
+    "model.rpn.post_nms_topk_train=100",
+    "model.rpn.pre_nms_topk_test=200",
+    "model.rpn.post_nms_topk_test=50",
+    "model.roi_heads.batch_size_per_image=32",
+    "model.roi_heads.detections_per_image=20",
 ]
-TINY_INPUT = ["input.min_size_train=[64]", "input.max_size_train=96", "input.min_size_test=64",
-              "input.max_size_test=96"]
+TINY_INPUT = [
+    "input.min_size_train=[64]",
+    "input.max_size_train=96",
+    "input.min_size_test=64",
+    "input.max_size_test=96",
+]
 TINY_SOLVER = [
-    "solver.ims_per_batch=2", "solver.reference_batch_size=2", "solver.base_lr=0.01", "solver.max_iter=6",
-    "solver.steps=[4]", "solver.warmup_iters=2", "solver.checkpoint_period=2", "solver.log_period=1",
-    "solver.eval_period=0", "solver.seed=7", "data.num_workers=0",
+    "solver.ims_per_batch=2",
+    "solver.reference_batch_size=2",
+    "solver.base_lr=0.01",
+    "solver.max_iter=6",
+    "solver.steps=[4]",
+    "solver.warmup_iters=2",
+    "solver.checkpoint_period=2",
+    "solver.log_period=1",
+    "solver.eval_period=0",
+    "solver.seed=7",
+    "data.num_workers=0",
 ]
 
 
 def synthetic(root: Path, split: str, n: int) -> str:
-    return (f"data.{'train' if split == 'train' else split}.datasets=[{{name: SyntheticDataset, root: {root}, "
-            f"split: {'train' if split == 'train' else 'val'}, num_images: {n}, num_classes: 2, "
-            f"image_size: [64, 80], seed: 3}}]")
+    return (
+        f"data.{'train' if split == 'train' else split}.datasets=[{{name: SyntheticDataset, root: {root}, "
+        f"split: {'train' if split == 'train' else 'val'}, num_images: {n}, num_classes: 2, "
+        f"image_size: [64, 80], seed: 3}}]"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -44,14 +68,20 @@ def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("engine_data") / "synthetic"
     tiny_config(root)  # validates
     from detkit.data import build_dataset
+
     cfg = tiny_config(root)
     build_dataset(cfg, "train"), build_dataset(cfg, "val")
     return root
 
 
 def tiny_overrides(root: Path, extra: Sequence[str] = ()) -> List[str]:
-    return (TINY_MODEL + TINY_INPUT + TINY_SOLVER + [synthetic(root, "train", 12), synthetic(root, "val", 6),
-                                                      synthetic(root, "test", 6)] + list(extra))
+    return (
+        TINY_MODEL
+        + TINY_INPUT
+        + TINY_SOLVER
+        + [synthetic(root, "train", 12), synthetic(root, "val", 6), synthetic(root, "test", 6)]
+        + list(extra)
+    )
 
 
 def tiny_config(root: Path, extra: Sequence[str] = ()) -> Config:
@@ -62,12 +92,19 @@ def load_weights(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)["model"]
 
 
-def run_tool(args: Sequence[str], timeout: float = 300, env_extra: dict = None) -> subprocess.CompletedProcess:
+def run_tool(
+    args: Sequence[str], timeout: float = 300, env_extra: dict = None
+) -> subprocess.CompletedProcess:
     """Run a tools/ script (or torchrun) in a subprocess from the repository root."""
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        **(env_extra or {}),
+    }
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -75,6 +112,7 @@ def restore_detkit_logger():
     """train_main/test_main attach handlers to the ``detkit`` logger (and stop propagation); put it back so
     other tests' caplog still sees detkit's records."""
     import logging
+
     logger = logging.getLogger("detkit")
     saved = (list(logger.handlers), logger.propagate, logger.level)
     yield

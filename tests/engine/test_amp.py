@@ -1,4 +1,5 @@
 """Mixed precision needs CUDA: these run on a GPU machine and are skipped, visibly, elsewhere."""
+
 import json
 
 import pytest
@@ -16,8 +17,16 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_amp_training_runs_and_logs_gpu_memory(data_root, tmp_path, dtype):
     out = tmp_path / dtype
-    cfg = tiny_config(data_root, ["solver.amp=true", f"solver.amp_dtype={dtype}", "solver.max_iter=3",
-                                  "solver.steps=[2]", "solver.clip_grad_norm=5.0"])
+    cfg = tiny_config(
+        data_root,
+        [
+            "solver.amp=true",
+            f"solver.amp_dtype={dtype}",
+            "solver.max_iter=3",
+            "solver.steps=[2]",
+            "solver.clip_grad_norm=5.0",
+        ],
+    )
     train_main(cfg, output_dir=str(out))
     state = torch.load(out / "last.pth", map_location="cpu", weights_only=False)
     assert state["iteration"] == 3
@@ -33,6 +42,11 @@ def test_amp_training_runs_and_logs_gpu_memory(data_root, tmp_path, dtype):
 def test_amp_is_ignored_with_a_warning_on_cpu(data_root, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     out = tmp_path / "cpu_amp"
-    train_main(tiny_config(data_root, ["solver.amp=true", "solver.max_iter=1", "solver.steps=[1]",
-                                       "solver.warmup_iters=0"]), output_dir=str(out))
+    train_main(
+        tiny_config(
+            data_root,
+            ["solver.amp=true", "solver.max_iter=1", "solver.steps=[1]", "solver.warmup_iters=0"],
+        ),
+        output_dir=str(out),
+    )
     assert "solver.amp is ignored on CPU" in (out / "log.txt").read_text()

@@ -1,18 +1,24 @@
 """Atomic checkpoint writes, keep-N rotation, resume fallback, weight loading."""
+
 import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
 from torch import nn
 
 from detkit.engine import checkpoint as ckpt
-from detkit.engine.checkpoint import Checkpointer, CheckpointError, atomic_save, load_file, load_model_weights
+from detkit.engine.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    atomic_save,
+    load_file,
+    load_model_weights,
+)
 
 from .conftest import REPO
 
@@ -98,7 +104,9 @@ def test_corrupt_last_falls_back_with_a_warning(tmp_path, caplog):
 
 
 def test_corrupt_last_copy_falls_back_to_the_periodic_file(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(ckpt.os, "link", lambda *a: (_ for _ in ()).throw(OSError("no hard links here")))
+    monkeypatch.setattr(
+        ckpt.os, "link", lambda *a: (_ for _ in ()).throw(OSError("no hard links here"))
+    )
     c = Checkpointer(tmp_path)
     c.save(state(2), 2)
     c.save(state(4), 4)
@@ -133,7 +141,9 @@ def test_load_model_weights_strict_and_lenient(tmp_path, caplog):
     for name in ("det.pth", "plain.pth"):
         dst = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
         load_model_weights(dst, str(tmp_path / name), strict=True)
-        assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+        assert all(
+            torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values())
+        )
     other = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 5))  # another number of classes
     with pytest.raises(CheckpointError, match="differ in shape"):
         load_model_weights(other, str(tmp_path / "det.pth"), strict=True)

@@ -1,5 +1,6 @@
 """Two CPU processes (gloo) in one test: DDP does not hang when one rank has no positives, and a
 non-finite loss on one rank stops both ranks at the same iteration."""
+
 import json
 import os
 import socket
@@ -23,19 +24,34 @@ def _free_port() -> int:
 def _sample(with_boxes: bool) -> dict:
     g = torch.Generator().manual_seed(0)
     boxes = [[8.0, 10.0, 40.0, 44.0]] if with_boxes else []
-    return {"image": torch.randint(0, 255, (3, 64, 80), generator=g, dtype=torch.uint8), "image_id": 1,
-            "height": 64, "width": 80, "gt_boxes": torch.tensor(boxes).reshape(-1, 4),
-            "gt_labels": torch.tensor([1] * len(boxes), dtype=torch.int64)}
+    return {
+        "image": torch.randint(0, 255, (3, 64, 80), generator=g, dtype=torch.uint8),
+        "image_id": 1,
+        "height": 64,
+        "width": 80,
+        "gt_boxes": torch.tensor(boxes).reshape(-1, 4),
+        "gt_labels": torch.tensor([1] * len(boxes), dtype=torch.int64),
+    }
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     from detkit.config import load_config
     from detkit.engine import DivergenceError, Trainer
     from detkit.engine.checkpoint import Checkpointer
-    from detkit.engine.distributed import all_gather_objects, cleanup_distributed, init_distributed, wrap_ddp
+    from detkit.engine.distributed import (
+        all_gather_objects,
+        cleanup_distributed,
+        init_distributed,
+        wrap_ddp,
+    )
     from detkit.modeling.build import build_model
 
     ctx = init_distributed(device="cpu", timeout_min=1.0)  # a hang becomes an error within a minute
@@ -76,7 +92,9 @@ def test_two_ranks_no_positives_and_divergence(tmp_path):
             pytest.fail("the 2-process run hung")
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
     checksums = reports[0]["checksums"]
-    assert len(checksums) == 2 and checksums[0] == checksums[1]  # gradients were all-reduced, weights agree
+    assert (
+        len(checksums) == 2 and checksums[0] == checksums[1]
+    )  # gradients were all-reduced, weights agree
     for report in reports:  # both ranks stop, at the same iteration, naming the term and the rank
         assert "non-finite loss at iteration 7: loss_box=nan (rank 1)" in report["error"]
         assert report["checkpointer_disabled"]

@@ -1,4 +1,5 @@
 """Learning-rate schedule values, linear batch scaling and the weight-decay parameter groups."""
+
 import math
 
 import pytest
@@ -10,8 +11,15 @@ from detkit.engine.solver import WarmupSchedule, build_optimizer, param_groups, 
 
 def schedule(**kw):
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    args = dict(base_lr=0.02, max_iter=100, schedule="multistep", steps=[60, 80], gamma=0.1, warmup_iters=10,
-                warmup_factor=0.001)
+    args = dict(
+        base_lr=0.02,
+        max_iter=100,
+        schedule="multistep",
+        steps=[60, 80],
+        gamma=0.1,
+        warmup_iters=10,
+        warmup_factor=0.001,
+    )
     args.update(kw)
     return WarmupSchedule(opt, **args), opt
 
@@ -67,8 +75,8 @@ def test_linear_batch_scaling(caplog):
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3)               # weight decays, bias does not
-        self.gn = nn.GroupNorm(2, 8)                 # no decay on either
+        self.conv = nn.Conv2d(3, 8, 3)  # weight decays, bias does not
+        self.gn = nn.GroupNorm(2, 8)  # no decay on either
         self.bn = nn.BatchNorm2d(8)
         self.fc = nn.Linear(8, 2, bias=False)
         self.frozen = nn.Linear(2, 2)
@@ -81,12 +89,20 @@ def test_param_groups_no_decay_on_norm_and_bias():
     decay, no_decay = ({id(p) for p in g["params"]} for g in groups)
     assert groups[0]["weight_decay"] == 1e-4 and groups[1]["weight_decay"] == 0.0
     assert decay == {id(net.conv.weight), id(net.fc.weight)}
-    assert no_decay == {id(net.conv.bias), id(net.gn.weight), id(net.gn.bias), id(net.bn.weight), id(net.bn.bias)}
+    assert no_decay == {
+        id(net.conv.bias),
+        id(net.gn.weight),
+        id(net.gn.bias),
+        id(net.bn.weight),
+        id(net.bn.bias),
+    }
     assert not ({id(p) for p in net.frozen.parameters()} & (decay | no_decay))
 
 
 def test_optimizer_uses_the_groups():
-    opt = build_optimizer(Net(), base_lr=0.1, momentum=0.9, weight_decay=1e-4, weight_decay_norm=1e-5)
+    opt = build_optimizer(
+        Net(), base_lr=0.1, momentum=0.9, weight_decay=1e-4, weight_decay_norm=1e-5
+    )
     assert [g["weight_decay"] for g in opt.param_groups] == [1e-4, 1e-5]
     assert all(g["momentum"] == 0.9 for g in opt.param_groups)
 
@@ -96,10 +112,16 @@ def test_solver_values_are_checked_as_config_errors():
     from detkit.engine.trainer import check_solver
 
     check_solver(load_config(None))  # the defaults are valid
-    bad = load_config(None, ["solver.amp_dtype=fp32", "solver.steps=[95000]", "solver.accumulate=0"])
+    bad = load_config(
+        None, ["solver.amp_dtype=fp32", "solver.steps=[95000]", "solver.accumulate=0"]
+    )
     with pytest.raises(ConfigError) as info:
         check_solver(bad)
     message = str(info.value)
-    for part in ("solver.amp_dtype must be bf16 or fp16", "solver.steps must be increasing",
-                 "solver.accumulate must be at least 1", "(set in command line)"):
+    for part in (
+        "solver.amp_dtype must be bf16 or fp16",
+        "solver.steps must be increasing",
+        "solver.accumulate must be at least 1",
+        "(set in command line)",
+    ):
         assert part in message

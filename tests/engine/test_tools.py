@@ -1,5 +1,6 @@
 """The command-line tools end to end in subprocesses: DDP training + testing with torchrun (2 CPU
 processes, gloo), tools/test.py on a converted torchvision checkpoint, clean user errors."""
+
 import importlib.util
 import json
 import re
@@ -16,7 +17,9 @@ def images_predicted(log_text: str, desc: str = "test") -> int:
 
 def test_ddp_two_processes_train_then_test(data_root, tmp_path):
     cfg_file = tmp_path / "tiny.yaml"
-    tiny_config(data_root, ["solver.max_iter=3", "solver.steps=[2]", "solver.checkpoint_period=2"]).dump(cfg_file)
+    tiny_config(
+        data_root, ["solver.max_iter=3", "solver.steps=[2]", "solver.checkpoint_period=2"]
+    ).dump(cfg_file)
     out = tmp_path / "ddp"
     torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     train = run_tool(torchrun + ["tools/train.py", str(cfg_file), "--output-dir", str(out)])
@@ -27,10 +30,21 @@ def test_ddp_two_processes_train_then_test(data_root, tmp_path):
     state = torch.load(out / "last.pth", map_location="cpu", weights_only=False)
     assert state["iteration"] == 3 and state["world_size"] == 2 and len(state["rng"]) == 2
 
-    test = run_tool(torchrun + ["tools/test.py", str(cfg_file), "--weights", str(out / "model_final.pth"),
-                                "--output-dir", str(out / "test")])
+    test = run_tool(
+        torchrun
+        + [
+            "tools/test.py",
+            str(cfg_file),
+            "--weights",
+            str(out / "model_final.pth"),
+            "--output-dir",
+            str(out / "test"),
+        ]
+    )
     assert test.returncode == 0, test.stderr[-4000:]
-    per_rank = [images_predicted((out / "test" / name).read_text()) for name in ("log.txt", "log_rank1.txt")]
+    per_rank = [
+        images_predicted((out / "test" / name).read_text()) for name in ("log.txt", "log_rank1.txt")
+    ]
     assert per_rank == [3, 3]  # 6 images, each predicted once, by one of the two processes
     metrics = json.loads((out / "test" / "metrics.json").read_text())
     assert 0.0 <= metrics["AP"] <= 1.0 and set(metrics["per_class"]) == {"circle", "rectangle"}
@@ -46,15 +60,28 @@ def test_tools_test_on_a_converted_torchvision_checkpoint(data_root, tmp_path):
     from detkit.modeling.weights import torchvision_detector_to_detkit
 
     torch.manual_seed(0)
-    tv = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3)  # 2 classes + background
+    tv = fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=3
+    )  # 2 classes + background
     overrides = [o for o in tiny_overrides(data_root) if o.startswith(("data.", "input."))]
     overrides += ["model.num_classes=2", "model.backbone.weights=''"]
     cfg = load_config(REPO / "configs" / "frcnn_r50_fpn_coco.yaml", overrides)
     weights = tmp_path / "converted.pth"
-    atomic_save({"model": torchvision_detector_to_detkit(tv.state_dict()), "config": cfg.to_dict()}, weights)
+    atomic_save(
+        {"model": torchvision_detector_to_detkit(tv.state_dict()), "config": cfg.to_dict()}, weights
+    )
     out = tmp_path / "tv_test"
-    proc = run_tool(["tools/test.py", "configs/frcnn_r50_fpn_coco.yaml", *overrides, "--weights", str(weights),
-                     "--output-dir", str(out)])
+    proc = run_tool(
+        [
+            "tools/test.py",
+            "configs/frcnn_r50_fpn_coco.yaml",
+            *overrides,
+            "--weights",
+            str(weights),
+            "--output-dir",
+            str(out),
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert images_predicted((out / "log.txt").read_text()) == 6
     metrics = json.loads((out / "metrics.json").read_text())
@@ -64,7 +91,9 @@ def test_tools_test_on_a_converted_torchvision_checkpoint(data_root, tmp_path):
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"detkit_tools_{name}", REPO / "tools" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"detkit_tools_{name}", REPO / "tools" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -72,12 +101,22 @@ def _tool(name: str):
 
 def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _tool("train").main([str(REPO / "configs/frcnn_r50_fpn_coco.yaml"), f"data.root={tmp_path / 'nowhere'}",
-                             "--output-dir", str(tmp_path / "out")])
+        _tool("train").main(
+            [
+                str(REPO / "configs/frcnn_r50_fpn_coco.yaml"),
+                f"data.root={tmp_path / 'nowhere'}",
+                "--output-dir",
+                str(tmp_path / "out"),
+            ]
+        )
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert "DatasetError" in err and "datasets/README.md" in err and str(tmp_path / "nowhere" / "coco") in err
+    assert (
+        "DatasetError" in err
+        and "datasets/README.md" in err
+        and str(tmp_path / "nowhere" / "coco") in err
+    )
 
 
 def test_config_and_weights_errors_are_one_clear_line(tmp_path, capsys):
@@ -85,8 +124,19 @@ def test_config_and_weights_errors_are_one_clear_line(tmp_path, capsys):
         _tool("train").main([str(REPO / "configs/quickstart.yaml"), "solver.base_lrr=0.1"])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert "solver.base_lrr" in err and "did you mean 'solver.base_lr'" in err and "Traceback" not in err
+    assert (
+        "solver.base_lrr" in err
+        and "did you mean 'solver.base_lr'" in err
+        and "Traceback" not in err
+    )
     with pytest.raises(SystemExit):
-        _tool("test").main([str(REPO / "configs/quickstart.yaml"), "--weights", str(tmp_path / "missing.pth"),
-                            "--output-dir", str(tmp_path / "out")])
+        _tool("test").main(
+            [
+                str(REPO / "configs/quickstart.yaml"),
+                "--weights",
+                str(tmp_path / "missing.pth"),
+                "--output-dir",
+                str(tmp_path / "out"),
+            ]
+        )
     assert "checkpoint not found" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """tools/test.py with multi-scale + flip testing and box refinement switched on from the command line."""
+
 import json
 
 from .conftest import run_tool, tiny_config
@@ -10,9 +11,21 @@ def test_tools_test_with_multiscale_flip_and_refinement(data_root, tmp_path):
     out = tmp_path / "run"
     train = run_tool(["tools/train.py", str(cfg_file), "--output-dir", str(out)])
     assert train.returncode == 0, train.stderr[-4000:]
-    test = run_tool(["tools/test.py", str(cfg_file), "--weights", str(out / "model_final.pth"),
-                     "--output-dir", str(out / "tta"), "test.scales=[48,64]", "test.flip=true", "test.merge=vote",
-                     "model.roi_heads.refine.enabled=true", "model.roi_heads.score_thresh_test=0.0"])
+    test = run_tool(
+        [
+            "tools/test.py",
+            str(cfg_file),
+            "--weights",
+            str(out / "model_final.pth"),
+            "--output-dir",
+            str(out / "tta"),
+            "test.scales=[48,64]",
+            "test.flip=true",
+            "test.merge=vote",
+            "model.roi_heads.refine.enabled=true",
+            "model.roi_heads.score_thresh_test=0.0",
+        ]
+    )
     assert test.returncode == 0, test.stderr[-4000:]
     log = (out / "tta" / "log.txt").read_text()
     assert "test-time augmentation: scales [48, 64], flip True, merge vote" in log

@@ -1,4 +1,5 @@
 """The training loop on a tiny model: exact resume, corrupt-checkpoint fallback, divergence, outputs."""
+
 import json
 import shutil
 
@@ -30,7 +31,9 @@ def kill_at(monkeypatch, iteration):
 
 
 def test_resume_ends_with_the_same_weights(data_root, tmp_path, monkeypatch):
-    cfg = tiny_config(data_root, ["data.num_workers=1"])  # a worker process: seeds must not depend on it
+    cfg = tiny_config(
+        data_root, ["data.num_workers=1"]
+    )  # a worker process: seeds must not depend on it
     full = tmp_path / "full"
     train_main(cfg, output_dir=str(full))
     expected = load_weights(full / "model_final.pth")
@@ -40,16 +43,24 @@ def test_resume_ends_with_the_same_weights(data_root, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train_main(cfg, output_dir=str(killed))
     monkeypatch.undo()
-    assert load_file(killed / "last.pth")["iteration"] == 4 and not (killed / "model_final.pth").exists()
+    assert (
+        load_file(killed / "last.pth")["iteration"] == 4
+        and not (killed / "model_final.pth").exists()
+    )
     # same seed, same config: the same run (compared where both have a checkpoint)
-    assert_same_weights(load_weights(killed / "model_0000004.pth"), load_weights(full / "model_0000004.pth"))
+    assert_same_weights(
+        load_weights(killed / "model_0000004.pth"), load_weights(full / "model_0000004.pth")
+    )
     damaged = tmp_path / "damaged"
     shutil.copytree(killed, damaged)
 
     train_main(cfg, output_dir=str(killed), resume=True)
     assert_same_weights(load_weights(killed / "model_final.pth"), expected)
-    iterations = [r["iteration"] for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())
-                  if "total_loss" in r]
+    iterations = [
+        r["iteration"]
+        for r in map(json.loads, (killed / "metrics.jsonl").read_text().splitlines())
+        if "total_loss" in r
+    ]
     assert iterations == list(range(1, 7))  # the resumed log reads like one run
 
     # last.pth and model_0000004.pth unreadable: fall back to iteration 2, still the same result
@@ -63,11 +74,30 @@ def test_resume_ends_with_the_same_weights(data_root, tmp_path, monkeypatch):
 
 def test_outputs_of_a_run(data_root, tmp_path):
     out = tmp_path / "run"
-    metrics = train_main(tiny_config(data_root, ["solver.accumulate=2", "solver.max_iter=3", "solver.steps=[2]",
-                                                 "solver.eval_period=2"]), output_dir=str(out))
+    metrics = train_main(
+        tiny_config(
+            data_root,
+            [
+                "solver.accumulate=2",
+                "solver.max_iter=3",
+                "solver.steps=[2]",
+                "solver.eval_period=2",
+            ],
+        ),
+        output_dir=str(out),
+    )
     assert {"AP", "AP50", "per_class"} <= set(metrics)
-    for name in ("config.yaml", "metrics.jsonl", "metrics.json", "log.txt", "curves.png", "last.pth",
-                 "model_final.pth", "best.pth", "inference/coco_results.json"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "metrics.json",
+        "log.txt",
+        "curves.png",
+        "last.pth",
+        "model_final.pth",
+        "best.pth",
+        "inference/coco_results.json",
+    ):
         assert (out / name).exists(), name
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -78,7 +108,10 @@ def test_outputs_of_a_run(data_root, tmp_path):
     final = json.loads((out / "metrics.json").read_text())
     assert final["final"]["AP"] == metrics["AP"] and len(final["history"]) == 2
     saved = load_file(out / "model_final.pth")
-    assert saved["class_names"] == ["circle", "rectangle"] and saved["config"]["solver"]["accumulate"] == 2
+    assert (
+        saved["class_names"] == ["circle", "rectangle"]
+        and saved["config"]["solver"]["accumulate"] == 2
+    )
     with pytest.raises(OutputDirInUse, match="--resume"):
         train_main(tiny_config(data_root), output_dir=str(out))
 
@@ -98,5 +131,9 @@ def test_non_finite_loss_stops_naming_iteration_and_term(data_root, tmp_path, mo
     out = tmp_path / "diverged"
     with pytest.raises(DivergenceError, match=r"non-finite loss at iteration 3: loss_box=nan"):
         train_main(tiny_config(data_root, ["solver.checkpoint_period=1"]), output_dir=str(out))
-    assert sorted(p.name for p in out.glob("*.pth")) == ["last.pth", "model_0000001.pth", "model_0000002.pth"]
+    assert sorted(p.name for p in out.glob("*.pth")) == [
+        "last.pth",
+        "model_0000001.pth",
+        "model_0000002.pth",
+    ]
     assert load_file(out / "last.pth")["iteration"] == 2

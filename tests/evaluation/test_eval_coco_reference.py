@@ -1,4 +1,5 @@
 """COCO evaluation against published reference numbers (shared/testdata, see PROVENANCE.md)."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,11 @@ import logging
 import numpy as np
 import pytest
 import torch
+from reference_cases import FAKE_BBOX, VAL100, VAL100_STATS
+from synthetic_coco import COCO_STATS, stats_of
 
 from detkit.evaluation import COCOEvaluator, build_evaluator, evaluate_coco_results
 from detkit.registry import EVALUATORS
-from reference_cases import FAKE_BBOX, VAL100, VAL100_STATS
-from synthetic_coco import COCO_STATS, stats_of
 
 ENGINES = ["fast", "pycocotools"]
 
@@ -30,29 +31,47 @@ def test_crowd_free_variant(testdata, engine):
     with open(folder / "dets/sampled_bbox_results.json") as f:
         wrapped = json.load(f)
     assert isinstance(wrapped, dict)  # detections wrapped under "annotations"
-    metrics = evaluate_coco_results(folder / "gts/sampled_gts_bbox_area.json", wrapped["annotations"],
-                                    engine=engine)
-    expected = [0.503647, 0.696973, 0.571667, 0.593252, 0.557991, 0.489363, 0.386813, 0.593680,
-                0.595353]
+    metrics = evaluate_coco_results(
+        folder / "gts/sampled_gts_bbox_area.json", wrapped["annotations"], engine=engine
+    )
+    expected = [
+        0.503647,
+        0.696973,
+        0.571667,
+        0.593252,
+        0.557991,
+        0.489363,
+        0.386813,
+        0.593680,
+        0.595353,
+    ]
     np.testing.assert_allclose(stats_of(metrics)[:9], expected, rtol=0, atol=5e-7)
     # the wrapped file itself is accepted too
-    same = evaluate_coco_results(folder / "gts/sampled_gts_bbox_area.json",
-                                 folder / "dets/sampled_bbox_results.json", engine=engine)
+    same = evaluate_coco_results(
+        folder / "gts/sampled_gts_bbox_area.json",
+        folder / "dets/sampled_bbox_results.json",
+        engine=engine,
+    )
     assert stats_of(same) == stats_of(metrics)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_detectron2_two_image_case(testdata, engine):
-    metrics = evaluate_coco_results(testdata / "detectron2/d2_fast_eval_gt.json",
-                                    testdata / "detectron2/d2_fast_eval_dets.json", engine=engine)
+    metrics = evaluate_coco_results(
+        testdata / "detectron2/d2_fast_eval_gt.json",
+        testdata / "detectron2/d2_fast_eval_dets.json",
+        engine=engine,
+    )
     expected = [0.7504950495, 1, 1, 0.7, 0.8, -1, 0.4, 0.75, 0.75, 0.7, 0.8, -1]
     np.testing.assert_allclose(stats_of(metrics), expected, rtol=0, atol=1e-9)
 
 
 def test_faster_coco_eval_dataset_engines_agree(testdata):
     folder = testdata / "faster_coco_eval/tests/dataset"
-    fast, ref = (evaluate_coco_results(folder / "gt_dataset.json", folder / "dt_dataset.json",
-                                       engine=e) for e in ENGINES)
+    fast, ref = (
+        evaluate_coco_results(folder / "gt_dataset.json", folder / "dt_dataset.json", engine=e)
+        for e in ENGINES
+    )
     np.testing.assert_allclose(stats_of(fast), stats_of(ref), rtol=0, atol=1e-9)
     assert fast["per_class"] == pytest.approx(ref["per_class"], abs=1e-9)
 
@@ -63,14 +82,27 @@ def test_duplicate_annotation_ids_are_rejected(testdata):
         ids = [a["id"] for a in json.load(f)["annotations"]]
     assert len(ids) != len(set(ids))  # the file really has duplicates
     for engine in ENGINES:
-        with pytest.raises(ValueError, match=r"coco_wrong_format_sample\.json.*duplicate annotation ids 1"):
+        with pytest.raises(
+            ValueError, match=r"coco_wrong_format_sample\.json.*duplicate annotation ids 1"
+        ):
             evaluate_coco_results(path, [], engine=engine)
 
 
 def test_annotation_id_zero_is_rejected():
-    gt = {"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}],
-          "annotations": [{"id": 0, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10],
-                           "area": 100, "iscrowd": 0}]}
+    gt = {
+        "images": [{"id": 1}],
+        "categories": [{"id": 1, "name": "a"}],
+        "annotations": [
+            {
+                "id": 0,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [0, 0, 10, 10],
+                "area": 100,
+                "iscrowd": 0,
+            }
+        ],
+    }
     with pytest.raises(ValueError, match="annotation id 0"):
         evaluate_coco_results(gt, [])
 
@@ -92,7 +124,9 @@ def test_missing_file_is_named(tmp_path):
 @pytest.mark.parametrize("engine", ENGINES)
 def test_empty_results_give_zero_with_a_warning(testdata, engine, caplog):
     with caplog.at_level(logging.WARNING, logger="detkit"):
-        metrics = evaluate_coco_results(testdata / "detectron2/d2_fast_eval_gt.json", [], engine=engine)
+        metrics = evaluate_coco_results(
+            testdata / "detectron2/d2_fast_eval_gt.json", [], engine=engine
+        )
     assert "no detections" in caplog.text
     # no large ground truth in this file: -1 there, 0 everywhere else
     assert stats_of(metrics) == [0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, -1]
@@ -113,22 +147,29 @@ def _model_outputs(testdata):
     for image_id, ds in per_image.items():
         xywh = torch.tensor([d["bbox"] for d in ds], dtype=torch.float64).reshape(-1, 4)
         samples.append({"image_id": image_id})
-        outputs.append({"boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
-                        "scores": torch.tensor([d["score"] for d in ds], dtype=torch.float64),
-                        "labels": torch.tensor([cat_ids.index(d["category_id"]) for d in ds])})
+        outputs.append(
+            {
+                "boxes": torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
+                "scores": torch.tensor([d["score"] for d in ds], dtype=torch.float64),
+                "labels": torch.tensor([cat_ids.index(d["category_id"]) for d in ds]),
+            }
+        )
     return samples, outputs, cat_ids, [names[c] for c in cat_ids]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_evaluator_on_model_outputs(testdata, engine, tmp_path):
     samples, outputs, cat_ids, names = _model_outputs(testdata)
-    evaluator = EVALUATORS.get("COCOEvaluator")(str(testdata / VAL100), cat_ids, names,
-                                                engine=engine, output_dir=str(tmp_path))
+    evaluator = EVALUATORS.get("COCOEvaluator")(
+        str(testdata / VAL100), cat_ids, names, engine=engine, output_dir=str(tmp_path)
+    )
     evaluator.reset()
     for i in range(0, len(samples), 8):
-        evaluator.process(samples[i:i + 8], outputs[i:i + 8])
+        evaluator.process(samples[i : i + 8], outputs[i : i + 8])
     metrics = evaluator.evaluate()
-    np.testing.assert_allclose(stats_of(metrics), VAL100_STATS, rtol=0, atol=1e-6)  # XYXY round trip
+    np.testing.assert_allclose(
+        stats_of(metrics), VAL100_STATS, rtol=0, atol=1e-6
+    )  # XYXY round trip
     with open(tmp_path / "metrics.json") as f:
         assert json.load(f) == metrics
     with open(tmp_path / "coco_results.json") as f:

@@ -5,12 +5,19 @@ detection with the same label, IoU >= 0.99 and |score difference| <= 1e-3, check
 sizes with ONE exported file. The sizes include 97x203, where the test scale 256/203 makes
 floor(203 * scale) land exactly on 256 (an export that divides in float32 gets 255).
 """
+
 import numpy as np
 import pytest
 import torch
 
 from detkit import Detector
-from detkit.export import ExportableDetector, ExportError, export_torchscript, exportable, load_torchscript
+from detkit.export import (
+    ExportableDetector,
+    ExportError,
+    export_torchscript,
+    exportable,
+    load_torchscript,
+)
 from detkit.export.check import default_check_images, match_fraction
 from tests.video.helpers import TINY_C4, TINY_FPN, load_tool, save_tiny_checkpoint
 
@@ -19,6 +26,7 @@ SIZES = [(240, 320), (333, 211), (97, 203), (600, 400)]
 
 def smooth_image(h, w, seed):
     import cv2
+
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
     return cv2.resize(base, (w, h), interpolation=cv2.INTER_CUBIC)
@@ -27,8 +35,11 @@ def smooth_image(h, w, seed):
 @pytest.fixture(scope="module", params=["fpn", "c4_context"])
 def det(request, tmp_path_factory):
     # C4: res5 runs per RoI, so fewer proposals keep the test fast
-    base, extra = (TINY_FPN, []) if request.param == "fpn" else (
-        TINY_C4, ["model.roi_heads.context.enabled=true", "model.rpn.post_nms_topk_test=64"])
+    base, extra = (
+        (TINY_FPN, [])
+        if request.param == "fpn"
+        else (TINY_C4, ["model.roi_heads.context.enabled=true", "model.rpn.post_nms_topk_test=64"])
+    )
     path = save_tiny_checkpoint(tmp_path_factory.mktemp("export") / "m.pth", extra, base=base)
     return Detector.from_checkpoint(str(path))
 
@@ -51,7 +62,9 @@ def test_export_graph_resizes_exactly_like_the_model(det):
 
 def test_onnx_matches_pytorch_at_several_sizes_with_one_file(det, tmp_path):
     pytest.importorskip("onnx", reason="optional extra detkit[export] (onnx) not installed")
-    pytest.importorskip("onnxruntime", reason="optional extra detkit[export] (onnxruntime) not installed")
+    pytest.importorskip(
+        "onnxruntime", reason="optional extra detkit[export] (onnxruntime) not installed"
+    )
     from detkit.export import OnnxDetector, export_onnx
 
     path = export_onnx(det, str(tmp_path / "m.onnx"))
@@ -83,12 +96,22 @@ def test_torchscript_matches_pytorch_at_two_sizes(det, tmp_path):
 
 
 def test_export_tool_with_check(tmp_path):
-    pytest.importorskip("onnxruntime", reason="optional extra detkit[export] (onnxruntime) not installed")
+    pytest.importorskip(
+        "onnxruntime", reason="optional extra detkit[export] (onnxruntime) not installed"
+    )
     ckpt = save_tiny_checkpoint(tmp_path / "tiny.pth")
     tool = load_tool("export")
-    assert tool.main([str(ckpt), "--format", "onnx", "--output", str(tmp_path / "x.onnx"), "--check"]) == 0
+    assert (
+        tool.main([str(ckpt), "--format", "onnx", "--output", str(tmp_path / "x.onnx"), "--check"])
+        == 0
+    )
     assert (tmp_path / "x.onnx").stat().st_size > 0
-    assert tool.main([str(ckpt), "--format", "onnx", "--opset", "11", "--output", str(tmp_path / "y.onnx")]) == 1
+    assert (
+        tool.main(
+            [str(ckpt), "--format", "onnx", "--opset", "11", "--output", str(tmp_path / "y.onnx")]
+        )
+        == 1
+    )
 
 
 def test_unsupported_parts_are_refused_clearly(tmp_path):
@@ -99,11 +122,17 @@ def test_unsupported_parts_are_refused_clearly(tmp_path):
 
 
 def test_match_fraction_criterion():
-    ref = {"boxes": np.array([[0, 0, 10, 10], [20, 20, 40, 40]], np.float32), "scores": np.array([0.9, 0.5]),
-           "labels": np.array([1, 2])}
+    ref = {
+        "boxes": np.array([[0, 0, 10, 10], [20, 20, 40, 40]], np.float32),
+        "scores": np.array([0.9, 0.5]),
+        "labels": np.array([1, 2]),
+    }
     same = {k: v.copy() for k, v in ref.items()}
     assert match_fraction(ref, same) == 1.0
-    shifted = {**same, "boxes": same["boxes"] + np.array([[0, 0, 0, 1], [0, 0, 0, 0]], np.float32)}  # IoU 0.91
+    shifted = {
+        **same,
+        "boxes": same["boxes"] + np.array([[0, 0, 0, 1], [0, 0, 0, 0]], np.float32),
+    }  # IoU 0.91
     assert match_fraction(ref, shifted) == 0.5
     assert match_fraction(ref, {**same, "scores": same["scores"] + 2e-3}) == 0.0
     assert match_fraction(ref, {**same, "labels": same["labels"][::-1].copy()}) == 0.0

@@ -1,4 +1,5 @@
 """Exact math: IoU, box coding, anchors, matcher, sampler."""
+
 import math
 
 import pytest
@@ -31,8 +32,12 @@ def test_encode_decode_round_trip_and_known_values():
 
 def test_decode_clamps_huge_scales():
     coder = BoxCoder()
-    out = coder.decode(torch.tensor([[0.0, 0.0, 100.0, 100.0]]), torch.tensor([[0.0, 0.0, 16.0, 16.0]]))
-    assert torch.isfinite(out).all() and (out[0, 2] - out[0, 0]).item() == pytest.approx(1000.0, rel=1e-4)
+    out = coder.decode(
+        torch.tensor([[0.0, 0.0, 100.0, 100.0]]), torch.tensor([[0.0, 0.0, 16.0, 16.0]])
+    )
+    assert torch.isfinite(out).all() and (out[0, 2] - out[0, 0]).item() == pytest.approx(
+        1000.0, rel=1e-4
+    )
 
 
 def test_clip_and_nonempty():
@@ -66,8 +71,7 @@ def test_matcher_thresholds_and_ignore():
 
 def test_matcher_low_quality_matches_with_ties():
     # GT 1 has no prediction above 0.7; its best IoU 0.4 is shared by predictions 1 and 2 (a tie)
-    iou = torch.tensor([[0.9, 0.1, 0.1, 0.0],
-                        [0.1, 0.4, 0.4, 0.2]])
+    iou = torch.tensor([[0.9, 0.1, 0.1, 0.0], [0.1, 0.4, 0.4, 0.2]])
     matched, labels = Matcher(0.7, 0.3, allow_low_quality_matches=True)(iou)
     assert labels.tolist() == [FOREGROUND, FOREGROUND, FOREGROUND, BACKGROUND]
     assert matched.tolist()[:3] == [0, 1, 1]

@@ -1,4 +1,5 @@
 """Model behaviour on CPU with tiny configs: losses, empty targets, zero proposals, C4/FPN, overfitting."""
+
 import pytest
 import torch
 import torchvision
@@ -8,18 +9,32 @@ from detkit.modeling import build_model
 from detkit.registry import BACKBONES
 
 TINY_FPN = [
-    "model.num_classes=3", "model.backbone.depth=18", "model.backbone.norm=GN", "model.backbone.freeze_at=0",
-    "model.neck.out_channels=32", "model.roi_heads.box_head.fc_dim=64",
-    "model.rpn.anchor_sizes=[[16],[32],[64],[128],[256]]", "model.rpn.batch_size_per_image=64",
+    "model.num_classes=3",
+    "model.backbone.depth=18",
+    "model.backbone.norm=GN",
+    "model.backbone.freeze_at=0",
+    "model.neck.out_channels=32",
+    "model.roi_heads.box_head.fc_dim=64",
+    "model.rpn.anchor_sizes=[[16],[32],[64],[128],[256]]",
+    "model.rpn.batch_size_per_image=64",
     "model.roi_heads.batch_size_per_image=64",
 ]
 TINY_C4 = [
-    "model.num_classes=3", "model.backbone.depth=18", "model.backbone.norm=GN", "model.backbone.freeze_at=0",
-    "model.backbone.out_features=[res4]", "model.neck.name=none", "model.rpn.in_features=[res4]",
-    "model.rpn.anchor_sizes=[[16,32,64]]", "model.roi_heads.in_features=[res4]",
-    "model.roi_heads.pooler.name=ROIPool", "model.roi_heads.pooler.output_size=14",
-    "model.roi_heads.box_head.name=Res5Head", "model.rpn.post_nms_topk_test=300",
-    "model.roi_heads.batch_size_per_image=64", "model.rpn.post_nms_topk_train=256",
+    "model.num_classes=3",
+    "model.backbone.depth=18",
+    "model.backbone.norm=GN",
+    "model.backbone.freeze_at=0",
+    "model.backbone.out_features=[res4]",
+    "model.neck.name=none",
+    "model.rpn.in_features=[res4]",
+    "model.rpn.anchor_sizes=[[16,32,64]]",
+    "model.roi_heads.in_features=[res4]",
+    "model.roi_heads.pooler.name=ROIPool",
+    "model.roi_heads.pooler.output_size=14",
+    "model.roi_heads.box_head.name=Res5Head",
+    "model.rpn.post_nms_topk_test=300",
+    "model.roi_heads.batch_size_per_image=64",
+    "model.rpn.post_nms_topk_train=256",
 ]
 
 
@@ -31,9 +46,14 @@ def tiny(overrides=(), base=TINY_FPN):
 def sample(boxes=((20.0, 24.0, 60.0, 70.0),), labels=(1,), size=(96, 128), seed=0):
     g = torch.Generator().manual_seed(seed)
     img = torch.randint(0, 255, (3, *size), generator=g, dtype=torch.uint8)
-    return {"image": img, "height": size[0], "width": size[1], "image_id": seed,
-            "gt_boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "gt_labels": torch.tensor(labels, dtype=torch.int64)}
+    return {
+        "image": img,
+        "height": size[0],
+        "width": size[1],
+        "image_id": seed,
+        "gt_boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        "gt_labels": torch.tensor(labels, dtype=torch.int64),
+    }
 
 
 @pytest.mark.parametrize("base", [TINY_FPN, TINY_C4], ids=["fpn", "c4"])
@@ -69,11 +89,21 @@ def test_zero_proposals_in_training_and_inference():
 
 def test_inference_rescales_to_original_size():
     model = tiny(["model.roi_heads.score_thresh_test=0.0"]).eval()
-    out = model([{"image": torch.randint(0, 255, (3, 100, 150), dtype=torch.uint8), "height": 100, "width": 150,
-                  "scale": 0.5}])[0]
+    out = model(
+        [
+            {
+                "image": torch.randint(0, 255, (3, 100, 150), dtype=torch.uint8),
+                "height": 100,
+                "width": 150,
+                "scale": 0.5,
+            }
+        ]
+    )[0]
     assert len(out["boxes"]) > 0
     assert out["boxes"][:, 2].max() <= 150 + 1e-3 and out["boxes"][:, 3].max() <= 100 + 1e-3
-    assert out["boxes"][:, 2].max() > 75  # boxes live in original pixels, not the 75x50 network input
+    assert (
+        out["boxes"][:, 2].max() > 75
+    )  # boxes live in original pixels, not the 75x50 network input
 
 
 def test_context_features_and_gradients():
@@ -112,7 +142,10 @@ def test_resnet_names_match_torchvision(depth):
 def test_imagenet_weights_load_into_c4_head(tmp_path):
     tv = torchvision.models.resnet18()
     torch.save(tv.state_dict(), tmp_path / "r18.pth")
-    model = tiny([f"model.backbone.weights={tmp_path / 'r18.pth'}", "model.backbone.norm=FrozenBN"], base=TINY_C4)
+    model = tiny(
+        [f"model.backbone.weights={tmp_path / 'r18.pth'}", "model.backbone.norm=FrozenBN"],
+        base=TINY_C4,
+    )
     assert torch.equal(model.backbone.conv1.weight, tv.conv1.weight)
     assert torch.equal(model.roi_heads.box_head.res5[0].conv1.weight, tv.layer4[0].conv1.weight)
     assert torch.equal(model.backbone.layer3[1].bn2.running_var, tv.layer3[1].bn2.running_var)
@@ -139,12 +172,13 @@ def test_tiny_model_overfits_one_image():
     model.eval()
     out = model([{k: v for k, v in s.items() if not k.startswith("gt_")}])[0]
     top = out["scores"].argmax()
-    iou = torchvision.ops.box_iou(out["boxes"][top:top + 1], s["gt_boxes"])[0, 0]
+    iou = torchvision.ops.box_iou(out["boxes"][top : top + 1], s["gt_boxes"])[0, 0]
     assert out["labels"][top] == 1 and iou > 0.9, (out, iou)
 
 
 def test_fusing_frozen_bn_keeps_the_function():
     from detkit.modeling.backbones.norm import FrozenBatchNorm2d, fuse_frozen_bn
+
     model = tiny(["model.backbone.norm=FrozenBN", "model.roi_heads.score_thresh_test=0.0"]).eval()
     g = torch.Generator().manual_seed(0)
     for m in model.modules():
@@ -156,4 +190,7 @@ def test_fusing_frozen_bn_keeps_the_function():
     assert fuse_frozen_bn(model) == 1 + 8 * 2 + 3  # stem, 8 basic blocks x 2, 3 shortcuts
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
     out = model.backbone(x)
-    assert all(torch.allclose(ref[k], out[k], rtol=1e-4, atol=1e-4 * ref[k].abs().max().item()) for k in ref)
+    assert all(
+        torch.allclose(ref[k], out[k], rtol=1e-4, atol=1e-4 * ref[k].abs().max().item())
+        for k in ref
+    )

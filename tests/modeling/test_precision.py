@@ -1,11 +1,17 @@
 """test.precision: autocast inference (bf16 on CPU here, bf16/fp16 on CUDA) with float32 box math."""
+
 import numpy as np
 import pytest
 import torch
 
 from detkit import Detector
 from detkit.config import load_config
-from detkit.modeling.test_time import AutocastPredictor, TestTimeAugmentation, build_predictor, resolve_precision
+from detkit.modeling.test_time import (
+    AutocastPredictor,
+    TestTimeAugmentation,
+    build_predictor,
+    resolve_precision,
+)
 from tests.modeling.test_detector import sample, tiny
 from tests.video.helpers import TINY_FPN
 
@@ -40,6 +46,7 @@ def test_bf16_runs_convolutions_in_bf16_and_returns_float32_boxes():
     def record(name):
         def hook(module, inputs, output):
             seen.setdefault(name, output.dtype)  # returns None: the output is not replaced
+
         return hook
 
     model.backbone.conv1.register_forward_hook(record("conv"))
@@ -73,12 +80,12 @@ def test_detector_predict_uses_the_configured_predictor():
     np.testing.assert_array_equal(out["boxes"], ref["boxes"].numpy())
 
 
-
 @pytest.mark.parametrize("name", ["ROIAlign", "ROIPool"])
 def test_pooler_keeps_box_coordinates_float32_under_autocast(name):
     from torchvision.ops import roi_align, roi_pool
 
     from detkit.modeling.poolers import ROIAlign, ROIPool
+
     torch.manual_seed(0)
     pooler = {"ROIAlign": ROIAlign(output_size=7), "ROIPool": ROIPool(output_size=7)}[name]
     feature = torch.randn(1, 8, 64, 64).bfloat16()  # stride 16: a 1024 x 1024 image
@@ -99,6 +106,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(fast, monkeypatch, caplog
     import logging
 
     import detkit.modeling.test_time as tt
+
     monkeypatch.setattr(tt, "_cpu_has_fast_bf16", lambda: fast)
     # the tools' logging setup (run by earlier tests) stops detkit's records at its own handlers
     monkeypatch.setattr(logging.getLogger("detkit"), "propagate", True)

@@ -6,10 +6,10 @@ tools/convert_weights.py, loaded through Detector.from_checkpoint and run throug
 preprocessing. Criterion: >= 99% of torchvision's detections have a detkit detection with the same
 label (torchvision label - 1), IoU >= 0.99 and |score difference| <= 1e-3.
 """
+
 import sys
 
 import cv2
-import numpy as np
 import pytest
 import torch
 import torchvision
@@ -62,8 +62,16 @@ def converted(tmp_path_factory):
     tv = make_torchvision_model()
     d = tmp_path_factory.mktemp("parity")
     torch.save(tv.state_dict(), d / "tv.pth")
-    convert_weights.main(["--from", "torchvision", "--config", str(ROOT / "configs/frcnn_r50_fpn_coco.yaml"),
-                          str(d / "tv.pth"), str(d / "detkit.pth")])
+    convert_weights.main(
+        [
+            "--from",
+            "torchvision",
+            "--config",
+            str(ROOT / "configs/frcnn_r50_fpn_coco.yaml"),
+            str(d / "tv.pth"),
+            str(d / "detkit.pth"),
+        ]
+    )
     return tv, d / "detkit.pth"
 
 
@@ -73,9 +81,11 @@ def test_converted_checkpoint_matches_torchvision_on_photos(converted):
     tv, ckpt = converted
     det = Detector.from_checkpoint(str(ckpt))
     assert det.class_names[0] == "person" and len(det.class_names) == 90
-    photos = [reference_file("faster_coco_eval/tests/dataset/img_1.jpg"),      # 256x256 -> upscaled to 800
-              reference_file("exif-orientation-examples/Landscape_1.jpg"),     # 1800x1200 -> 800x1200
-              reference_file("mmcv/tests/data/color.jpg")]
+    photos = [
+        reference_file("faster_coco_eval/tests/dataset/img_1.jpg"),  # 256x256 -> upscaled to 800
+        reference_file("exif-orientation-examples/Landscape_1.jpg"),  # 1800x1200 -> 800x1200
+        reference_file("mmcv/tests/data/color.jpg"),
+    ]
     total, matched = 0, 0.0
     for path in photos:
         img = read_rgb(path)
@@ -87,7 +97,9 @@ def test_converted_checkpoint_matches_torchvision_on_photos(converted):
         matched += frac * len(ref["boxes"])
         total += len(ref["boxes"])
         assert out["boxes"].shape[1] == 4 and out["boxes"][:, 2:].max() <= max(img.shape[:2]) + 1e-3
-    assert matched / total >= 0.99, f"only {matched / total:.3f} of torchvision's detections matched"
+    assert matched / total >= 0.99, (
+        f"only {matched / total:.3f} of torchvision's detections matched"
+    )
 
 
 def test_architecture_identical_to_torchvision(converted):
@@ -97,7 +109,9 @@ def test_architecture_identical_to_torchvision(converted):
     from detkit.modeling.weights import torchvision_detector_to_detkit
 
     tv, _ = converted
-    model = build_model(load_config(ROOT / "configs/frcnn_r50_fpn_coco.yaml", ["model.num_classes=90"]))
+    model = build_model(
+        load_config(ROOT / "configs/frcnn_r50_fpn_coco.yaml", ["model.num_classes=90"])
+    )
     converted_state = torchvision_detector_to_detkit(tv.state_dict())
     own = model.state_dict()
     assert set(converted_state) == set(own)

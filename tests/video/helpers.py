@@ -1,4 +1,5 @@
 """Tiny randomly initialised detkit checkpoints and fake inputs for the video/export/visualisation tests."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,21 +14,40 @@ TEST_MP4 = TESTDATA / "mmcv" / "tests" / "data" / "test.mp4"  # 168 frames, 294x
 CLASS_NAMES = ["cat", "dog", "car"]
 
 TINY_FPN = [
-    "model.num_classes=3", "model.backbone.depth=18", "model.backbone.norm=GN", "model.backbone.freeze_at=0",
-    "model.neck.out_channels=32", "model.roi_heads.box_head.fc_dim=64",
-    "model.rpn.anchor_sizes=[[16],[32],[64],[128],[256]]", "input.min_size_test=128", "input.max_size_test=256",
+    "model.num_classes=3",
+    "model.backbone.depth=18",
+    "model.backbone.norm=GN",
+    "model.backbone.freeze_at=0",
+    "model.neck.out_channels=32",
+    "model.roi_heads.box_head.fc_dim=64",
+    "model.rpn.anchor_sizes=[[16],[32],[64],[128],[256]]",
+    "input.min_size_test=128",
+    "input.max_size_test=256",
 ]
 TINY_C4 = [
-    "model.num_classes=3", "model.backbone.depth=18", "model.backbone.norm=GN", "model.backbone.freeze_at=0",
-    "model.backbone.out_features=[res4]", "model.neck.name=none", "model.rpn.in_features=[res4]",
-    "model.rpn.anchor_sizes=[[16,32,64]]", "model.roi_heads.in_features=[res4]",
-    "model.roi_heads.pooler.name=ROIPool", "model.roi_heads.pooler.output_size=14",
-    "model.roi_heads.box_head.name=Res5Head", "model.rpn.post_nms_topk_test=300",
-    "input.min_size_test=128", "input.max_size_test=256",
+    "model.num_classes=3",
+    "model.backbone.depth=18",
+    "model.backbone.norm=GN",
+    "model.backbone.freeze_at=0",
+    "model.backbone.out_features=[res4]",
+    "model.neck.name=none",
+    "model.rpn.in_features=[res4]",
+    "model.rpn.anchor_sizes=[[16,32,64]]",
+    "model.roi_heads.in_features=[res4]",
+    "model.roi_heads.pooler.name=ROIPool",
+    "model.roi_heads.pooler.output_size=14",
+    "model.roi_heads.box_head.name=Res5Head",
+    "model.rpn.post_nms_topk_test=300",
+    "input.min_size_test=128",
+    "input.max_size_test=256",
 ]
 # fewer proposals and a smaller input: the 168-frame video test runs the real model on every frame
-FAST = ["input.min_size_test=64", "input.max_size_test=128", "model.rpn.pre_nms_topk_test=200",
-        "model.rpn.post_nms_topk_test=50"]
+FAST = [
+    "input.min_size_test=64",
+    "input.max_size_test=128",
+    "model.rpn.pre_nms_topk_test=200",
+    "model.rpn.post_nms_topk_test=50",
+]
 
 
 def save_tiny_checkpoint(path: Path, overrides=(), base=TINY_FPN, seed: int = 0) -> Path:
@@ -38,13 +58,17 @@ def save_tiny_checkpoint(path: Path, overrides=(), base=TINY_FPN, seed: int = 0)
     cfg = load_config(None, list(base) + list(overrides))
     torch.manual_seed(seed)
     model = build_model(cfg, class_names=CLASS_NAMES)
-    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "class_names": CLASS_NAMES}, path)
+    torch.save(
+        {"model": model.state_dict(), "config": cfg.to_dict(), "class_names": CLASS_NAMES}, path
+    )
     return path
 
 
 def reference_video() -> Path:
     if not TEST_MP4.exists():
-        pytest.skip(f"reference video not found: {TEST_MP4} (expected ../shared/testdata beside the project)")
+        pytest.skip(
+            f"reference video not found: {TEST_MP4} (expected ../shared/testdata beside the project)"
+        )
     return TEST_MP4
 
 
@@ -60,8 +84,14 @@ def count_video_frames(path) -> int:
 
 def fake_infer(images):
     """One detection per frame, label 1 at a fixed box, and one low-scoring label 0."""
-    return [{"boxes": np.array([[10, 12, 60, 70], [0, 0, 5, 5]], np.float32),
-             "scores": np.array([0.9, 0.1], np.float32), "labels": np.array([1, 0], np.int64)} for _ in images]
+    return [
+        {
+            "boxes": np.array([[10, 12, 60, 70], [0, 0, 5, 5]], np.float32),
+            "scores": np.array([0.9, 0.1], np.float32),
+            "labels": np.array([1, 0], np.int64),
+        }
+        for _ in images
+    ]
 
 
 class FakeCapture:
@@ -69,7 +99,9 @@ class FakeCapture:
     (a corrupt frame); ``live`` hides the frame count like a camera."""
 
     def __init__(self, num_frames=10, size=(64, 48), fps=30.0, fail_at=(), live=False, opened=True):
-        self.frames = [np.full((size[1], size[0], 3), 10 * i % 255, np.uint8) for i in range(num_frames)]
+        self.frames = [
+            np.full((size[1], size[0], 3), 10 * i % 255, np.uint8) for i in range(num_frames)
+        ]
         self.fps, self.fail_at, self.live, self.opened = fps, set(fail_at), live, opened
         self.pos, self.released, self.size = 0, False, size
 
@@ -77,8 +109,12 @@ class FakeCapture:
         return self.opened
 
     def get(self, prop):
-        return {cv2.CAP_PROP_FPS: self.fps, cv2.CAP_PROP_FRAME_COUNT: 0 if self.live else len(self.frames),
-                cv2.CAP_PROP_FRAME_WIDTH: self.size[0], cv2.CAP_PROP_FRAME_HEIGHT: self.size[1]}.get(prop, 0)
+        return {
+            cv2.CAP_PROP_FPS: self.fps,
+            cv2.CAP_PROP_FRAME_COUNT: 0 if self.live else len(self.frames),
+            cv2.CAP_PROP_FRAME_WIDTH: self.size[0],
+            cv2.CAP_PROP_FRAME_HEIGHT: self.size[1],
+        }.get(prop, 0)
 
     def grab(self):
         ok = self.pos < len(self.frames) and self.pos not in self.fail_at

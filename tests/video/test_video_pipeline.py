@@ -1,4 +1,5 @@
 """tools/video.py and detkit.io_video: every input kind, the JSON-lines schema, corrupt frames, Ctrl-C."""
+
 import json
 import logging
 from pathlib import Path
@@ -8,12 +9,29 @@ import numpy as np
 import pytest
 
 from detkit import Detector
-from detkit.io_video import (CaptureSource, RunStats, SourceError, UsageError, detect_source, filter_detections,
-                             make_record, open_source, run_pipeline)
+from detkit.io_video import (
+    CaptureSource,
+    RunStats,
+    SourceError,
+    UsageError,
+    detect_source,
+    filter_detections,
+    make_record,
+    open_source,
+    run_pipeline,
+)
 from detkit.io_video.sources import Frame
 from detkit.io_video.writers import JsonLinesWriter, VideoFileWriter
-from tests.video.helpers import (CLASS_NAMES, FAST, FakeCapture, count_video_frames, fake_infer, load_tool,
-                                 reference_video, save_tiny_checkpoint)
+from tests.video.helpers import (
+    CLASS_NAMES,
+    FAST,
+    FakeCapture,
+    count_video_frames,
+    fake_infer,
+    load_tool,
+    reference_video,
+    save_tiny_checkpoint,
+)
 
 video_tool = load_tool("video")
 
@@ -70,8 +88,22 @@ def test_video_file_gives_one_frame_and_one_record_per_source_frame(tmp_path, ck
     """The real model on every frame of the reference clip, through the command line tool."""
     src = reference_video()
     out = tmp_path / "out" / "clip.mp4"
-    rc = video_tool.main([str(ckpt), "--input", str(src), "--output", str(out), "--batch-size", "8",
-                          "--score-thresh", "0", "--no-progress", "--stats-json", str(tmp_path / "stats.json")])
+    rc = video_tool.main(
+        [
+            str(ckpt),
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--batch-size",
+            "8",
+            "--score-thresh",
+            "0",
+            "--no-progress",
+            "--stats-json",
+            str(tmp_path / "stats.json"),
+        ]
+    )
     assert rc == 0
     assert count_video_frames(out) == 168
     cap = cv2.VideoCapture(str(out))
@@ -85,28 +117,59 @@ def test_video_file_gives_one_frame_and_one_record_per_source_frame(tmp_path, ck
         assert (r["width"], r["height"]) == (294, 240)
     assert sum(len(r["boxes"]) for r in records) > 0  # the random model does detect something
     stats = json.loads((tmp_path / "stats.json").read_text())
-    assert stats["frames"] == 168 and stats["pipeline_fps"] > 0 and stats["model_fps"] >= stats["pipeline_fps"]
+    assert (
+        stats["frames"] == 168
+        and stats["pipeline_fps"] > 0
+        and stats["model_fps"] >= stats["pipeline_fps"]
+    )
 
 
 def test_every_and_max_frames(tmp_path, det):
     src = reference_video()
-    result = detect_source(det, str(src), output=str(tmp_path / "v.mp4"), every=10, progress=False, infer=fake_infer)
+    result = detect_source(
+        det, str(src), output=str(tmp_path / "v.mp4"), every=10, progress=False, infer=fake_infer
+    )
     records = read_jsonl(result.jsonl)
     assert [r["frame"] for r in records] == list(range(0, 168, 10))
     assert count_video_frames(result.video) == 17
-    assert cv2.VideoCapture(result.video).get(cv2.CAP_PROP_FPS) == pytest.approx(2.5)  # real duration kept
-    result = detect_source(det, str(src), output=str(tmp_path / "m.mp4"), max_frames=7, progress=False,
-                           infer=fake_infer)
+    assert cv2.VideoCapture(result.video).get(cv2.CAP_PROP_FPS) == pytest.approx(
+        2.5
+    )  # real duration kept
+    result = detect_source(
+        det,
+        str(src),
+        output=str(tmp_path / "m.mp4"),
+        max_frames=7,
+        progress=False,
+        infer=fake_infer,
+    )
     assert result.stats.frames == 7 and len(read_jsonl(result.jsonl)) == 7
 
 
 @pytest.mark.parametrize("kind", ["image", "folder", "glob"])
 def test_image_inputs(tmp_path, ckpt, kind):
     paths = write_images(tmp_path / "imgs", 3)
-    spec = {"image": str(paths[1]), "folder": str(tmp_path / "imgs"), "glob": str(tmp_path / "imgs" / "*.jpg")}[kind]
+    spec = {
+        "image": str(paths[1]),
+        "folder": str(tmp_path / "imgs"),
+        "glob": str(tmp_path / "imgs" / "*.jpg"),
+    }[kind]
     out = tmp_path / "annotated"
-    assert video_tool.main([str(ckpt), "--input", spec, "--output", str(out), "--score-thresh", "0",
-                            "--no-progress"]) == 0
+    assert (
+        video_tool.main(
+            [
+                str(ckpt),
+                "--input",
+                spec,
+                "--output",
+                str(out),
+                "--score-thresh",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     expected = [paths[1]] if kind == "image" else paths
     assert sorted(p.name for p in out.glob("*.jpg")) == sorted(p.name for p in expected)
     assert cv2.imread(str(out / expected[0].name)).shape == (64, 80, 3)
@@ -119,8 +182,16 @@ def test_image_inputs(tmp_path, ckpt, kind):
 
 def test_camera_with_fake_capture(tmp_path, det):
     cap = FakeCapture(num_frames=12, size=(64, 48), fps=30, live=True)
-    result = detect_source(det, 0, output=str(tmp_path / "cam.mp4"), max_frames=8, batch_size=3, progress=False,
-                           capture_factory=lambda index: cap, infer=fake_infer)
+    result = detect_source(
+        det,
+        0,
+        output=str(tmp_path / "cam.mp4"),
+        max_frames=8,
+        batch_size=3,
+        progress=False,
+        capture_factory=lambda index: cap,
+        infer=fake_infer,
+    )
     records = read_jsonl(result.jsonl)
     assert [r["frame"] for r in records] == list(range(8))
     stamps = [r["timestamp"] for r in records]
@@ -133,8 +204,14 @@ def test_camera_with_fake_capture(tmp_path, det):
 def test_corrupt_video_frame_is_logged_and_skipped(tmp_path, det, detkit_log):
     cap = FakeCapture(num_frames=10, fail_at={4})
     source = CaptureSource(cap, "clip.avi")
-    stats = run_pipeline(source, fake_infer, class_names=CLASS_NAMES, jsonl=JsonLinesWriter(str(tmp_path / "c.jsonl")),
-                         writer=VideoFileWriter(str(tmp_path / "c.mp4"), source.fps), progress=False)
+    stats = run_pipeline(
+        source,
+        fake_infer,
+        class_names=CLASS_NAMES,
+        jsonl=JsonLinesWriter(str(tmp_path / "c.jsonl")),
+        writer=VideoFileWriter(str(tmp_path / "c.mp4"), source.fps),
+        progress=False,
+    )
     assert stats.frames == 9 and stats.skipped == 1
     assert [r["frame"] for r in read_jsonl(tmp_path / "c.jsonl")] == [0, 1, 2, 3, 5, 6, 7, 8, 9]
     assert "frame 4 of clip.avi could not be decoded" in detkit_log.text
@@ -153,8 +230,9 @@ def test_truncated_video_ends_with_a_warning_not_corrupt_frames(detkit_log):
 def test_corrupt_image_in_folder_is_skipped(tmp_path, det, detkit_log):
     paths = write_images(tmp_path / "imgs", 3)
     paths[1].write_bytes(b"\xff\xd8\xff not really a jpeg")
-    result = detect_source(det, str(tmp_path / "imgs"), output=str(tmp_path / "o"), progress=False,
-                           infer=fake_infer)
+    result = detect_source(
+        det, str(tmp_path / "imgs"), output=str(tmp_path / "o"), progress=False, infer=fake_infer
+    )
     assert result.stats.skipped == 1
     assert [r["file"] for r in read_jsonl(result.jsonl)] == [str(paths[0]), str(paths[2])]
     assert str(paths[1]) in detkit_log.text
@@ -170,10 +248,18 @@ def test_ctrl_c_leaves_a_playable_video(tmp_path, det):
             raise KeyboardInterrupt
         return fake_infer(images)
 
-    result = detect_source(det, str(src), output=str(tmp_path / "int.mp4"), batch_size=2, progress=False,
-                           infer=interrupted_infer)
+    result = detect_source(
+        det,
+        str(src),
+        output=str(tmp_path / "int.mp4"),
+        batch_size=2,
+        progress=False,
+        infer=interrupted_infer,
+    )
     assert result.stats.interrupted and result.stats.frames == 6
-    assert count_video_frames(result.video) == 6  # the container was finalised: cv2 reads every written frame
+    assert (
+        count_video_frames(result.video) == 6
+    )  # the container was finalised: cv2 reads every written frame
     assert [r["frame"] for r in read_jsonl(result.jsonl)] == list(range(6))
 
 
@@ -196,14 +282,21 @@ def test_unreadable_inputs_are_clear_errors(tmp_path, det, ckpt, detkit_log):
 
 
 def test_record_schema_and_filters():
-    dets = {"boxes": np.array([[1, 2, 3, 4], [5, 6, 7, 8], [0, 0, 9, 9]], np.float32),
-            "scores": np.array([0.9, 0.6, 0.3], np.float32), "labels": np.array([2, 0, 2])}
+    dets = {
+        "boxes": np.array([[1, 2, 3, 4], [5, 6, 7, 8], [0, 0, 9, 9]], np.float32),
+        "scores": np.array([0.9, 0.6, 0.3], np.float32),
+        "labels": np.array([2, 0, 2]),
+    }
     kept = filter_detections(dets, score_thresh=0.5, keep_labels=[2])
     assert kept["scores"].tolist() == pytest.approx([0.9]) and kept["labels"].tolist() == [2]
     frame = Frame(index=7, timestamp=0.28, image=np.zeros((10, 20, 3), np.uint8))
     record = make_record(frame, filter_detections(dets), CLASS_NAMES)
     assert record == json.loads(json.dumps(record))  # plain JSON types only
-    assert record["frame"] == 7 and record["timestamp"] == 0.28 and (record["width"], record["height"]) == (20, 10)
+    assert (
+        record["frame"] == 7
+        and record["timestamp"] == 0.28
+        and (record["width"], record["height"]) == (20, 10)
+    )
     assert record["names"] == ["car", "cat", "car"] and record["boxes"][0] == [1.0, 2.0, 3.0, 4.0]
     assert "file" not in record
     assert RunStats(frames=10, wall_s=2.0, model_s=1.0).pipeline_fps == 5.0
@@ -222,9 +315,24 @@ def test_sigint_to_the_tool_finishes_the_outputs(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "tiny.pth")
     out = tmp_path / "sig.mp4"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen([sys.executable, "tools/video.py", str(ckpt), "--input", str(src), "--output", str(out),
-                             "--threads", "1", "--no-progress"], cwd=env["PYTHONPATH"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "tools/video.py",
+            str(ckpt),
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+            "--threads",
+            "1",
+            "--no-progress",
+        ],
+        cwd=env["PYTHONPATH"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     jsonl = out.with_suffix(".jsonl")
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -256,9 +364,28 @@ def test_config_with_weights_and_no_video(tmp_path, ckpt):
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(torch.load(ckpt, weights_only=False)["config"]))
     out = tmp_path / "only.jsonl"
-    assert video_tool.main([str(cfg_file), "--weights", str(ckpt), "--input", str(reference_video()), "--output",
-                            str(out), "--no-video", "--max-frames", "3", "--classes", "dog,car", "--score-thresh",
-                            "0", "--no-progress"]) == 0
+    assert (
+        video_tool.main(
+            [
+                str(cfg_file),
+                "--weights",
+                str(ckpt),
+                "--input",
+                str(reference_video()),
+                "--output",
+                str(out),
+                "--no-video",
+                "--max-frames",
+                "3",
+                "--classes",
+                "dog,car",
+                "--score-thresh",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     records = read_jsonl(out)
     assert len(records) == 3 and not list(tmp_path.glob("*.mp4"))
     assert all(set(r["names"]) <= {"dog", "car"} for r in records)
@@ -273,15 +400,24 @@ def test_test_time_switches_from_the_config_are_used(ckpt):
     det = Detector.from_checkpoint(str(ckpt), overrides=["test.flip=true"])
     frame = cv2.cvtColor(cv2.imread(str(reference_video().parent / "color.jpg")), cv2.COLOR_BGR2RGB)
     with torch.no_grad():
-        expected = TestTimeAugmentation(det.model, scales=[64], max_size=128, flip=True)([det.sample(frame)])[0]
+        expected = TestTimeAugmentation(det.model, scales=[64], max_size=128, flip=True)(
+            [det.sample(frame)]
+        )[0]
         plain = det.model([det.sample(frame)])[0]
     got = detector_infer(det)([frame])[0]
     np.testing.assert_allclose(got["boxes"], expected["boxes"].numpy(), rtol=1e-5, atol=1e-4)
-    assert len(got["boxes"]) != len(plain["boxes"]) or not np.allclose(got["boxes"], plain["boxes"].numpy())
+    assert len(got["boxes"]) != len(plain["boxes"]) or not np.allclose(
+        got["boxes"], plain["boxes"].numpy()
+    )
 
 
 def test_a_source_error_in_the_reader_thread_reaches_the_caller(tmp_path):
     source = CaptureSource(FakeCapture(num_frames=5, fail_at=range(5)), "dead.mp4")
     with pytest.raises(SourceError, match="cannot decode any frame of dead.mp4"):
-        run_pipeline(source, fake_infer, class_names=CLASS_NAMES, jsonl=JsonLinesWriter(str(tmp_path / "d.jsonl")),
-                     progress=False)
+        run_pipeline(
+            source,
+            fake_infer,
+            class_names=CLASS_NAMES,
+            jsonl=JsonLinesWriter(str(tmp_path / "d.jsonl")),
+            progress=False,
+        )

@@ -4,6 +4,7 @@ Structure equals torchvision's ``FeaturePyramidNetwork`` + ``LastLevelMaxPool``:
 convolutions, nearest-neighbour top-down upsampling to the lateral's exact size, 3x3 output
 convolutions, and P6 = max_pool2d(P5, kernel 1, stride 2).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List
@@ -17,15 +18,27 @@ from ...registry import NECKS
 
 @NECKS.register()
 class FPN(nn.Module):
-    def __init__(self, *, in_channels: Dict[str, int], in_strides: Dict[str, int], out_channels: int = 256,
-                 top_block: str = "maxpool"):
+    def __init__(
+        self,
+        *,
+        in_channels: Dict[str, int],
+        in_strides: Dict[str, int],
+        out_channels: int = 256,
+        top_block: str = "maxpool",
+    ):
         super().__init__()
         if top_block not in ("maxpool", "none"):
             raise ValueError(f"unknown FPN top_block '{top_block}'; valid: maxpool, none")
         self.in_features: List[str] = list(in_channels)
-        self.lateral_convs = nn.ModuleList(nn.Conv2d(in_channels[f], out_channels, 1) for f in self.in_features)
-        self.output_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in self.in_features)
-        levels = [int(in_strides[f]).bit_length() - 1 for f in self.in_features]  # stride 4 -> level 2
+        self.lateral_convs = nn.ModuleList(
+            nn.Conv2d(in_channels[f], out_channels, 1) for f in self.in_features
+        )
+        self.output_convs = nn.ModuleList(
+            nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in self.in_features
+        )
+        levels = [
+            int(in_strides[f]).bit_length() - 1 for f in self.in_features
+        ]  # stride 4 -> level 2
         self.out_features = [f"p{lvl}" for lvl in levels]
         self.top_block = top_block == "maxpool"
         if self.top_block:

@@ -1,4 +1,5 @@
 """Normalisation layers selectable by name: FrozenBN, BN, SyncBN, GN."""
+
 from __future__ import annotations
 
 import torch
@@ -80,7 +81,11 @@ def fuse_frozen_bn(module: nn.Module) -> int:
         names = list(parent._modules)
         for prev_name, name in zip(names, names[1:]):
             conv, norm = parent._modules[prev_name], parent._modules[name]
-            if isinstance(conv, nn.Conv2d) and isinstance(norm, FrozenBatchNorm2d) and conv.bias is None:
+            if (
+                isinstance(conv, nn.Conv2d)
+                and isinstance(norm, FrozenBatchNorm2d)
+                and conv.bias is None
+            ):
                 scale, shift = norm.scale_and_shift()
                 conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
                 conv.bias = nn.Parameter(shift.clone())

@@ -5,6 +5,7 @@ convolution (torchvision's "v1.5"). Outputs a dict of the requested stages: res2
 res5 (stride 32). For the C4 design the backbone stops at res4 and ``layer4`` is handed to the
 per-region head (see ``Res5Head``).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Sequence
@@ -15,7 +16,13 @@ from torch import nn
 from ...registry import BACKBONES
 from .norm import freeze_module, make_norm
 
-BLOCKS_PER_DEPTH = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+BLOCKS_PER_DEPTH = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+}
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 STAGE_STRIDES = {"stem": 4, "res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
@@ -23,7 +30,9 @@ STAGE_STRIDES = {"stem": 4, "res2": 4, "res3": 8, "res4": 16, "res5": 32}
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_channels: int, channels: int, stride: int, norm: str, gn_groups: int = 32):
+    def __init__(
+        self, in_channels: int, channels: int, stride: int, norm: str, gn_groups: int = 32
+    ):
         super().__init__()
         out = channels * self.expansion
         self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, 1, bias=False)
@@ -43,7 +52,9 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, in_channels: int, channels: int, stride: int, norm: str, gn_groups: int = 32):
+    def __init__(
+        self, in_channels: int, channels: int, stride: int, norm: str, gn_groups: int = 32
+    ):
         super().__init__()
         out = channels * self.expansion
         self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
@@ -67,11 +78,20 @@ def _shortcut(in_channels, out_channels, stride, norm, gn_groups):
     if stride == 1 and in_channels == out_channels:
         return None
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), make_norm(norm, out_channels, gn_groups)
+        nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+        make_norm(norm, out_channels, gn_groups),
     )
 
 
-def make_stage(block, in_channels: int, channels: int, num_blocks: int, stride: int, norm: str, gn_groups: int = 32):
+def make_stage(
+    block,
+    in_channels: int,
+    channels: int,
+    num_blocks: int,
+    stride: int,
+    norm: str,
+    gn_groups: int = 32,
+):
     layers = [block(in_channels, channels, stride, norm, gn_groups)]
     for _ in range(num_blocks - 1):
         layers.append(block(channels * block.expansion, channels, 1, norm, gn_groups))
@@ -98,11 +118,21 @@ class ResNet(nn.Module):
     with_res5: False for the C4 design, whose res5 stage runs per region in the RoI head.
     """
 
-    def __init__(self, *, depth: int = 50, norm: str = "FrozenBN", freeze_at: int = 2,
-                 out_features: Sequence[str] = STAGE_NAMES, with_res5: bool = True, gn_groups: int = 32):
+    def __init__(
+        self,
+        *,
+        depth: int = 50,
+        norm: str = "FrozenBN",
+        freeze_at: int = 2,
+        out_features: Sequence[str] = STAGE_NAMES,
+        with_res5: bool = True,
+        gn_groups: int = 32,
+    ):
         super().__init__()
         if depth not in BLOCKS_PER_DEPTH:
-            raise ValueError(f"ResNet depth {depth} not supported; valid: {sorted(BLOCKS_PER_DEPTH)}")
+            raise ValueError(
+                f"ResNet depth {depth} not supported; valid: {sorted(BLOCKS_PER_DEPTH)}"
+            )
         bad = [f for f in out_features if f not in STAGE_NAMES]
         if bad:
             raise ValueError(f"unknown ResNet out_features {bad}; valid: {list(STAGE_NAMES)}")
@@ -118,13 +148,23 @@ class ResNet(nn.Module):
         n_stages = 4 if with_res5 else 3
         self.out_channels: Dict[str, int] = {}
         for i in range(n_stages):
-            stage = make_stage(self.block, in_ch, widths[i], BLOCKS_PER_DEPTH[depth][i], 1 if i == 0 else 2, norm, gn_groups)
+            stage = make_stage(
+                self.block,
+                in_ch,
+                widths[i],
+                BLOCKS_PER_DEPTH[depth][i],
+                1 if i == 0 else 2,
+                norm,
+                gn_groups,
+            )
             self.add_module(f"layer{i + 1}", stage)
             in_ch = widths[i] * self.block.expansion
             self.out_channels[STAGE_NAMES[i]] = in_ch
         missing = [f for f in self.out_features if f not in self.out_channels]
         if missing:
-            raise ValueError(f"out_features {missing} need res5, which the C4 design moves into the RoI head")
+            raise ValueError(
+                f"out_features {missing} need res5, which the C4 design moves into the RoI head"
+            )
         self.strides = {f: STAGE_STRIDES[f] for f in self.out_features}
         init_he(self)
         self.freeze(freeze_at)

@@ -21,8 +21,9 @@ try:
 except ImportError:  # run from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detkit.data.coco import records_to_coco, write_json_atomic  # noqa: E402
+from detkit.data.coco import records_to_coco  # noqa: E402
 from detkit.data.voc import VOCDataset  # noqa: E402
+from detkit.utils.io import write_json  # noqa: E402
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -45,7 +46,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
                          class_names=args.class_names)
     coco = records_to_coco(dataset.records, dataset.class_names, img_dir=voc_root / "JPEGImages",
                            difficult_as_crowd=args.difficult == "crowd")
-    write_json_atomic(coco, args.out)
+    write_json(coco, args.out, indent=None)
     logging.getLogger("detkit").info("wrote %s: %d images, %d annotations, %d categories", args.out,
                                      len(coco["images"]), len(coco["annotations"]), len(coco["categories"]))
     return Path(args.out)

@@ -8,7 +8,6 @@ results[0]["boxes"], results[0]["scores"], results[0]["labels"], results[0]["nam
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -17,22 +16,18 @@ import torch
 
 from .config import Config, load_config
 from .modeling import build_model
-from .structures.resize import test_scale
+from .modeling.build import build_predictor
+from .structures.resize import resize_scale
+from .utils.io import load_checkpoint, load_model_weights
 
-logger = logging.getLogger("detkit")
 ImageLike = Union[str, os.PathLike, np.ndarray]
 
 
-def load_checkpoint_file(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise ValueError(
-            f"{path} is not a detkit checkpoint (a dict with 'model' and 'config'); convert "
-            "torchvision weights with tools/convert_weights.py"
-        )
-    return ckpt
+# what load_checkpoint names when a file cannot rebuild a Detector on its own
+_DETKIT_CHECKPOINT = (
+    "a detkit checkpoint (a dict with 'model' and 'config'); convert torchvision weights with "
+    "tools/convert_weights.py"
+)
 
 
 class Detector:
@@ -62,21 +57,10 @@ class Detector:
             if not isinstance(config, Config)
             else config.with_overrides(overrides)
         )
-        class_names = None
-        state = None
+        ckpt = load_checkpoint(weights) if weights else {}
+        model = build_model(cfg, class_names=ckpt.get("class_names"))
         if weights:
-            ckpt = (
-                torch.load(weights, map_location="cpu", weights_only=False)
-                if os.path.isfile(weights)
-                else None
-            )
-            if ckpt is None:
-                raise FileNotFoundError(f"weights file not found: {weights}")
-            state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
-            class_names = ckpt.get("class_names") if isinstance(ckpt, dict) else None
-        model = build_model(cfg, class_names=class_names)
-        if state is not None:
-            _load_model_state(model, state, weights)
+            load_model_weights(model, weights, strict=True, checkpoint=ckpt)
         return cls(model, cfg, device)
 
     @classmethod
@@ -84,12 +68,12 @@ class Detector:
         cls, path: str, device: str = "cpu", overrides: Sequence[str] = ()
     ) -> "Detector":
         """Rebuild the model from the config stored in the checkpoint (no config file needed)."""
-        ckpt = load_checkpoint_file(path)
+        ckpt = load_checkpoint(path, require=("model", "config"), what=_DETKIT_CHECKPOINT)
         cfg = Config.from_dict(ckpt["config"], origin=f"checkpoint {path}").with_overrides(
             overrides
         )
         model = build_model(cfg, class_names=ckpt.get("class_names"))
-        _load_model_state(model, ckpt["model"], path)
+        load_model_weights(model, path, strict=True, checkpoint=ckpt)
         return cls(model, cfg, device)
 
     def sample(self, image: ImageLike, min_size: Optional[int] = None) -> dict:
@@ -109,15 +93,14 @@ class Detector:
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "height": h,
             "width": w,
-            "scale": test_scale(h, w, min_size, self.cfg.input.max_size_test),
+            "scale": resize_scale(h, w, min_size, self.cfg.input.max_size_test),
         }
 
     @property
     def predictor(self) -> torch.nn.Module:
-        """The model as the config tests it: test.scales/test.flip augmentation, test.precision autocast."""
+        """The model as the config tests it (``build_predictor``, as tools/test.py and the trainer's
+        evaluation): test.scales/test.flip augmentation, test.precision autocast."""
         if self._predictor is None:
-            from .modeling.test_time import build_predictor
-
             self._predictor = build_predictor(self.model, self.cfg).eval()
         return self._predictor
 
@@ -142,24 +125,3 @@ class Detector:
             "labels": labels,
             "names": [self.class_names[i] for i in labels],
         }
-
-
-def _load_model_state(model: torch.nn.Module, state: dict, source: str) -> None:
-    own = model.state_dict()
-    wrong = [
-        f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and own[k].shape != v.shape
-    ]
-    if wrong:
-        raise ValueError(
-            f"{source}: weight shapes do not fit the model built from the config (is "
-            f"model.num_classes right?): {wrong[:3]}"
-        )
-    result = model.load_state_dict(state, strict=False)
-    if result.unexpected_keys or result.missing_keys:
-        raise ValueError(
-            f"{source}: weights do not fit the model built from the config: "
-            f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
-        )
-    logger.info("loaded weights from %s", source)

@@ -2,12 +2,13 @@
 
 Timing rule: warm-up iterations first, then every iteration is timed with the device synchronised
 before and after; the table reports the median. Both models get the same weights and the same
-input tensors in the same run.
+input tensors in the same run. Precision is the timed function's business: detkit inference runs
+through ``build_predictor`` (as tools/test.py), everything else under
+``detkit.modeling.precision.autocast``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import statistics
 import time
@@ -16,8 +17,9 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from detkit.evaluation.common import format_table as table
+
 logger = logging.getLogger("detkit")
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -35,13 +37,6 @@ class Row:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, precision: str):
-    dtype = DTYPES[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> List[float]:
@@ -69,8 +64,7 @@ def measure(
 ) -> Row:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with autocast(device, precision):
-        median = statistics.median(time_fn(fn, device, warmup, iters))
+    median = statistics.median(time_fn(fn, device, warmup, iters))
     peak = (
         torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
     )
@@ -103,15 +97,22 @@ def random_targets(batch: int, height: int, width: int, num_classes: int, device
 
 
 def format_table(rows: List[Row]) -> str:
-    head = f"{'impl':<12}{'mode':<7}{'prec':<6}{'batch':>6}{'ms/img':>10}{'img/s':>9}{'peak MB':>10}{'detkit/tv':>11}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
-        lines.append(
-            f"{r.impl:<12}{r.mode:<7}{r.precision:<6}{r.batch:>6}{r.ms_per_image:>10.2f}"
-            f"{r.images_per_s:>9.2f}{r.peak_mem_mb:>10.0f}{ratio:>11}"
-        )
-    return "\n".join(lines)
+    """The rows as detkit's one plain table (that of the evaluation and training reports)."""
+    headers = ["impl", "mode", "prec", "batch", "ms/img", "img/s", "peak MB", "detkit/tv"]
+    cells = [
+        [
+            r.impl,
+            r.mode,
+            r.precision,
+            r.batch,
+            f"{r.ms_per_image:.2f}",
+            f"{r.images_per_s:.2f}",
+            f"{r.peak_mem_mb:.0f}",
+            f"{r.ratio:.2f}x" if r.ratio is not None else "",
+        ]
+        for r in rows
+    ]
+    return table(headers, cells)
 
 
 def attach_ratios(rows: List[Row]) -> None:

@@ -7,9 +7,11 @@ from typing import Callable, Dict, Iterator, Optional
 
 
 class Registry:
-    """Maps names to implementations, e.g. ``BACKBONES.register()(ResNet)``.
+    """Maps names to implementations, e.g. ``ROI_POOLERS.register()(ROIAlign)``.
 
     ``get`` on an unknown name raises ``KeyError`` listing everything registered and the closest match.
+    Only where two or more implementations exist: a config's ``name:`` picks one of them, and the
+    builder asks the class (its constructor, its attributes) rather than testing the name.
     """
 
     def __init__(self, name: str):
@@ -43,8 +45,6 @@ class Registry:
         return f"Registry({self.name!r}, {sorted(self._table)})"
 
 
-BACKBONES = Registry("backbone")
-NECKS = Registry("neck")
 ROI_BOX_HEADS = Registry("RoI box head")
 ROI_POOLERS = Registry("RoI pooler")
 DATASETS = Registry("dataset")

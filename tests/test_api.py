@@ -10,9 +10,8 @@ import torchvision
 from detkit import Detector
 from detkit.config import load_config
 from detkit.modeling import build_model
-from detkit.modeling.weights import atomic_save
-from tests.conftest import ROOT
-from tests.modeling.test_detector import TINY_FPN
+from detkit.utils.io import atomic_save
+from tests.conftest import ROOT, TINY_FPN
 
 sys.path.insert(0, str(ROOT / "tools"))
 

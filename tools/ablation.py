@@ -8,34 +8,34 @@ on one dataset with one schedule, and print a markdown table.
 Two models are trained with identical data, schedule and seed: one without and one with global
 context (the only component that changes training). The rows are then test-time variants:
   baseline                 model A
-  + box refinement         model A, refine.enabled
-  + context                model B, refine.enabled
-  + multi-scale (+ flip)   model B, refine.enabled, test.scales (+ test.flip)
+  + box refinement         model A, refine_iterations=1
+  + context                model B, refine_iterations=1
+  + multi-scale (+ flip)   model B, refine_iterations=1, test.scales (+ test.flip)
 Test time per image is the wall time of the whole test pass (data loading included) / images.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
 import time
+from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# this checkout's detkit, also without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detkit.config import load_config  # noqa: E402
-from detkit.data import build_dataset  # noqa: E402
-from detkit.engine import test_main, train_main  # noqa: E402
+from detkit.config import load_config
+from detkit.data import build_dataset
+from detkit.engine import evaluate_main, train_main
+from detkit.utils.cli import tool_main, tool_parser
 
 logger = logging.getLogger("detkit")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = tool_parser(__doc__)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--output-dir", required=True)
@@ -59,10 +59,10 @@ def train_once(cfg, out: str, resume: bool) -> str:
     return final
 
 
-def test_row(name: str, cfg, weights: str, out: str, overrides) -> dict:
+def evaluate_row(name: str, cfg, weights: str, out: str, overrides) -> dict:
     cfg = cfg.with_overrides(overrides)
     t0 = time.perf_counter()
-    metrics = test_main(cfg, weights, output_dir=out)
+    metrics = evaluate_main(cfg, weights, output_dir=out)
     seconds = time.perf_counter() - t0
     n = len(build_dataset(cfg, "test"))
     return {
@@ -83,30 +83,31 @@ def markdown(rows) -> str:
     return "\n".join(lines)
 
 
+@tool_main
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
     base = load_config(
         args.config,
-        args.overrides
-        + ["model.roi_heads.refine.enabled=false", "model.roi_heads.context.enabled=false"],
+        args.overrides + ["model.roi_heads.refine_iterations=0", "model.roi_heads.context=false"],
     )
-    ctx = base.with_overrides(["model.roi_heads.context.enabled=true"])
+    ctx = base.with_overrides(["model.roi_heads.context=true"])
     a = train_once(base, os.path.join(args.output_dir, "baseline"), args.resume)
     b = train_once(ctx, os.path.join(args.output_dir, "context"), args.resume)
     s = base.input.min_size_test
     scales = args.scales or f"{int(0.8 * s)},{s},{int(1.2 * s)}"
-    refine = ["model.roi_heads.refine.enabled=true"]
+    refine = ["model.roi_heads.refine_iterations=1"]
     tta = refine + [
         f"test.scales=[{scales}]",
         f"test.flip={str(args.flip).lower()}",
         "test.merge=vote",
     ]
     rows = [
-        test_row("baseline", base, a, os.path.join(args.output_dir, "t_base"), []),
-        test_row("+ box refinement", base, a, os.path.join(args.output_dir, "t_refine"), refine),
-        test_row("+ context", ctx, b, os.path.join(args.output_dir, "t_context"), refine),
-        test_row(
+        evaluate_row("baseline", base, a, os.path.join(args.output_dir, "t_base"), []),
+        evaluate_row(
+            "+ box refinement", base, a, os.path.join(args.output_dir, "t_refine"), refine
+        ),
+        evaluate_row("+ context", ctx, b, os.path.join(args.output_dir, "t_context"), refine),
+        evaluate_row(
             "+ multi-scale" + (" + flip" if args.flip else ""),
             ctx,
             b,

@@ -13,34 +13,36 @@ Prints a table: ms per image, img/s, peak GPU memory and the detkit/torchvision 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# this checkout's detkit, also without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
 from detkit.benchmark import (
     Row,
     attach_ratios,
     format_table,
     measure,
-    random_images,  # noqa: E402
+    random_images,
     random_targets,
 )
-from detkit.config import load_config  # noqa: E402
-from detkit.modeling import build_model  # noqa: E402
-from detkit.modeling.weights import torchvision_detector_to_detkit  # noqa: E402
+from detkit.config import load_config
+from detkit.modeling import build_model
+from detkit.modeling.build import build_predictor
+from detkit.modeling.precision import autocast
+from detkit.modeling.weights import torchvision_detector_to_detkit
+from detkit.utils.cli import tool_main, tool_parser
 
 logger = logging.getLogger("detkit")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = tool_parser(__doc__)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.add_argument(
@@ -87,7 +89,7 @@ def build_pair(cfg, device, compare: bool, size=None):
     model = build_model(cfg)
     tv = None
     if compare:
-        if cfg.model.neck.name != "FPN" or cfg.model.backbone.depth != 50:
+        if model.neck is None or cfg.model.backbone.depth != 50:  # not torchvision's R50-FPN
             raise SystemExit(
                 "--compare torchvision needs an R50-FPN config (torchvision has no equivalent of this one)"
             )
@@ -121,16 +123,28 @@ def load_images(args, batch, h, w, device):
     return out
 
 
-def inference_fns(model, tv, images, h, w):
+def under_autocast(fn, device, precision: str):
+    def run():
+        with autocast(device, precision):
+            return fn()
+
+    return run
+
+
+def inference_fns(model, tv, images, h, w, cfg, precision: str):
+    """detkit through the predictor tools/test.py builds (test.* of the config, test.precision set
+    to ``precision``); torchvision under the same autocast helper."""
     samples = [{"image": im, "height": h, "width": w} for im in images]
-    fns = {"detkit": lambda: model(samples)}
+    predictor = build_predictor(model, cfg.with_overrides([f"test.precision={precision}"]))
+    fns = {"detkit": lambda: predictor(samples)}
     if tv is not None:
         floats = [im.float() / 255 for im in images]
-        fns["torchvision"] = lambda: tv(floats)
+        device = images[0].device
+        fns["torchvision"] = under_autocast(lambda: tv(floats), device, precision)
     return fns
 
 
-def train_fns(model, tv, images, h, w, num_classes, device):
+def train_fns(model, tv, images, h, w, num_classes, device, precision: str):
     targets = random_targets(len(images), h, w, num_classes, device)
     samples = [
         {"image": im, "height": h, "width": w, "gt_boxes": b, "gt_labels": l}
@@ -144,7 +158,7 @@ def train_fns(model, tv, images, h, w, num_classes, device):
         loss.backward()
         opt.step()
 
-    fns = {"detkit": step_detkit}
+    fns = {"detkit": under_autocast(step_detkit, device, precision)}
     if tv is not None:
         tv_opt = torch.optim.SGD(
             [p for p in tv.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
@@ -158,7 +172,7 @@ def train_fns(model, tv, images, h, w, num_classes, device):
             loss.backward()
             tv_opt.step()
 
-        fns["torchvision"] = step_tv
+        fns["torchvision"] = under_autocast(step_tv, device, precision)
     return fns
 
 
@@ -177,9 +191,9 @@ def run_models(args, cfg, device, h, w, warmup, iters) -> list:
         images = load_images(args, batch, h, w, device)
         for precision in args.precision.split(","):
             fns = (
-                train_fns(model, tv, images, h, w, cfg.model.num_classes, device)
+                train_fns(model, tv, images, h, w, cfg.model.num_classes, device, precision)
                 if args.train
-                else inference_fns(model, tv, images, h, w)
+                else inference_fns(model, tv, images, h, w, cfg, precision)
             )
             for name, fn in fns.items():
                 with torch.set_grad_enabled(args.train):
@@ -206,18 +220,22 @@ def run_sweep(args, cfg, device, h, w, warmup, iters) -> list:
     rows = []
     model, _ = build_pair(cfg, device, False)
     model.eval()
+
+    def detkit_fn(m, c, batch, sh, sw):
+        images = random_images(batch, sh, sw, device)
+        return inference_fns(m, None, images, sh, sw, c, precision)["detkit"]
+
     for scale in (0.5, 0.75, 1.0):
         sh, sw = int(h * scale), int(w * scale)
-        fn = inference_fns(model, None, random_images(1, sh, sw, device), sh, sw)["detkit"]
+        fn = detkit_fn(model, cfg, 1, sh, sw)
         rows.append(measure(f"{sh}x{sw}", "size", precision, 1, fn, device, warmup, iters))
     for batch in (1, 2, 4, 8):
-        fn = inference_fns(model, None, random_images(batch, h, w, device), h, w)["detkit"]
+        fn = detkit_fn(model, cfg, batch, h, w)
         rows.append(measure(f"batch {batch}", "batch", precision, batch, fn, device, warmup, iters))
     for topk in (100, 300, 1000):
-        m, _ = build_pair(
-            cfg.with_overrides([f"model.rpn.post_nms_topk_test={topk}"]), device, False
-        )
-        fn = inference_fns(m.eval(), None, random_images(1, h, w, device), h, w)["detkit"]
+        topk_cfg = cfg.with_overrides([f"model.rpn.post_nms_topk_test={topk}"])
+        m, _ = build_pair(topk_cfg, device, False)
+        fn = detkit_fn(m.eval(), topk_cfg, 1, h, w)
         rows.append(measure(f"{topk} props", "props", precision, 1, fn, device, warmup, iters))
     return rows
 
@@ -240,8 +258,8 @@ def run_loader(cfg, iters: int) -> list:
     ]
 
 
+@tool_main
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = parse_args(argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"

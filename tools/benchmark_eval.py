@@ -23,14 +23,13 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-try:
-    import detkit  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# this checkout's detkit, also without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detkit.evaluation.coco_io import check_detections, load_coco_gt, results_to_detections
 from detkit.evaluation.common import format_table
 from detkit.evaluation.fast_coco import evaluate_fast
+from detkit.utils.cli import tool_main, tool_parser
 
 logger = logging.getLogger("detkit")
 
@@ -143,8 +142,9 @@ def run_case(n_images: int, n_dets: int, args: argparse.Namespace) -> List[List[
     ]
 
 
+@tool_main
 def main(argv: List[str] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = tool_parser(__doc__)
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--dets", type=int, default=100, help="detections per image")
     parser.add_argument("--classes", type=int, default=80)
@@ -158,7 +158,6 @@ def main(argv: List[str] = None) -> int:
         help="also run images {500, 1000, 5000} x dets/image {10, 100}",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     cases = {(args.images, args.dets)}
     if args.growth:
         cases |= {(i, d) for i in (500, 1000, 5000) for d in (10, 100)}

@@ -13,22 +13,19 @@ too (what you check is the boxes after the transforms); --no-transforms draws th
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
 
-try:
-    import detkit  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# this checkout's detkit, also without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detkit.utils.cli import tool_main, tool_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = tool_parser(__doc__)
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
@@ -74,22 +71,19 @@ def render(dataset, output: str, indices, logger) -> int:
     return written
 
 
+@tool_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from detkit.utils import setup_logging
-    from detkit.utils.cli import user_errors
+    from detkit.config import load_config
+    from detkit.data import build_dataset, build_mapper
 
-    logger = setup_logging()
-    with user_errors():
-        from detkit.config import load_config
-        from detkit.data import build_dataset, build_mapper
-
-        cfg = load_config(args.config, args.overrides)
-        dataset = build_dataset(cfg, args.split)
-        set_mapper(dataset, None if args.no_transforms else build_mapper(cfg, is_train=True))
-        end = len(dataset) if args.num <= 0 else min(len(dataset), args.start + args.num)
-        output = args.output or os.path.join(cfg.output_dir, f"browse_{args.split}")
-        render(dataset, output, range(args.start, end), logger)
+    logger = logging.getLogger("detkit")
+    cfg = load_config(args.config, args.overrides)
+    dataset = build_dataset(cfg, args.split)
+    set_mapper(dataset, None if args.no_transforms else build_mapper(cfg, is_train=True))
+    end = len(dataset) if args.num <= 0 else min(len(dataset), args.start + args.num)
+    output = args.output or os.path.join(cfg.output_dir, f"browse_{args.split}")
+    render(dataset, output, range(args.start, end), logger)
     return 0
 
 

@@ -13,31 +13,30 @@ outputs (torchvision's COCO layout with its 11 unused ids).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+# this checkout's detkit, also without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detkit.config import load_config  # noqa: E402
-from detkit.modeling import build_model  # noqa: E402
+from detkit.config import load_config
+from detkit.modeling import build_model
 from detkit.modeling.weights import (
     COCO_TORCHVISION_NAMES,
-    atomic_save,
     imagenet_to_detkit,
-    load_state_file,
-    torchvision_detector_to_detkit,  # noqa: E402
+    torchvision_detector_to_detkit,
     torchvision_num_classes,
 )
+from detkit.utils.cli import tool_main, tool_parser
+from detkit.utils.io import atomic_save, load_state_file
 
 logger = logging.getLogger("detkit")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = tool_parser(__doc__)
     p.add_argument(
         "--from", dest="source", required=True, choices=["torchvision", "torchvision-imagenet"]
     )
@@ -51,8 +50,8 @@ def parse_args(argv=None):
     return p.parse_intermixed_args(argv)  # overrides may come after the options
 
 
+@tool_main
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args = parse_args(argv)
     state = load_state_file(args.src)
     overrides = list(args.overrides)

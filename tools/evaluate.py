@@ -20,23 +20,18 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-try:
-    import detkit  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# this checkout's detkit, also without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detkit.evaluation import evaluate_coco_results, evaluate_voc_files
-from detkit.evaluation.common import write_json
+from detkit.utils.cli import tool_main, tool_parser
+from detkit.utils.io import write_json
 
 logger = logging.getLogger("detkit")
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
+    parser = tool_parser(__doc__)
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--gt", help="COCO ground-truth JSON (instances_*.json)")
     mode.add_argument("--voc", help="a VOCdevkit/VOC20xx folder (Annotations/, ImageSets/Main/)")
@@ -74,27 +69,25 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return args
 
 
+# exit status 2 for unusable inputs, as before; the evaluation readers (coco_io) report a malformed
+# ground truth or results file as a ValueError naming the file
+@tool_main(exit_code=2, also=(ValueError,))
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.gt:
-            metrics = evaluate_coco_results(args.gt, args.results, engine=args.engine)
-        else:
-            if not Path(args.results).is_dir():
-                raise FileNotFoundError(f"VOC results folder not found: {args.results}")
-            metrics = evaluate_voc_files(
-                args.voc,
-                args.split,
-                args.results,
-                prefix=args.prefix,
-                use_07_metric=args.use_07_metric,
-                iou_thresh=args.iou,
-                iou_strict=not args.iou_ge,
-            )
-    except (FileNotFoundError, ValueError) as e:
-        logger.error("error: %s", e)
-        return 2
+    if args.gt:
+        metrics = evaluate_coco_results(args.gt, args.results, engine=args.engine)
+    else:
+        if not Path(args.results).is_dir():
+            raise FileNotFoundError(f"VOC results folder not found: {args.results}")
+        metrics = evaluate_voc_files(
+            args.voc,
+            args.split,
+            args.results,
+            prefix=args.prefix,
+            use_07_metric=args.use_07_metric,
+            iou_thresh=args.iou,
+            iou_strict=not args.iou_ge,
+        )
     logger.info("wrote %s", write_json(metrics, args.out))
     return 0
 

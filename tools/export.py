@@ -3,7 +3,7 @@
 
     python tools/export.py output/model_final.pth --format onnx --output model.onnx [--opset 17]
     python tools/export.py output/model_final.pth --format torchscript --output model.pt
-    python tools/export.py r101_c4.pth --format onnx model.roi_heads.refine.enabled=false   # config overrides
+    python tools/export.py r101_c4.pth --format onnx model.roi_heads.refine_iterations=0   # config overrides
 
 The exported model takes ONE image: a uint8 tensor (3, H, W), RGB, any H and W, at its original
 size (normalisation, the test resize to input.min_size_test / max_size_test and padding happen
@@ -16,29 +16,26 @@ outputs ``boxes``, ``scores``, ``labels``; run it with onnxruntime:
 
 TorchScript: ``import torchvision`` (for its nms/roi_align operators), then
 ``torch.jit.load("model.pt")(chw_uint8_tensor)``. Not exported: test-time augmentation (test.scales,
-test.flip) and iterative box refinement (model.roi_heads.refine; switch it off with an override).
+test.flip) and iterative box refinement (model.roi_heads.refine_iterations; switch it off with =0).
 With --check, the exported file is run on two image sizes and compared with the PyTorch model.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
 
-try:
-    import detkit  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# this checkout's detkit, also without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detkit.utils.cli import tool_main, tool_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = tool_parser(__doc__)
     p.add_argument("checkpoint", help="a detkit checkpoint (.pth with 'model' and 'config')")
     p.add_argument(
         "overrides", nargs="*", help="config overrides key=value, e.g. input.min_size_test=600"
@@ -54,32 +51,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_intermixed_args(argv)  # overrides may come after the options
 
 
+@tool_main
 def main(argv=None) -> int:
     args = parse_args(argv)
     from detkit import Detector
-    from detkit.export import ExportError, export
+    from detkit.export import export
     from detkit.export.check import check_export
-    from detkit.utils import setup_logging
-    from detkit.utils.cli import user_errors
 
-    logger = setup_logging()
+    logger = logging.getLogger("detkit")
     output = args.output or os.path.splitext(args.checkpoint)[0] + (
         ".pt" if args.format == "torchscript" else ".onnx"
     )
-    with user_errors():
-        det = Detector.from_checkpoint(args.checkpoint, device="cpu", overrides=args.overrides)
-        try:
-            export(det, output, args.format, opset=args.opset)
-            if args.check:
-                fraction = check_export(det, output, args.format)
-                if fraction < 0.99:
-                    logger.error(
-                        "the exported model matches only %.1f%% of PyTorch's detections",
-                        100 * fraction,
-                    )
-                    return 1
-        except ExportError as e:
-            logger.error("ExportError: %s", e)
+    det = Detector.from_checkpoint(args.checkpoint, device="cpu", overrides=args.overrides)
+    export(det, output, args.format, opset=args.opset)  # an ExportError is a user error: exit 1
+    if args.check:
+        fraction = check_export(det, output, args.format)
+        if fraction < 0.99:
+            logger.error(
+                "the exported model matches only %.1f%% of PyTorch's detections", 100 * fraction
+            )
             return 1
     return 0
 

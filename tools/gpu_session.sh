@@ -68,7 +68,7 @@ bench)
     --channels-last "${BENCH[@]}"
   log "R101-C4 (300 proposals), without and with refinement + context (the seed system)"
   python tools/benchmark.py configs/frcnn_r101_coco.yaml --batch-sizes 1 --precision $BOTH \
-    model.roi_heads.refine.enabled=false model.roi_heads.context.enabled=false "${BENCH[@]}"
+    model.roi_heads.refine_iterations=0 model.roi_heads.context=false "${BENCH[@]}"
   python tools/benchmark.py configs/frcnn_r101_coco.yaml --batch-sizes 1 --precision $LOW "${BENCH[@]}"
   log "R50-FPN training step, batch 8, mixed precision"
   python tools/benchmark.py configs/frcnn_r50_fpn_coco.yaml --train --compare torchvision --batch-sizes 8 \

@@ -20,20 +20,14 @@ from pathlib import Path
 # when the machine is otherwise idle. OMP_WAIT_POLICY=ACTIVE in the environment restores spinning.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-try:
-    import detkit  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# this checkout's detkit, also without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detkit.utils.cli import user_errors  # noqa: E402
+from detkit.utils.cli import tool_main, tool_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = tool_parser(__doc__)
     parser.add_argument("config", help="the YAML config the weights belong to")
     parser.add_argument(
         "overrides", nargs="*", help="config overrides key=value, e.g. test.ims_per_batch=4"
@@ -45,15 +39,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_intermixed_args(argv)  # overrides may come after the options
 
 
+@tool_main
 def main(argv=None) -> None:
     args = parse_args(argv)
-    with user_errors():
-        from detkit.config import load_config
-        from detkit.engine import test_main
+    from detkit.config import load_config
+    from detkit.engine import evaluate_main
 
-        cfg = load_config(args.config, args.overrides)
-        test_main(cfg, args.weights, output_dir=args.output_dir)
+    cfg = load_config(args.config, args.overrides)
+    evaluate_main(cfg, args.weights, output_dir=args.output_dir)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

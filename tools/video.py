@@ -19,22 +19,18 @@ are complete up to the last frame written).
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import sys
 from pathlib import Path
 
-try:
-    import detkit  # noqa: F401
-except ImportError:  # running from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# this checkout's detkit, also without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detkit.utils.cli import tool_main, tool_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = tool_parser(__doc__)
     p.add_argument("model", help="a detkit checkpoint (.pth) or a YAML config (then --weights)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. test.flip=true")
     p.add_argument("--weights", help="weights for a config (a detkit checkpoint or state dict)")
@@ -88,55 +84,46 @@ def build_detector(args):
     return Detector.from_checkpoint(args.model, device=device, overrides=args.overrides)
 
 
+@tool_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from detkit.io_video import OutputError, SourceError, UsageError, detect_source
-    from detkit.utils import setup_logging
-    from detkit.utils.cli import user_errors
+    from detkit.io_video import detect_source
+    from detkit.utils.io import write_json
 
-    logger = setup_logging()
+    logger = logging.getLogger("detkit")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    with user_errors():
-        det = build_detector(args)
-        try:
-            result = detect_source(
-                det,
-                args.input,
-                output=args.output,
-                score_thresh=args.score_thresh,
-                classes=[c.strip() for c in args.classes.split(",") if c.strip()]
-                if args.classes
-                else None,
-                every=args.every,
-                max_frames=args.max_frames,
-                batch_size=args.batch_size,
-                no_video=args.no_video,
-                progress=not args.no_progress,
-            )
-        except (SourceError, OutputError, UsageError) as e:
-            logger.error("%s: %s", type(e).__name__, e)
-            return 1
+    det = build_detector(args)
+    result = detect_source(  # SourceError, OutputError, UsageError: user errors, exit 1
+        det,
+        args.input,
+        output=args.output,
+        score_thresh=args.score_thresh,
+        classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
+        every=args.every,
+        max_frames=args.max_frames,
+        batch_size=args.batch_size,
+        no_video=args.no_video,
+        progress=not args.no_progress,
+    )
     s = result.stats
     logger.info("wrote %s%s", "" if result.video is None else f"{result.video} and ", result.jsonl)
     if args.stats_json:
-        Path(args.stats_json).write_text(
-            json.dumps(
-                {
-                    "frames": s.frames,
-                    "skipped": s.skipped,
-                    "interrupted": s.interrupted,
-                    "wall_s": s.wall_s,
-                    "model_s": s.model_s,
-                    "pipeline_fps": s.pipeline_fps,
-                    "model_fps": s.model_fps,
-                    "device": str(det.device),
-                    "input": str(args.input),
-                },
-                indent=2,
-            )
+        write_json(
+            {
+                "frames": s.frames,
+                "skipped": s.skipped,
+                "interrupted": s.interrupted,
+                "wall_s": s.wall_s,
+                "model_s": s.model_s,
+                "pipeline_fps": s.pipeline_fps,
+                "model_fps": s.model_fps,
+                "device": str(det.device),
+                "input": str(args.input),
+            },
+            args.stats_json,
         )
     return 130 if s.interrupted else 0
 

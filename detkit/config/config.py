@@ -10,21 +10,22 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import tempfile
 import textwrap
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import yaml
 
+from detkit.utils.io import atomic_write_text
+
 from .schema import (
     ConfigError,
     check_value,
-    deep_merge,
+    components,
     defaults,
     load_yaml,
     lookup_default,
+    merge_layer,
     schema,
     suggest,
 )
@@ -103,8 +104,9 @@ class Config(Mapping):
         cls, d: Mapping, *, origin: str = "<dict>", source_file: Optional[str] = None
     ) -> "Config":
         """Validate a plain dict (e.g. the config stored in a checkpoint) on top of the defaults.
-        ``origin`` names it in errors, e.g. ``"checkpoint model_final.pth"``."""
-        return cls(d, source_file=source_file, origin=origin)
+        ``origin`` names it in errors, e.g. ``"checkpoint model_final.pth"``. Keys of earlier detkit
+        versions (see :func:`translate_old_keys`) are translated, with one warning."""
+        return cls(translate_old_keys(d, origin), source_file=source_file, origin=origin)
 
     # -- mapping and attribute access --------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
@@ -189,19 +191,9 @@ class Config(Mapping):
     def dump(self, path: PathLike) -> None:
         """Write the resolved config as YAML, atomically (a crash never leaves a half-written file
         next to the checkpoints), creating the parent folder if needed."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = "# detkit config, fully resolved"
         header += f" from {self._source_file}\n" if self._source_file else "\n"
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(header + _to_yaml(self._data))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_write_text(header + _to_yaml(self._data), path)
 
     def with_overrides(self, overrides: Overrides) -> "Config":
         """A new validated Config with ``["key=value", ...]`` (values parsed as YAML) or a
@@ -210,13 +202,75 @@ class Config(Mapping):
             raise TypeError(
                 f"with_overrides works on the whole config, not on the '{self._prefix}' section"
             )
-        layers = [(self._data, "")] + _override_layers(overrides)
-        data, origins = _merge_layers(layers, dict(self._origins))
+        data, origins = _merge_layers(
+            _override_layers(overrides), dict(self._origins), start=self.to_dict()
+        )
         return Config._wrap(data, "", self._source_file, origins)
 
 
 def _join(parent: str, key: Any) -> str:
     return f"{parent}.{key}" if parent else str(key)
+
+
+def translate_old_keys(d: Mapping, origin: str) -> Mapping:
+    """A copy of ``d`` with the keys of earlier detkit versions translated, so checkpoints written
+    by them still load: ``roi_heads.context.enabled`` -> ``context``; ``roi_heads.refine.*`` ->
+    ``refine_iterations`` (0 when it was disabled), ``refine_nms_thresh``, ``refine_vote_thresh``
+    (and ``test.merge_vote_thresh``, which the multi-scale merge used to read from it); and the
+    keys of a component section its class never took (they were ignored, e.g. ``sampling_ratio``
+    with ROIPool) are dropped. Logs one warning naming each old key and what replaced it."""
+    if not isinstance(d, Mapping):
+        return d  # validation reports it
+    data = copy.deepcopy(dict(d))
+    notes: List[str] = []
+    heads = data.get("model", {}).get("roi_heads") if isinstance(data.get("model"), dict) else None
+    if isinstance(heads, dict):
+        if isinstance(heads.get("context"), dict) and set(heads["context"]) <= {"enabled"}:
+            heads["context"] = heads["context"].get("enabled", False)
+            notes.append("model.roi_heads.context.enabled -> model.roi_heads.context")
+        if isinstance(heads.get("refine"), dict):
+            notes += _translate_refine(heads.pop("refine"), heads, data)
+    if notes:  # an old resolved config: it lists every key, also those its classes ignored
+        notes += _drop_ignored_component_keys(data)
+    if notes:
+        logger.warning(
+            "%s: config written by an earlier detkit version; translated: %s",
+            origin,
+            "; ".join(notes),
+        )
+    return data
+
+
+def _translate_refine(refine: Dict[str, Any], heads: Dict[str, Any], data: Dict[str, Any]):
+    old = "model.roi_heads.refine."
+    notes = [f"{old}enabled, {old}iterations -> model.roi_heads.refine_iterations (0 = off)"]
+    heads["refine_iterations"] = refine.get("iterations", 1) if refine.get("enabled") else 0
+    for key in ("nms_thresh", "vote_thresh"):
+        if key in refine:
+            heads[f"refine_{key}"] = refine[key]
+            notes.append(f"{old}{key} -> model.roi_heads.refine_{key}")
+    test = data.get("test", {})
+    if "vote_thresh" in refine and isinstance(test, dict) and "merge_vote_thresh" not in test:
+        data["test"] = {**test, "merge_vote_thresh": refine["vote_thresh"]}
+        notes.append(f"{old}vote_thresh -> test.merge_vote_thresh (the merge's box voting)")
+    return notes
+
+
+def _drop_ignored_component_keys(data: Dict[str, Any]) -> List[str]:
+    notes = []
+    for section, choices in components().items():
+        node: Any = data
+        for part in section.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        name = node.get("name", lookup_default(section.split(".") + ["name"]))
+        if name not in choices:
+            continue  # validation reports it
+        for key in [k for k in node if k != "name" and k not in choices[name]]:
+            del node[key]
+            notes.append(f"{section}.{key} (never used by {name}) -> dropped")
+    return notes
 
 
 def _freeze(value: Any, key: str, owner: Config) -> Any:
@@ -243,15 +297,17 @@ def _record_origins(layer: Mapping, label: str, prefix: str, origins: Dict[str, 
 
 
 def _merge_layers(
-    layers: List[Layer], origins: Optional[Dict[str, str]] = None
+    layers: List[Layer],
+    origins: Optional[Dict[str, str]] = None,
+    start: Optional[Dict[str, Any]] = None,
 ) -> Tuple[Dict[str, Any], Dict[str, str]]:
-    """Merge validated layers onto the defaults (left to right) and note who set each key."""
+    """Merge validated layers onto ``start`` (default: the defaults), left to right, and note who
+    set each key. A layer that picks another class for a component section resets that section."""
     origins = {} if origins is None else origins
-    data = defaults()
+    data = defaults() if start is None else start
     for layer, label in layers:
-        deep_merge(data, layer)
-        if label:
-            _record_origins(layer, label, "", origins)
+        merge_layer(data, layer, label, origins)
+        _record_origins(layer, label, "", origins)
     return data, origins
 
 

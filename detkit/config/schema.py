@@ -2,6 +2,10 @@
 
 Keeping the schema as plain YAML (rather than a second, hand-written spec) means a new option is added
 in exactly one place, with its default and a comment, and the validator cannot drift from it.
+Component sections (a ``name:`` picking a class) take their keys from ``components.yaml``: per class,
+its constructor arguments with their defaults (a test keeps it equal to the signatures). The config
+package reads that table instead of importing the model code, so loading a config stays light and
+the config layer never depends on the layers that consume it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any, Dict, List
 
 import yaml
 
+from detkit.errors import DetkitError
+
 # Keys whose value is a list of free-form dicts ``{name: <registered class>, ...kwargs}``. Only ``name``
 # is checked here; the other keys are checked against the constructor by the builder, which knows it.
 FREEFORM_ENTRY_LISTS = ("data.*.datasets",)
@@ -25,7 +31,7 @@ FREEFORM_ENTRY_LISTS = ("data.*.datasets",)
 MISSING = object()  # "no such key in the schema", distinct from a default of None
 
 
-class ConfigError(ValueError):
+class ConfigError(DetkitError, ValueError):
     """A config file, dict or override detkit cannot accept; the message names the key, where it came
     from and what would be accepted, so the user can fix it without reading the code."""
 
@@ -47,10 +53,29 @@ def load_yaml(stream: Any) -> Any:
     return yaml.load(stream, Loader=_Loader)
 
 
+def _read_packaged(name: str) -> Any:
+    return load_yaml(resources.files("detkit.config").joinpath(name).read_text(encoding="utf-8"))
+
+
 @functools.lru_cache(maxsize=1)
 def _parsed_defaults() -> Dict[str, Any]:
-    text = resources.files("detkit.config").joinpath("defaults.yaml").read_text(encoding="utf-8")
-    return load_yaml(text)
+    return _read_packaged("defaults.yaml")
+
+
+@functools.lru_cache(maxsize=1)
+def components() -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """``{section key: {class name: {key: default}}}`` from components.yaml: the keys each class of
+    a component section takes (its constructor arguments). Shared and cached: never mutate it."""
+    return _read_packaged("components.yaml")
+
+
+def _component_union(section: str) -> Dict[str, Any]:
+    """Every key some class of ``section`` takes, with the first default seen (for its type)."""
+    union: Dict[str, Any] = {}
+    for keys in components()[section].values():
+        for k, v in keys.items():
+            union.setdefault(k, v)
+    return union
 
 
 def schema() -> Dict[str, Any]:
@@ -64,10 +89,14 @@ def defaults() -> Dict[str, Any]:
 
 
 def lookup_default(parts: List[str]) -> Any:
-    """The default at a dotted path split into ``parts``, or ``MISSING`` when there is no such key."""
+    """The default at a dotted path split into ``parts``, or ``MISSING`` when there is no such key.
+    A key only a non-default class of a component section takes has that class's default."""
     node: Any = schema()
-    for part in parts:
+    for i, part in enumerate(parts):
         if not isinstance(node, Mapping) or part not in node:
+            section = ".".join(parts[:i])
+            if section in components() and i == len(parts) - 1:
+                return _component_union(section).get(part, MISSING)
             return MISSING
         node = node[part]
     return node
@@ -84,6 +113,33 @@ def _dotted_keys(node: Mapping, prefix: str = "") -> List[str]:
         if isinstance(v, Mapping):
             keys.extend(_dotted_keys(v, _join(prefix, k)))
     return keys
+
+
+def _all_dotted_keys() -> List[str]:
+    """Every key of the schema, the keys of non-default component classes included."""
+    keys = _dotted_keys(schema())
+    for section in components():
+        keys += [
+            _join(section, k) for k in _component_union(section) if _join(section, k) not in keys
+        ]
+    return keys
+
+
+# Keys that existed in earlier detkit versions -> what replaced them (for hints, and for configs
+# stored in old checkpoints, which Config.from_dict translates).
+RENAMED = {
+    "model.roi_heads.context.enabled": "model.roi_heads.context",
+    "model.roi_heads.refine.enabled": "model.roi_heads.refine_iterations (0 = off)",
+    "model.roi_heads.refine.iterations": "model.roi_heads.refine_iterations",
+    "model.roi_heads.refine.nms_thresh": "model.roi_heads.refine_nms_thresh",
+    "model.roi_heads.refine.vote_thresh": "model.roi_heads.refine_vote_thresh",
+}
+
+
+def _renamed_hint(key: str) -> str:
+    """ "; X is now Y" for a key (or a section of keys) that an earlier version had, else ""."""
+    old = [o for o in RENAMED if o == key or o.startswith(key + ".")]
+    return "".join(f"; '{o}' is now '{RENAMED[o]}'" for o in old)
 
 
 def type_name(value: Any) -> str:
@@ -115,6 +171,7 @@ def _what(key: str) -> str:
 def type_error(key: str, label: str, expected: str, value: Any) -> ConfigError:
     return ConfigError(
         f"{_what(key)} ({label}): expected {expected}, got {type_name(value)} {_show(value)}"
+        + _renamed_hint(key)
     )
 
 
@@ -125,7 +182,7 @@ def suggest(name: Any, valid: Mapping, parent: str) -> str:
     close = difflib.get_close_matches(str(name), [str(k) for k in valid], n=1)
     if close:
         return f"did you mean '{_join(parent, close[0])}'?"
-    elsewhere = [k for k in _dotted_keys(schema()) if k.rsplit(".", 1)[-1] == str(name)]
+    elsewhere = [k for k in _all_dotted_keys() if k.rsplit(".", 1)[-1] == str(name)]
     if elsewhere:
         return "did you mean " + " or ".join(f"'{k}'" for k in elsewhere[:3]) + "?"
     where = f"under '{parent}'" if parent else "at the top level"
@@ -133,7 +190,20 @@ def suggest(name: Any, valid: Mapping, parent: str) -> str:
 
 
 def unknown_key_error(key: str, name: Any, valid: Mapping, parent: str, label: str) -> ConfigError:
-    return ConfigError(f"unknown config key '{key}' ({label}); {suggest(name, valid, parent)}")
+    hint = _renamed_hint(key) or f"; {suggest(name, valid, parent)}"
+    return ConfigError(f"unknown config key '{key}' ({label}){hint}")
+
+
+def not_applicable_error(
+    key: str, label: str, section: str, name: str, name_from: str
+) -> ConfigError:
+    """A key some class of a component section takes, set while another class is chosen."""
+    takes = list(components()[section][name])
+    takes_text = "takes: " + ", ".join(takes) if takes else "takes no keys besides name"
+    return ConfigError(
+        f"config key '{key}' ({label}) does not apply to {name} ('{section}.name' from "
+        f"{name_from}); {name} {takes_text}"
+    )
 
 
 def check_value(value: Any, default: Any, key: str, label: str) -> Any:
@@ -143,6 +213,8 @@ def check_value(value: Any, default: Any, key: str, label: str) -> Any:
     from (a file, "command line"); both go into every error. Ints become floats where a float is
     expected, so ``base_lr: 1`` works; everything else must already have the default's type.
     """
+    if key in components():
+        return _check_component(value, key, label)
     if isinstance(default, Mapping):
         return _check_mapping(value, default, key, label)
     if any(fnmatch.fnmatchcase(key, pattern) for pattern in FREEFORM_ENTRY_LISTS):
@@ -163,6 +235,70 @@ def _check_mapping(value: Any, default: Mapping, key: str, label: str) -> Dict[s
             raise unknown_key_error(sub, k, default, key, label)
         out[k] = check_value(v, default[k], sub, label)
     return out
+
+
+def _check_component(value: Any, key: str, label: str) -> Dict[str, Any]:
+    """A component section on its own: ``name`` must be one of its classes; the other keys must be
+    taken by that class, or (when this layer does not set ``name``) by some class of the section;
+    which class is chosen in the end is checked when the layers merge (:func:`merge_layer`)."""
+    choices = components()[key]
+    if not isinstance(value, Mapping):
+        raise type_error(key, label, f"a mapping of keys (name: {' | '.join(choices)}, ...)", value)
+    out: Dict[str, Any] = {}
+    valid = _component_union(key)
+    if "name" in value:
+        name = out["name"] = check_value(value["name"], "", _join(key, "name"), label)
+        if name not in choices:
+            close = difflib.get_close_matches(name, list(choices), n=1)
+            raise ConfigError(
+                f"config key '{key}.name' ({label}): unknown class '{name}'; valid: "
+                + ", ".join(choices)
+                + (f"; did you mean '{close[0]}'?" if close else "")
+            )
+        valid = choices[name]
+    for k, v in value.items():
+        sub = _join(key, k)
+        if k == "name":
+            continue
+        if not isinstance(k, str) or k not in valid:
+            if "name" in value and k in _component_union(key):
+                raise not_applicable_error(sub, label, key, value["name"], label)
+            raise unknown_key_error(sub, k, {"name": "", **_component_union(key)}, key, label)
+        out[k] = check_value(v, valid[k], sub, label)
+    return out
+
+
+def _get_path(node: Any, parts: List[str]) -> Any:
+    for part in parts:
+        if not isinstance(node, Mapping) or part not in node:
+            return MISSING
+        node = node[part]
+    return node
+
+
+def merge_layer(base: Dict[str, Any], layer: Mapping, label: str, origins: Dict[str, str]) -> None:
+    """Merge one validated ``layer`` into ``base`` in place (see :func:`deep_merge`), with the rule
+    of component sections: a layer that sets a different ``name`` first resets the section to that
+    class's defaults, and every other key the layer sets there must be one the chosen class takes.
+    ``origins`` (dotted key -> where it was set) names the file that chose the class in errors;
+    the origins of a reset section's earlier keys are dropped."""
+    for section, choices in components().items():
+        parts = section.split(".")
+        keys = _get_path(layer, parts)
+        if not isinstance(keys, Mapping):
+            continue
+        name = keys.get("name", _get_path(base, parts)["name"])
+        if name != _get_path(base, parts)["name"]:
+            _get_path(base, parts[:-1])[parts[-1]] = {"name": name, **copy.deepcopy(choices[name])}
+            for key in [k for k in origins if k.startswith(section + ".")]:
+                del origins[key]
+        name_from = (
+            label if "name" in keys else origins.get(_join(section, "name"), "defaults.yaml")
+        )
+        for k in keys:
+            if k != "name" and k not in choices[name]:
+                raise not_applicable_error(_join(section, k), label, section, name, name_from)
+    deep_merge(base, layer)
 
 
 def _check_list(value: Any, default: Any, key: str, label: str) -> List[Any]:

@@ -13,7 +13,7 @@ from detkit.data.common import DatasetError, resolve_data_root, resolve_path
 from detkit.data.image_io import ImageReadError, read_image
 from detkit.data.samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 from detkit.data.synthetic import SyntheticDataset, generate_synthetic
-from detkit.data.transforms import TestMapper, TrainMapper, resize_for_test
+from detkit.data.transforms import InferenceMapper, TrainMapper
 from detkit.data.voc import VOC_CLASSES, VOCDataset, parse_voc_xml, write_voc_xml
 
 __all__ = [
@@ -22,9 +22,9 @@ __all__ = [
     "DatasetUnion",
     "GroupedBatchSampler",
     "ImageReadError",
+    "InferenceMapper",
     "InferenceSampler",
     "SyntheticDataset",
-    "TestMapper",
     "TrainMapper",
     "TrainingSampler",
     "VOCDataset",
@@ -38,7 +38,6 @@ __all__ = [
     "parse_voc_xml",
     "read_image",
     "records_to_coco",
-    "resize_for_test",
     "resolve_data_root",
     "resolve_path",
     "write_voc_xml",

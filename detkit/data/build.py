@@ -19,14 +19,14 @@ from torch.utils.data import BatchSampler, DataLoader
 
 from detkit.data.common import DATASETS_README, DatasetError
 from detkit.data.samplers import (
-    GroupedBatchSampler,
     InferenceSampler,
-    TrainingSampler,
-    aspect_ratio_groups,
-    dist_info,
+    ResumableBatchSampler,
+    SeededSamples,
+    sample_seed,
 )
-from detkit.data.transforms import TestMapper, TrainMapper
+from detkit.data.transforms import InferenceMapper, TrainMapper
 from detkit.registry import DATASETS
+from detkit.utils.distributed import rank_and_world_size
 
 logger = logging.getLogger("detkit")
 
@@ -102,7 +102,7 @@ class DatasetUnion(torch.utils.data.Dataset):
 
 
 def build_mapper(cfg: Any, is_train: bool):
-    """TrainMapper / TestMapper from ``cfg.input``."""
+    """TrainMapper / InferenceMapper from ``cfg.input``."""
     inp = _get(cfg, "input")
     if is_train:
         return TrainMapper(
@@ -112,7 +112,7 @@ def build_mapper(cfg: Any, is_train: bool):
             color_jitter=_get(inp, "color_jitter", 0.0),
             seed=int(_get(_get(cfg, "solver", {}), "seed", 0)),
         )
-    return TestMapper(min_size=_get(inp, "min_size_test"), max_size=_get(inp, "max_size_test"))
+    return InferenceMapper(min_size=_get(inp, "min_size_test"), max_size=_get(inp, "max_size_test"))
 
 
 def _constructor_params(cls) -> List[str]:
@@ -175,7 +175,7 @@ def build_dataset(cfg: Any, split: str):
     """The dataset (or union) configured under ``cfg.data.<split>.datasets`` with its mapper.
 
     Training datasets get ``data.train.filter_empty`` and a TrainMapper; val/test keep every image
-    and get a TestMapper. ``data.root`` fills each dataset's data-root argument when set.
+    and get an InferenceMapper. ``data.root`` fills each dataset's data-root argument when set.
     """
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
@@ -207,55 +207,51 @@ def build_dataset(cfg: Any, split: str):
     return dataset
 
 
-def _mappers(dataset) -> list:
-    subs = getattr(dataset, "datasets", [dataset])
-    return [d.mapper for d in subs if hasattr(getattr(d, "mapper", None), "set_seed")]
-
-
-def _seed_worker(worker_id: int) -> None:
-    """Give each loader worker its own augmentation stream (forked workers would otherwise share one)."""
-    info = torch.utils.data.get_worker_info()
-    for mapper in _mappers(info.dataset):
-        mapper.set_seed(info.seed)
-
-
 def build_train_loader(
-    cfg: Any, dataset, rank: Optional[int] = None, world_size: Optional[int] = None
+    cfg: Any,
+    dataset,
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
+    *,
+    start_batch: int = 0,
 ) -> DataLoader:
-    """An endless iterable of batches (lists of samples) of ``solver.ims_per_batch // world_size``.
+    """An endless iterable of micro-batches (lists of samples) of
+    ``solver.ims_per_batch // (world_size * solver.accumulate)`` images, starting at ``start_batch``.
 
-    Deterministic by ``solver.seed``: the image order is shared by all ranks and sharded; each rank
-    and worker draws its own augmentations.
+    A pure function of (``solver.seed``, rank, world size, batch number): the image order is shared
+    by all ranks and sharded, each sample carries its own augmentation seed, and ``start_batch`` skips
+    ahead on indices alone, so a resumed run sees exactly the batches of an uninterrupted one.
     """
-    rank, world_size = dist_info(rank, world_size)
+    rank, world_size = rank_and_world_size(rank, world_size)
     solver, data = _get(cfg, "solver"), _get(cfg, "data")
-    total = int(_get(solver, "ims_per_batch"))
-    if total % world_size:
+    total, accumulate = int(_get(solver, "ims_per_batch")), int(_get(solver, "accumulate", 1))
+    if total % (world_size * accumulate):
         raise ValueError(
-            f"solver.ims_per_batch={total} is not divisible by the number of processes {world_size}"
+            f"solver.ims_per_batch={total} is not divisible by the number of processes "
+            f"({world_size}) x solver.accumulate ({accumulate})"
         )
     seed = int(_get(solver, "seed", 0))
-    sampler = TrainingSampler(len(dataset), seed=seed, rank=rank, world_size=world_size)
-    groups = (
-        aspect_ratio_groups(dataset.records)
-        if _get(data, "aspect_ratio_grouping", True)
-        else [0] * len(dataset)
+    sampler = ResumableBatchSampler(
+        dataset,
+        total // (world_size * accumulate),
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        start=start_batch,
+        group_by_aspect_ratio=bool(_get(data, "aspect_ratio_grouping", True)),
     )
-    batch_sampler = GroupedBatchSampler(sampler, groups, total // world_size)
-    rank_seed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
-    for mapper in _mappers(dataset):  # the stream used when num_workers == 0
-        mapper.set_seed(rank_seed)
-    generator = torch.Generator()
-    generator.manual_seed(rank_seed)  # the workers' seeds derive from it
+    generator = torch.Generator()  # the workers' seeds derive from it, not from the global RNG
+    generator.manual_seed(sample_seed(seed, rank, 2**31, 0))
+    if start_batch:
+        logger.info("data: continuing the training stream at batch %d (rank %d)", start_batch, rank)
     workers = int(_get(data, "num_workers", 0))
     return DataLoader(
-        dataset,
-        batch_sampler=batch_sampler,
+        SeededSamples(dataset),
+        batch_sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=workers > 0,
-        worker_init_fn=_seed_worker,
         generator=generator,
     )
 
@@ -264,7 +260,7 @@ def build_test_loader(
     cfg: Any, dataset, rank: Optional[int] = None, world_size: Optional[int] = None
 ) -> DataLoader:
     """Each image exactly once over all ranks, in dataset order, ``test.ims_per_batch`` per rank."""
-    sampler = InferenceSampler(len(dataset), *dist_info(rank, world_size))
+    sampler = InferenceSampler(len(dataset), *rank_and_world_size(rank, world_size))
     batch_size = int(_get(_get(cfg, "test", {}), "ims_per_batch", 1))
     batch_sampler = BatchSampler(sampler, batch_size, drop_last=False)
     return DataLoader(

@@ -8,7 +8,6 @@ one warning naming the image and annotation id).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -24,6 +23,7 @@ from detkit.data.common import (
     resolve_path,
 )
 from detkit.registry import DATASETS
+from detkit.utils.coco_json import check_annotation_ids, int_ids, read_json
 
 logger = logging.getLogger("detkit")
 
@@ -31,11 +31,7 @@ _CLIP_TOLERANCE = 0.01  # px; float noise beyond the border is clipped without a
 
 
 def load_json(path: PathLike) -> dict:
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"{path} is not valid JSON: {err}") from None
+    data = read_json(path, "COCO annotation", DatasetError)
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: a COCO file is a JSON object, got {type(data).__name__}")
     return data
@@ -52,12 +48,9 @@ def parse_categories(data: dict, path) -> Tuple[List[int], List[str]]:
     if not isinstance(data.get("categories"), list) or not data["categories"]:
         raise DatasetError(f"{path}: 'categories' must be a non-empty list")
     names: Dict[int, str] = {}
+    int_ids([c.get("id") for c in data["categories"]], path, "category ids", DatasetError)
     for i, cat in enumerate(data["categories"]):
         _require(cat, ("id", "name"), path, f"category #{i}")
-        if not isinstance(cat["id"], int) or isinstance(cat["id"], bool):
-            raise DatasetError(
-                f"{path}: category #{i} has id {cat['id']!r}; category ids must be integers"
-            )
         if cat["id"] in names:
             raise DatasetError(f"{path}: duplicate category id {cat['id']}")
         names[cat["id"]] = str(cat["name"])
@@ -68,15 +61,12 @@ def parse_categories(data: dict, path) -> Tuple[List[int], List[str]]:
 def parse_images(data: dict, path) -> List[dict]:
     if not isinstance(data.get("images"), list):
         raise DatasetError(f"{path}: 'images' must be a list")
+    int_ids([img.get("id") for img in data["images"]], path, "image ids", DatasetError)
     seen = set()
     for i, img in enumerate(data["images"]):
         _require(
             img, ("id", "file_name", "height", "width"), path, f"image #{i} (id {img.get('id')})"
         )
-        if not isinstance(img["id"], int) or isinstance(img["id"], bool):
-            raise DatasetError(
-                f"{path}: image #{i} has id {img['id']!r}; image ids must be integers"
-            )
         if img["id"] in seen:
             raise DatasetError(f"{path}: duplicate image id {img['id']}")
         if int(img["height"]) <= 0 or int(img["width"]) <= 0:
@@ -100,15 +90,7 @@ def _column(anns: List[dict], key: str, path) -> list:
 
 
 def _int_column(anns: List[dict], key: str, path) -> np.ndarray:
-    values = np.asarray(_column(anns, key, path))
-    if values.size and values.dtype.kind not in "iu":
-        bad = next(
-            i for i, a in enumerate(anns) if not isinstance(a[key], int) or isinstance(a[key], bool)
-        )
-        raise DatasetError(
-            f"{path}: annotation #{bad} has {key} {anns[bad][key]!r}; it must be an integer"
-        )
-    return values.astype(np.int64).reshape(-1)
+    return int_ids(_column(anns, key, path), path, f"annotation {key}s", DatasetError)
 
 
 def _bbox_column(anns: List[dict], path, ids: np.ndarray) -> np.ndarray:
@@ -158,22 +140,6 @@ def _lookup(
     return order[pos]
 
 
-def _check_ann_ids(ids: np.ndarray, image_ids: np.ndarray, path) -> None:
-    zero = np.flatnonzero(ids == 0)
-    if len(zero):
-        raise DatasetError(
-            f"{path}: annotation id 0 (image id {image_ids[zero[0]]}); annotation ids must be "
-            "non-zero because pycocotools treats 0 as 'unmatched' and mis-scores it"
-        )
-    uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
-    if (counts > 1).any():
-        k = np.flatnonzero(counts > 1)[0]
-        raise DatasetError(
-            f"{path}: duplicate annotation id {uniq[k]} (image id {image_ids[first[k]]}); "
-            "pycocotools mis-scores duplicate ids, give every annotation its own id"
-        )
-
-
 def parse_annotations(
     data: dict, path, category_ids: Sequence[int], image_ids: Sequence[int]
 ) -> dict:
@@ -187,7 +153,7 @@ def parse_annotations(
         raise DatasetError(f"{path}: 'annotations' must be a list")
     ids = _int_column(anns, "id", path)
     img = _int_column(anns, "image_id", path)
-    _check_ann_ids(ids, img, path)
+    check_annotation_ids(ids, path, DatasetError, image_ids=img)
     cats = _int_column(anns, "category_id", path)
     labels = _lookup(cats, category_ids, ids, path, "category")
     image_index = _lookup(img, image_ids, ids, path, "image")
@@ -375,13 +341,3 @@ def records_to_coco(
                 }
             )
     return coco
-
-
-def write_json_atomic(obj, path: PathLike) -> None:
-    """Write JSON to ``path`` via a temporary file + ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from detkit.data.image_io import ImageReadError, read_image
+from detkit.errors import DetkitError
 
 logger = logging.getLogger("detkit")
 
@@ -22,7 +23,7 @@ DATASETS_README = "datasets/README.md"
 PathLike = Union[str, os.PathLike]
 
 
-class DatasetError(ValueError):
+class DatasetError(DetkitError, ValueError):
     """A dataset file or folder is missing or malformed; the message names the file and the id."""
 
 

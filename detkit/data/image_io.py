@@ -16,6 +16,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from detkit.errors import DetkitError
+
 logger = logging.getLogger("detkit")
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -35,7 +37,7 @@ _CONVERTIBLE_MODES = (
 )
 
 
-class ImageReadError(OSError):
+class ImageReadError(DetkitError, OSError):
     """An image file cannot be read; the message names the file and says why.
 
     Constructed from a single message so that a DataLoader worker can re-raise it in the main process.

@@ -1,30 +1,16 @@
-"""Samplers: an infinite, sharded, seeded training stream with aspect-ratio grouped batches, and an
-inference sampler that gives every image to exactly one rank.
+"""Samplers: an infinite, sharded, seeded training stream with aspect-ratio grouped batches that
+resumes exactly, and an inference sampler that gives every image to exactly one rank.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
-import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
-
-def dist_info(rank: Optional[int] = None, world_size: Optional[int] = None) -> Tuple[int, int]:
-    """(rank, world_size): the given values, else torch.distributed's when initialised, else (0, 1)."""
-    if rank is None or world_size is None:
-        if dist.is_available() and dist.is_initialized():
-            rank = dist.get_rank() if rank is None else rank
-            world_size = dist.get_world_size() if world_size is None else world_size
-        else:
-            rank = 0 if rank is None else rank
-            world_size = 1 if world_size is None else world_size
-    if not 0 <= rank < world_size:
-        raise ValueError(
-            f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}"
-        )
-    return int(rank), int(world_size)
+from detkit.utils.distributed import rank_and_world_size
 
 
 class TrainingSampler(Sampler[int]):
@@ -46,7 +32,7 @@ class TrainingSampler(Sampler[int]):
         if size <= 0:
             raise ValueError(f"cannot sample from an empty dataset (size={size})")
         self.size, self.seed, self.shuffle = int(size), int(seed), shuffle
-        self.rank, self.world_size = dist_info(rank, world_size)
+        self.rank, self.world_size = rank_and_world_size(rank, world_size)
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator()
@@ -91,7 +77,7 @@ class InferenceSampler(Sampler[int]):
 
     def __init__(self, size: int, rank: Optional[int] = None, world_size: Optional[int] = None):
         self.size = int(size)
-        self.rank, self.world_size = dist_info(rank, world_size)
+        self.rank, self.world_size = rank_and_world_size(rank, world_size)
         base, extra = divmod(self.size, self.world_size)
         self.start = self.rank * base + min(self.rank, extra)
         self.end = self.start + base + (1 if self.rank < extra else 0)
@@ -101,3 +87,66 @@ class InferenceSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.end - self.start
+
+
+# --------------------------------------------------------------------------- resumable training stream
+# ``--resume`` must continue with exactly the batches, and the exact augmentations, the uninterrupted
+# run would have seen. Two things make that so: the index stream (TrainingSampler + grouping) is
+# skipped forward to the resume point on indices alone, without reading a single image; and every
+# sample carries its own augmentation seed, derived from (seed, rank, batch number, position), with
+# which the mapper is re-seeded just before the sample is drawn -- so the augmentation depends neither
+# on which loader worker drew it nor on how many samples that worker drew before.
+
+
+def sample_seed(seed: int, rank: int, batch: int, position: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, batch, position]).generate_state(1)[0])
+
+
+def seedable_mappers(dataset: Any) -> list:
+    """The mappers of ``dataset`` (or of each dataset of a union) that take an augmentation seed."""
+    subs = getattr(dataset, "datasets", [dataset])
+    return [d.mapper for d in subs if hasattr(getattr(d, "mapper", None), "set_seed")]
+
+
+class SeededSamples(Dataset):
+    """``dataset[(index, seed)]``: re-seed the augmentation, then return ``dataset[index]``."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.mappers = seedable_mappers(dataset)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: Tuple[int, int]) -> Any:
+        index, seed = item
+        for mapper in self.mappers:
+            mapper.set_seed(seed)
+        return self.dataset[index]
+
+
+class ResumableBatchSampler(Sampler[List[Tuple[int, int]]]):
+    """Endless batches of ``(index, augmentation seed)`` for one rank, starting at batch ``start``."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int,
+        world_size: int,
+        start: int = 0,
+        group_by_aspect_ratio: bool = True,
+    ):
+        n = len(dataset)
+        self.groups = aspect_ratio_groups(dataset.records) if group_by_aspect_ratio else [0] * n
+        self.sampler = TrainingSampler(n, seed=seed, rank=rank, world_size=world_size)
+        self.batch_size, self.seed, self.rank = int(batch_size), int(seed), int(rank)
+        self.start = int(start)
+
+    def __iter__(self) -> Iterator[List[Tuple[int, int]]]:
+        batches = GroupedBatchSampler(self.sampler, self.groups, self.batch_size)
+        for k, batch in enumerate(batches):
+            if k >= self.start:
+                yield [(i, sample_seed(self.seed, self.rank, k, j)) for j, i in enumerate(batch)]

@@ -9,8 +9,8 @@ Layout of one split, written on first use::
 
 Every image is drawn from its own RNG seeded by (seed, split, index), so the result does not depend
 on the order of generation and the ``train`` and ``val`` splits differ for the same seed. Files are
-written through a temporary name and ``os.replace``, so concurrent generators (several ranks) and
-readers never see half a file.
+written atomically (``detkit.utils.io``: a temporary name, fsync, ``os.replace``), so concurrent
+generators (several ranks) and readers never see half a file.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import multiprocessing
-import os
 import time
 import zlib
 from pathlib import Path
@@ -29,11 +28,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from detkit.data.coco import COCODataset, records_to_coco, write_json_atomic
+from detkit.data.coco import COCODataset, records_to_coco
 from detkit.data.common import PathLike, resolve_path
 from detkit.data.synthetic_draw import CLASSES, draw_image
 from detkit.data.voc import write_voc_xml
 from detkit.registry import DATASETS
+from detkit.utils.io import atomic_write_bytes, atomic_write_text, write_json
 
 logger = logging.getLogger("detkit")
 
@@ -51,12 +51,6 @@ def synthetic_class_names(num_classes: int) -> list:
 
 def _image_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(split.encode("utf-8")), int(index)])
-
-
-def _write_bytes_atomic(data: bytes, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _params(num_images, num_classes, image_size, seed, split, write_voc) -> dict:
@@ -118,7 +112,7 @@ def _write_one(job) -> dict:
     if not ok:
         raise RuntimeError(f"OpenCV failed to encode synthetic image {name}")
     file_name = folder / "JPEGImages" / f"{name}.jpg"
-    _write_bytes_atomic(encoded.tobytes(), file_name)
+    atomic_write_bytes(encoded.tobytes(), file_name)
     if write_voc:
         write_voc_xml(
             folder / "Annotations" / f"{name}.xml",
@@ -185,14 +179,13 @@ def generate_synthetic(
             records.append(record)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     if write_voc:
-        _write_bytes_atomic(
-            "".join(f"{i + 1:06d}\n" for i in range(num_images)).encode(),
-            _mkparent(folder / "ImageSets" / "Main" / f"{split}.txt"),
+        atomic_write_text(
+            "".join(f"{i + 1:06d}\n" for i in range(num_images)),
+            folder / "ImageSets" / "Main" / f"{split}.txt",
         )
-    write_json_atomic(
-        records_to_coco(records, class_names, img_dir=folder / "JPEGImages"), ann_file
-    )
-    _write_bytes_atomic(json.dumps(params).encode(), folder / MARKER)  # last: the split is complete
+    coco = records_to_coco(records, class_names, img_dir=folder / "JPEGImages")
+    write_json(coco, ann_file, indent=None)
+    atomic_write_text(json.dumps(params), folder / MARKER)  # last: the split is complete
     logger.info(
         "generated synthetic %s split in %s: %d images, %d boxes in %.1f s (%d processes, %.1f s CPU in "
         "this one, %.1f ms/image)",
@@ -206,11 +199,6 @@ def generate_synthetic(
         1000.0 * elapsed / max(num_images, 1),
     )
     return ann_file
-
-
-def _mkparent(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @DATASETS.register()

@@ -26,31 +26,9 @@ from detkit.data.common import (
     resolve_path,
 )
 from detkit.registry import DATASETS
+from detkit.utils.voc_files import VOC_CLASSES, read_split, split_file
 
 logger = logging.getLogger("detkit")
-
-VOC_CLASSES = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
 
 
 def _int_or_none(node: Optional[ET.Element]) -> Optional[int]:
@@ -186,11 +164,11 @@ class VOCDataset(DetectionDataset):
         match = re.search(r"VOC(\d{4})", Path(self.root).name)
         self.year = int(year) if year is not None else (int(match.group(1)) if match else None)
         self.class_names = list(class_names) if class_names is not None else list(VOC_CLASSES)
-        split_file = resolve_path(
-            Path(self.root) / "ImageSets" / "Main" / f"{split}.txt",
+        path = resolve_path(
+            split_file(self.root, split),
             what=f"VOC split file for split {split!r}",
         )
-        names = [line.split()[0] for line in split_file.read_text().splitlines() if line.strip()]
+        names = read_split(path)
         self.records = [
             self._make_record(name, image_id, keep_difficult)
             for name, image_id in zip(names, voc_image_ids(names))

@@ -1,13 +1,13 @@
 """Training and testing: the loop, checkpoints, distributed setup, solver, logging of metrics.
 
-``train_main(cfg, output_dir, resume)`` and ``test_main(cfg, weights, output_dir)`` are what
+``train_main(cfg, output_dir, resume)`` and ``evaluate_main(cfg, weights, output_dir)`` are what
 tools/train.py and tools/test.py call; ``Trainer`` is the loop itself.
 """
 
 from .checkpoint import Checkpointer, CheckpointError, atomic_save, load_model_weights
 from .distributed import DistContext, init_distributed
 from .inference import run_inference
-from .launch import OutputDirInUse, test_main, train_main
+from .launch import OutputDirInUse, evaluate_main, train_main
 from .solver import WarmupSchedule, build_optimizer, param_groups, scaled_base_lr
 from .trainer import DivergenceError, Trainer
 
@@ -21,11 +21,11 @@ __all__ = [
     "WarmupSchedule",
     "atomic_save",
     "build_optimizer",
+    "evaluate_main",
     "init_distributed",
     "load_model_weights",
     "param_groups",
     "run_inference",
     "scaled_base_lr",
-    "test_main",
     "train_main",
 ]

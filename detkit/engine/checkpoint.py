@@ -7,9 +7,9 @@ Files in the output folder::
     best.pth            model weights at the best validation AP so far
     model_final.pth     model weights at the end of training (what tools/test.py usually loads)
 
-Every file is written to a temporary name in the same folder, flushed, fsync'ed and then renamed
-over the target with ``os.replace`` (atomic on POSIX), so a process killed mid-write leaves the
-previous file intact; stale temporary files are removed on the next start.
+Every file is written with ``detkit.utils.io.atomic_save`` (a temporary name in the same folder,
+fsync, ``os.replace``), so a process killed mid-write leaves the previous file intact; stale
+temporary files are removed on the next start.
 """
 
 from __future__ import annotations
@@ -17,86 +17,36 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import torch
+from detkit.utils.io import (
+    TMP_PREFIX,
+    CheckpointError,
+    atomic_link_or_copy,
+    atomic_save,
+    load_checkpoint,
+    load_model_weights,
+)
 
 logger = logging.getLogger("detkit")
 
 LAST, BEST, FINAL = "last.pth", "best.pth", "model_final.pth"
 _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
-_TMP_PREFIX = ".tmp-"
+TRAINING_KEYS = ("model", "optimizer", "iteration")
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be read or does not hold what it should."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. a platform without directory file descriptors
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_save(obj: Any, path: os.PathLike) -> Path:
-    """``torch.save`` to a temporary file next to ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # including KeyboardInterrupt: never leave the temporary file behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_link_or_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` the same content as ``src`` atomically: a hard link when the file system allows
-    it (no second write of a large file), else a copy; either way via a temporary name."""
-    tmp = dst.with_name(f"{_TMP_PREFIX}{dst.name}.{os.getpid()}")
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_dir(dst.parent)
-
-
-def load_file(path: os.PathLike) -> Dict[str, Any]:
-    """Load a checkpoint dict on CPU; CheckpointError when the file is unreadable or not a dict."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
-    except Exception as e:  # truncated zip, bad pickle, ...: all mean "this file is damaged"
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
-    return obj
+# The writing and reading live in detkit.utils.io (one implementation for the whole package);
+# the engine's callers import them from here.
+__all__ = [
+    "BEST",
+    "FINAL",
+    "LAST",
+    "CheckpointError",
+    "Checkpointer",
+    "atomic_save",
+    "load_model_weights",
+    "periodic_iteration",
+]
 
 
 def periodic_iteration(path: os.PathLike) -> Optional[int]:
@@ -125,7 +75,7 @@ class Checkpointer:
 
     def remove_stale_temporaries(self) -> None:
         """Temporary files a killed run left behind (they are never valid checkpoints)."""
-        for p in self.dir.glob(_TMP_PREFIX + "*"):
+        for p in self.dir.glob(TMP_PREFIX + "*"):
             logger.warning("removing %s, left by an interrupted checkpoint write", p)
             p.unlink(missing_ok=True)
 
@@ -167,10 +117,7 @@ class Checkpointer:
         failures = []
         for path in self.resume_candidates():
             try:
-                state = load_file(path)
-                missing = [k for k in ("model", "optimizer", "iteration") if k not in state]
-                if missing:
-                    raise CheckpointError(f"{path} lacks {missing}: not a training checkpoint")
+                state = load_checkpoint(path, require=TRAINING_KEYS, what="a training checkpoint")
             except CheckpointError as e:
                 failures.append(str(e))
                 logger.warning("%s; falling back to an older checkpoint", e)
@@ -183,57 +130,3 @@ class Checkpointer:
         if failures:
             raise CheckpointError(f"no readable checkpoint in {self.dir}: " + "; ".join(failures))
         return None
-
-
-def load_model_weights(model: torch.nn.Module, path: str, *, strict: bool) -> Dict[str, Any]:
-    """Load detector weights from a detkit checkpoint (``{"model": ...}``, e.g. one written by
-    tools/convert_weights.py) or a plain state dict; returns the file's other entries.
-
-    ``strict`` (testing): every model tensor must be in the file with its shape, else an error naming
-    the keys. Not strict (``model.weights`` for fine-tuning): tensors whose shape differs, e.g. the
-    predictor of another number of classes, are skipped with a warning.
-    """
-    obj = load_file(path)
-    state = obj.get("model", obj.get("state_dict", obj))
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(
-            f"{path} holds no state dict of tensors (expected a detkit checkpoint with "
-            "'model', or a plain state dict)"
-        )
-    own = model.state_dict()
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if strict and (mismatched or missing):
-        detail = "; ".join(
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-            for k in mismatched[:3]
-        )
-        raise CheckpointError(
-            f"{path} does not fit the model built from the config: {len(mismatched)} tensors "
-            f"differ in shape ({detail}), {len(missing)} are missing (e.g. {missing[:3]}); "
-            "is model.num_classes / the backbone depth / the neck right?"
-        )
-    for k in mismatched:
-        state.pop(k)
-    if mismatched:
-        logger.warning(
-            "%s: %d tensors skipped for another shape (kept at their initialisation): %s",
-            path,
-            len(mismatched),
-            mismatched[:6],
-        )
-    if missing and not strict:
-        logger.warning(
-            "%s: %d model tensors not in the file, e.g. %s", path, len(missing), missing[:3]
-        )
-    if unexpected:
-        logger.warning(
-            "%s: %d tensors in the file are not used by the model, e.g. %s",
-            path,
-            len(unexpected),
-            unexpected[:3],
-        )
-    model.load_state_dict(state, strict=False)
-    logger.info("loaded model weights from %s", path)
-    return {k: v for k, v in obj.items() if k != "model"} if "model" in obj else {}

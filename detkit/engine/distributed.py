@@ -1,8 +1,9 @@
-"""Process-group setup from torchrun's environment and the few collectives the engine needs.
+"""Process-group setup from torchrun's environment, DDP, and the tensor collectives of the training loop.
 
 ``torchrun`` sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; without them detkit runs as
 one process. Backend: NCCL when CUDA is available, gloo on CPU. Every helper also works (as a no-op)
-without an initialised process group, so single-process code paths need no special cases.
+without an initialised process group, so single-process code paths need no special cases. The rank
+queries and object collectives that data and evaluation share live in ``detkit.utils.distributed``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,17 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, List
 
 import torch
 import torch.distributed as dist
+
+# re-exported: the engine's modules import every collective from here
+from detkit.utils.distributed import (  # noqa: F401
+    all_gather_objects,
+    broadcast_object,
+    get_world_size,
+    is_main_process,
+)
 
 logger = logging.getLogger("detkit")
 
@@ -93,23 +101,6 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-def get_world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def get_rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def is_main_process() -> bool:
-    return get_rank() == 0
-
-
-def barrier() -> None:
-    if get_world_size() > 1:
-        dist.barrier()
-
-
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The sum over all processes (the tensor itself without distributed). A CPU tensor makes the
     round trip through the GPU when the backend (NCCL) needs it."""
@@ -119,24 +110,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     work = tensor.to(device)
     dist.all_reduce(work, op=dist.ReduceOp.SUM)
     return work.to(tensor.device)
-
-
-def all_gather_objects(obj: Any) -> List[Any]:
-    """Every process's ``obj`` in rank order (a one-element list without distributed)."""
-    if get_world_size() == 1:
-        return [obj]
-    out: List[Any] = [None] * get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every process."""
-    if get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def reduce_flag(flag: bool) -> bool:

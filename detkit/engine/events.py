@@ -15,6 +15,8 @@ from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from detkit.utils.io import atomic_write_text
+
 logger = logging.getLogger("detkit")
 
 METRICS_FILE = "metrics.jsonl"
@@ -35,13 +37,6 @@ def read_jsonl(path: os.PathLike) -> List[Dict[str, Any]]:
     return out
 
 
-def _write_jsonl_atomic(records: List[Dict[str, Any]], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(tmp, path)
-
-
 class EventWriter:
     """Appends scalars to ``metrics.jsonl`` and TensorBoard (when importable) on the main process.
 
@@ -58,7 +53,7 @@ class EventWriter:
             return
         if start_iter > 0 and self.path.exists():
             kept = [r for r in read_jsonl(self.path) if r.get("iteration", 0) <= start_iter]
-            _write_jsonl_atomic(kept, self.path)
+            atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), self.path)
         elif self.path.exists():
             self.path.unlink()
         self._file = open(self.path, "a", encoding="utf-8")

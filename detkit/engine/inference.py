@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 import time
@@ -15,13 +14,6 @@ from tqdm import tqdm
 from .distributed import all_gather_objects, broadcast_object, get_world_size, is_main_process
 
 logger = logging.getLogger("detkit")
-
-
-def autocast_context(device: torch.device, amp: bool, amp_dtype: str):
-    """``torch.autocast`` on CUDA with bf16/fp16 when ``amp``; a no-op otherwise."""
-    if not amp or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp_dtype == "bf16" else torch.float16)
 
 
 def bar_interval() -> float:
@@ -45,19 +37,14 @@ def check_each_image_once(image_ids: List[int], expected: int) -> None:
 
 @torch.no_grad()
 def run_inference(
-    model: nn.Module,
-    loader,
-    evaluator,
-    *,
-    device: torch.device,
-    amp: bool = False,
-    amp_dtype: str = "bf16",
-    desc: str = "inference",
+    model: nn.Module, loader, evaluator, *, desc: str = "inference"
 ) -> Dict[str, Any]:
     """Predict every batch of ``loader`` and return ``evaluator.evaluate()`` on every rank.
 
-    The model is put in eval mode and restored to its previous mode afterwards. Outputs move to the
-    CPU before the evaluator sees them, so GPU memory does not grow with the dataset.
+    ``model`` is the predictor of ``detkit.modeling.build.build_predictor`` (multi-scale/flip
+    testing and autocast are its business, not this loop's). It is put in eval mode and restored
+    to its previous mode afterwards. Outputs move to the CPU before the evaluator sees them, so GPU
+    memory does not grow with the dataset.
     """
     was_training = model.training
     model.eval()
@@ -75,8 +62,7 @@ def run_inference(
             mininterval=bar_interval(),
         )
         for batch in bar:
-            with autocast_context(device, amp, amp_dtype):
-                outputs = model(batch)
+            outputs = model(batch)
             outputs = [
                 {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in o.items()}
                 for o in outputs

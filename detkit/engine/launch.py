@@ -1,4 +1,5 @@
-"""Entry points behind tools/train.py and tools/test.py: logging, process group, then the work.
+"""Entry points behind tools/train.py (``train_main``) and tools/test.py (``evaluate_main``): logging,
+process group, then the work.
 
 Both run as one process (CPU or one GPU) or as one of several started by ``torchrun``.
 """
@@ -15,10 +16,10 @@ import torch
 
 import detkit
 from detkit.data import build_test_loader
+from detkit.errors import DetkitError
 from detkit.evaluation import build_evaluator
 from detkit.evaluation.common import write_json
-from detkit.modeling.build import build_model
-from detkit.modeling.test_time import build_predictor
+from detkit.modeling.build import build_model, build_predictor
 from detkit.utils.logger import setup_logging
 
 from .checkpoint import LAST, Checkpointer, CheckpointError, load_model_weights
@@ -29,7 +30,7 @@ from .trainer import Trainer, build_dataset_main_first, run_on_all_ranks
 logger = logging.getLogger("detkit")
 
 
-class OutputDirInUse(RuntimeError):
+class OutputDirInUse(DetkitError, RuntimeError):
     """The output folder holds another run's checkpoints and ``--resume`` was not given."""
 
 
@@ -112,7 +113,7 @@ class _RecordingEvaluator:
         return self.evaluator.evaluate()
 
 
-def test_main(cfg, weights: str, output_dir: Optional[str] = None) -> Dict[str, Any]:
+def evaluate_main(cfg, weights: str, output_dir: Optional[str] = None) -> Dict[str, Any]:
     """Predict the test split with ``weights``, evaluate, write results and metrics; returns them."""
     if not os.path.isfile(weights):
         raise CheckpointError(f"checkpoint not found: {weights}")
@@ -136,7 +137,8 @@ def test_main(cfg, weights: str, output_dir: Optional[str] = None) -> Dict[str, 
         )
         recorder = _RecordingEvaluator(evaluator) if dataset.evaluator_type != "coco" else evaluator
         loader = build_test_loader(cfg, dataset, ctx.rank, ctx.world_size)
-        # multi-scale / flip testing when test.scales / test.flip ask; autocast per test.precision
+        # the inference the trainer's evaluation runs: multi-scale / flip testing when test.scales /
+        # test.flip ask, autocast per test.precision
         predictor = build_predictor(model, cfg)
         if cfg.test.scales or cfg.test.flip:
             logger.info(
@@ -148,7 +150,7 @@ def test_main(cfg, weights: str, output_dir: Optional[str] = None) -> Dict[str, 
         logger.info(
             "test precision: %s", getattr(predictor, "precision", "fp32")
         )  # AutocastPredictor's
-        metrics = run_inference(predictor, loader, recorder, device=ctx.device, desc="test")
+        metrics = run_inference(predictor, loader, recorder, desc="test")
         if recorder is not evaluator:
             results = [r for part in all_gather_objects(recorder.results) for r in part]
             if ctx.is_main:
@@ -158,4 +160,4 @@ def test_main(cfg, weights: str, output_dir: Optional[str] = None) -> Dict[str, 
         cleanup_distributed()
 
 
-__all__ = ["LAST", "OutputDirInUse", "test_main", "train_main"]
+__all__ = ["LAST", "OutputDirInUse", "evaluate_main", "train_main"]

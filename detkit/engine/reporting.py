@@ -4,7 +4,6 @@ final metrics table + ``metrics.json``."""
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import math
 import os
@@ -14,6 +13,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from detkit.evaluation.common import format_table
+from detkit.utils.io import write_json
 
 logger = logging.getLogger("detkit")
 
@@ -103,12 +103,10 @@ def final_report(
             best["value"],
             best["iteration"],
         )
-    path = Path(output_dir) / FINAL_METRICS_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(
-            {"iteration": max_iter, "final": metrics, "best": best, "history": history}, f, indent=2
-        )
-    os.replace(tmp, path)
+    path = write_json(
+        {"iteration": max_iter, "final": metrics, "best": best, "history": history},
+        Path(output_dir) / FINAL_METRICS_FILE,
+        indent=2,
+    )
     logger.info("final metrics written to %s", path)
     return path

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, Iterable, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
+from detkit.config import ConfigError
+
 logger = logging.getLogger("detkit")
 
+SCHEDULES = ("multistep", "cosine")
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
@@ -67,6 +70,39 @@ def build_optimizer(
     return torch.optim.SGD(groups, lr=base_lr, momentum=momentum)
 
 
+def schedule_problems(schedule: str, steps: Sequence[int], max_iter: int) -> List[Tuple[str, str]]:
+    """(solver key, message) for each schedule value ``WarmupSchedule`` cannot use."""
+    problems = []
+    if schedule not in SCHEDULES:
+        problems.append(("lr_schedule", f"must be multistep or cosine, got '{schedule}'"))
+    steps = list(steps)
+    if schedule == "multistep" and (
+        steps != sorted(steps) or any(not 0 < x <= max_iter for x in steps)
+    ):
+        problems.append(
+            ("steps", f"must be increasing and within (0, solver.max_iter={max_iter}], got {steps}")
+        )
+    return problems
+
+
+def check_solver(cfg) -> None:
+    """Solver values the schema cannot check (it checks types only), as one config error naming each
+    key and the file that set it -- before any model or dataset is built."""
+    s = cfg.solver
+    problems = schedule_problems(s.lr_schedule, s.steps, s.max_iter)
+    if s.amp_dtype not in ("bf16", "fp16"):
+        problems.append(("amp_dtype", f"must be bf16 or fp16, got '{s.amp_dtype}'"))
+    for key in ("max_iter", "ims_per_batch", "accumulate", "checkpoint_period", "log_period"):
+        if s[key] < 1:
+            problems.append((key, f"must be at least 1, got {s[key]}"))
+    if problems:
+        raise ConfigError(
+            "; ".join(
+                f"solver.{k} {msg} (set in {cfg.origin('solver.' + k)})" for k, msg in problems
+            )
+        )
+
+
 class WarmupSchedule:
     """lr(it) = base_lr * warmup(it) * decay(it).
 
@@ -87,15 +123,9 @@ class WarmupSchedule:
         warmup_iters: int = 0,
         warmup_factor: float = 0.001,
     ):
-        if schedule not in ("multistep", "cosine"):
-            raise ValueError(
-                f"solver.lr_schedule must be 'multistep' or 'cosine', got '{schedule}'"
-            )
-        bad = [s for s in steps if not 0 < s <= max_iter]
-        if schedule == "multistep" and (bad or list(steps) != sorted(steps)):
-            raise ValueError(
-                f"solver.steps must be increasing and within (0, max_iter={max_iter}], got {list(steps)}"
-            )
+        problems = schedule_problems(schedule, steps, max_iter)
+        if problems:
+            raise ValueError("; ".join(f"solver.{key} {msg}" for key, msg in problems))
         self.optimizer, self.base_lr, self.max_iter = optimizer, float(base_lr), int(max_iter)
         self.schedule, self.steps, self.gamma = schedule, [int(s) for s in steps], float(gamma)
         self.warmup_iters, self.warmup_factor = int(warmup_iters), float(warmup_factor)
@@ -141,7 +171,3 @@ class WarmupSchedule:
                 "lr schedule differs from the checkpoint's (saved, now): %s; using the current one",
                 changed,
             )
-
-
-def current_lrs(optimizer: torch.optim.Optimizer) -> Iterable[float]:
-    return [g["lr"] for g in optimizer.param_groups]

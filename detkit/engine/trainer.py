@@ -20,9 +20,11 @@ import torch
 from tqdm import tqdm
 
 from detkit.config import ConfigError
-from detkit.data import build_dataset, build_test_loader
+from detkit.data import build_dataset, build_test_loader, build_train_loader
+from detkit.errors import DetkitError
 from detkit.evaluation import build_evaluator
-from detkit.modeling.build import build_model
+from detkit.modeling.build import build_model, build_predictor
+from detkit.modeling.precision import autocast, training_precision
 from detkit.utils.rng import get_rng_state, preserve_rng, seed_all, set_rng_state
 
 from .checkpoint import BEST, FINAL, Checkpointer, load_model_weights
@@ -35,15 +37,14 @@ from .distributed import (
     wrap_ddp,
 )
 from .events import EventWriter, SmoothedScalars, plot_curves
-from .inference import autocast_context, bar_interval, primary_metric, run_inference, scalar_metrics
+from .inference import bar_interval, primary_metric, run_inference, scalar_metrics
 from .reporting import final_report, log_step, progress_postfix, step_record
-from .solver import WarmupSchedule, build_optimizer, scaled_base_lr
-from .train_data import build_resumable_loader
+from .solver import WarmupSchedule, build_optimizer, check_solver, scaled_base_lr
 
 logger = logging.getLogger("detkit")
 
 
-class DivergenceError(FloatingPointError):
+class DivergenceError(DetkitError, FloatingPointError):
     """A loss term (or the gradient norm) became NaN/Inf; raised on every rank at the same iteration."""
 
 
@@ -71,36 +72,6 @@ def run_on_all_ranks(fn: Callable[[], Any], what: str) -> Any:
     return result
 
 
-def check_solver(cfg) -> None:
-    """Solver values the schema cannot check (it checks types only), as config errors naming the key
-    and the file that set it."""
-    s = cfg.solver
-    problems = []  # (key, message)
-    if s.lr_schedule not in ("multistep", "cosine"):
-        problems.append(("lr_schedule", f"must be multistep or cosine, got '{s.lr_schedule}'"))
-    if s.amp_dtype not in ("bf16", "fp16"):
-        problems.append(("amp_dtype", f"must be bf16 or fp16, got '{s.amp_dtype}'"))
-    steps = list(s.steps)
-    if s.lr_schedule == "multistep" and (
-        steps != sorted(steps) or any(not 0 < x <= s.max_iter for x in steps)
-    ):
-        problems.append(
-            (
-                "steps",
-                f"must be increasing and within (0, solver.max_iter={s.max_iter}], got {steps}",
-            )
-        )
-    for key in ("max_iter", "ims_per_batch", "accumulate", "checkpoint_period", "log_period"):
-        if s[key] < 1:
-            problems.append((key, f"must be at least 1, got {s[key]}"))
-    if problems:
-        raise ConfigError(
-            "; ".join(
-                f"solver.{k} {msg} (set in {cfg.origin('solver.' + k)})" for k, msg in problems
-            )
-        )
-
-
 class Trainer:
     def __init__(self, cfg, output_dir: str, ctx: DistContext, resume: bool = False):
         check_solver(cfg)
@@ -110,8 +81,8 @@ class Trainer:
         self.micro_batch = self._micro_batch_size(
             int(s.ims_per_batch), int(s.accumulate), ctx.world_size
         )
-        self.amp = bool(s.amp) and ctx.device.type == "cuda"
-        if s.amp and not self.amp:
+        self.precision = training_precision(cfg, ctx.device)  # fp32, or solver.amp_dtype on CUDA
+        if s.amp and self.precision == "fp32":
             logger.warning(
                 "solver.amp is ignored on CPU (mixed precision needs CUDA); training in float32"
             )
@@ -139,20 +110,14 @@ class Trainer:
             warmup_iters=s.warmup_iters,
             warmup_factor=s.warmup_factor,
         )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and s.amp_dtype == "fp16")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.checkpointer = Checkpointer(self.out, keep=s.keep_checkpoints)
         self.start_iter, self.best, self.eval_history = 0, None, []
         rng = self._resume() if resume else None
         self.ddp = wrap_ddp(self.model, ctx)
-        self.loader = build_resumable_loader(
-            self.train_set,
-            batch_size=self.micro_batch,
-            seed=s.seed,
-            rank=ctx.rank,
-            world_size=ctx.world_size,
-            start_batch=self.start_iter * self.accumulate,
-            num_workers=cfg.data.num_workers,
-            group_by_aspect_ratio=cfg.data.aspect_ratio_grouping,
+        start = self.start_iter * self.accumulate  # micro-batches this rank has already seen
+        self.loader = build_train_loader(
+            cfg, self.train_set, ctx.rank, ctx.world_size, start_batch=start
         )
         if rng is not None:
             set_rng_state(rng)  # last: nothing after this may draw random numbers before training
@@ -249,7 +214,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one iteration
     def _forward(self, batch: List[dict]) -> Dict[str, torch.Tensor]:
-        with autocast_context(self.ctx.device, self.amp, self.cfg.solver.amp_dtype):
+        with autocast(self.ctx.device, self.precision):
             return self.ddp(batch)
 
     def _check_losses(
@@ -341,15 +306,12 @@ class Trainer:
         out = str(self.out / "inference") if final and self.ctx.is_main else None
         evaluator = build_evaluator(dataset, output_dir=out, engine=self.cfg.test.evaluator_engine)
         loader = build_test_loader(self.cfg, dataset, self.ctx.rank, self.ctx.world_size)
+        # the inference tools/test.py runs (test.scales/flip, test.precision), so that best.pth is
+        # the checkpoint that tests best
+        predictor = build_predictor(self.model, self.cfg)
         with preserve_rng():  # evaluating must not change the training run that follows
             metrics = run_inference(
-                self.model,
-                loader,
-                evaluator,
-                device=self.ctx.device,
-                amp=self.amp,
-                amp_dtype=self.cfg.solver.amp_dtype,
-                desc=f"eval {split} @ {iteration}",
+                predictor, loader, evaluator, desc=f"eval {split} @ {iteration}"
             )
         self._track(iteration, split, metrics)
         return metrics

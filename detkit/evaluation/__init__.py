@@ -3,10 +3,11 @@
 ``evaluator.reset(); evaluator.process(samples, outputs); metrics = evaluator.evaluate()``
 """
 
+from ..utils.voc_files import VOC_CLASSES
 from .build import build_evaluator
 from .coco import COCOEvaluator, evaluate_coco_results
 from .fast_coco import STAT_NAMES
-from .voc import VOC_CLASSES, VOCEvaluator, class_average_precision
+from .voc import VOCEvaluator, class_average_precision
 from .voc_devkit import evaluate_voc_files
 
 __all__ = [

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..registry import EVALUATORS
+from ..utils.distributed import gather_to_main
 from .coco_io import (
     Detections,
     GroundTruth,
@@ -29,7 +30,6 @@ from .coco_io import (
 from .common import (
     check_processed_ids,
     format_table,
-    gather_to_main,
     per_class_table,
     to_numpy,
     write_json,

@@ -8,32 +8,20 @@ result image ids or category ids that the ground truth does not know, and non-fi
 
 from __future__ import annotations
 
-import json
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..utils.coco_json import check_annotation_ids, int_ids, read_json
 from .common import short_list as _short
 
 logger = logging.getLogger("detkit")
 
 PathOrDict = Union[str, Path, Dict[str, Any]]
 PathOrList = Union[str, Path, List[Dict[str, Any]]]
-
-
-def _read_json(path: Union[str, Path], what: str) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} file not found: {path}")
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{what} file {path} is not valid JSON: {e}") from None
 
 
 @dataclass
@@ -104,7 +92,7 @@ def load_coco_gt(gt: PathOrDict) -> GroundTruth:
     if isinstance(gt, dict):
         source, dataset = "<ground-truth dict>", gt
     else:
-        source, dataset = str(gt), _read_json(gt, "COCO ground-truth")
+        source, dataset = str(gt), read_json(gt, "COCO ground-truth")
     if not isinstance(dataset, dict):
         raise ValueError(
             f"{source}: a COCO ground truth is a JSON object, got {type(dataset).__name__}"
@@ -114,11 +102,11 @@ def load_coco_gt(gt: PathOrDict) -> GroundTruth:
             raise ValueError(f"{source}: missing or invalid '{key}' list in the COCO ground truth")
     anns = dataset["annotations"]
     _check_annotation_ids(anns, source)
-    image_ids = _int_array([im.get("id") for im in dataset["images"]], source, "images[].id")
-    cat_ids = _int_array([c.get("id") for c in dataset["categories"]], source, "categories[].id")
+    image_ids = int_ids([im.get("id") for im in dataset["images"]], source, "images[].id")
+    cat_ids = int_ids([c.get("id") for c in dataset["categories"]], source, "categories[].id")
     try:
-        ann_img = _int_array([a["image_id"] for a in anns], source, "annotations[].image_id")
-        ann_cat = _int_array([a["category_id"] for a in anns], source, "annotations[].category_id")
+        ann_img = int_ids([a["image_id"] for a in anns], source, "annotations[].image_id")
+        ann_cat = int_ids([a["category_id"] for a in anns], source, "annotations[].category_id")
         bbox = np.asarray([a["bbox"] for a in anns], np.float64).reshape(len(anns), 4)
         area = np.asarray([a["area"] for a in anns], np.float64).reshape(len(anns))
     except KeyError as e:
@@ -143,28 +131,11 @@ def load_coco_gt(gt: PathOrDict) -> GroundTruth:
     )
 
 
-def _int_array(values: list, source: str, what: str) -> np.ndarray:
-    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values):
-        bad = next(v for v in values if isinstance(v, bool) or not isinstance(v, (int, np.integer)))
-        raise ValueError(f"{source}: {what} must be integers, found {bad!r}")
-    return np.asarray(values, np.int64).reshape(len(values))
-
-
 def _check_annotation_ids(anns: list, source: str) -> None:
     ids = [a.get("id") for a in anns]
     if any(i is None for i in ids):
         raise ValueError(f"{source}: annotation #{ids.index(None)} has no 'id'")
-    if 0 in ids:
-        raise ValueError(
-            f"{source}: annotation id 0 (annotation #{ids.index(0)}) is not allowed: "
-            "pycocotools treats id 0 as 'unmatched' and mis-scores it; renumber from 1"
-        )
-    dup = sorted(i for i, n in Counter(ids).items() if n > 1)
-    if dup:
-        raise ValueError(
-            f"{source}: duplicate annotation ids {_short(dup)}; COCO evaluation looks "
-            "annotations up by id, so duplicates are mis-scored; make the ids unique"
-        )
+    check_annotation_ids(int_ids(ids, source, "annotations[].id"), source)
 
 
 def _warn_unknown_refs(ann_img, image_ids, ann_cat, cat_ids, source) -> None:
@@ -188,7 +159,7 @@ def _warn_unknown_refs(ann_img, image_ids, ann_cat, cat_ids, source) -> None:
 def load_coco_results(results: PathOrList) -> Tuple[List[Dict[str, Any]], str]:
     """Read a COCO results file (a JSON list; a dict wrapping the list in "annotations" is accepted)."""
     if isinstance(results, (str, Path)):
-        source, data = str(results), _read_json(results, "COCO results")
+        source, data = str(results), read_json(results, "COCO results")
     else:
         source, data = "<results list>", results
     if isinstance(data, dict) and isinstance(data.get("annotations"), list):
@@ -222,7 +193,7 @@ def results_to_detections(results: List[Dict[str, Any]], source: str) -> Detecti
             f"{source}: detections have non-numeric 'bbox' or 'score' values"
         ) from None
     return Detections(
-        _int_array(img, source, "image_id"), _int_array(cat, source, "category_id"), bbox, score
+        int_ids(img, source, "image_id"), int_ids(cat, source, "category_id"), bbox, score
     )
 
 

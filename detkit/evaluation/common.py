@@ -1,16 +1,14 @@
-"""Pieces both evaluators share: gathering across processes, image-id bookkeeping, tables, JSON."""
+"""Pieces both evaluators share: image-id bookkeeping, tables, JSON."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import sys
-from pathlib import Path
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, Sequence
 
 import numpy as np
+
+from detkit.utils.io import write_json as write_json  # the evaluators' and tools' JSON writer
 
 logger = logging.getLogger("detkit")
 
@@ -20,30 +18,6 @@ def to_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-def _dist_world() -> Tuple[int, int]:
-    """(rank, world size); (0, 1) without an initialised torch.distributed process group."""
-    dist = sys.modules.get("torch.distributed")  # not imported -> cannot be initialised
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather_to_main(items: List[Any]) -> Optional[List[Any]]:
-    """Concatenate every process's ``items`` (rank order) on rank 0; other ranks get None.
-
-    Uses ``all_gather_object``, so every rank must call it.  Without distributed, returns ``items``.
-    """
-    rank, world = _dist_world()
-    if world == 1:
-        return items
-    dist = sys.modules["torch.distributed"]
-    parts: List[Optional[List[Any]]] = [None] * world
-    dist.all_gather_object(parts, items)
-    if rank != 0:
-        return None
-    return [x for part in parts for x in part]
 
 
 def check_processed_ids(processed: Sequence[int], known: Iterable[int], source: str) -> np.ndarray:
@@ -119,14 +93,3 @@ def per_class_table(per_class: dict, title: str, columns: int = 3) -> str:
         rows.append([v for pair in chunk for v in pair])
     headers = ["class", title] * min(columns, max(len(items), 1))
     return format_table(headers, [r[: len(headers)] for r in rows])
-
-
-def write_json(obj: Any, path: os.PathLike) -> Path:
-    """Write JSON atomically (tmp file + rename) so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=None if isinstance(obj, list) else 2)
-    os.replace(tmp, path)
-    return path

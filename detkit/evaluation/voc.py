@@ -29,10 +29,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..registry import EVALUATORS
+from ..utils.distributed import gather_to_main
 from .common import (
     check_processed_ids,
     format_table,
-    gather_to_main,
     per_class_table,
     to_numpy,
     write_json,
@@ -40,28 +40,6 @@ from .common import (
 
 logger = logging.getLogger("detkit")
 
-VOC_CLASSES = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
 _ELEVEN_POINTS = np.arange(11) * 0.1  # the devkit's Python port: np.arange(0., 1.1, 0.1)
 
 

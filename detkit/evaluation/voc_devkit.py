@@ -14,19 +14,20 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..utils.voc_files import VOC_CLASSES, read_split, split_file
 from .common import short_list
-from .voc import VOC_CLASSES, class_average_precision, summarize_voc
+from .voc import class_average_precision, summarize_voc
 
 logger = logging.getLogger("detkit")
 
 PathLike = Union[str, Path]
 
 
-def read_split(voc_root: PathLike, split: str) -> List[str]:
-    path = Path(voc_root) / "ImageSets" / "Main" / f"{split}.txt"
+def read_image_list(voc_root: PathLike, split: str) -> List[str]:
+    path = split_file(voc_root, split)
     if not path.is_file():
         raise FileNotFoundError(f"VOC image list not found: {path}")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    return read_split(path)
 
 
 def parse_voc_xml(path: PathLike) -> List[Dict[str, Any]]:
@@ -81,7 +82,7 @@ def load_voc_ground_truth(
     voc_root: PathLike, split: str
 ) -> Tuple[Dict[str, int], Dict[str, Tuple]]:
     """Image id -> index, and class name -> (image index, boxes, difficult) arrays."""
-    image_ids = read_split(voc_root, split)
+    image_ids = read_image_list(voc_root, split)
     index = {image_id: k for k, image_id in enumerate(image_ids)}
     per_class: Dict[str, List[Tuple[int, List[float], bool]]] = {}
     for image_id, k in index.items():

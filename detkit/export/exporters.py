@@ -1,7 +1,8 @@
 """Export a detkit detector to TorchScript or ONNX (see ``traceable`` for the graph's inputs/outputs).
 
-Both formats are traced from ``ExportableDetector`` with one example image; every size-dependent
-value is computed from the input's shape inside the graph, so the file accepts any image size.
+Both formats are traced from ``ExportableDetector`` (the eager model's own ``predict``) with one
+example image; every size-dependent value is computed from the input's shape inside the graph, so
+the file accepts any image size, and ``_trace`` fails the export if one got frozen.
 
 - TorchScript: ``torch.jit.load(path)(image_uint8_chw) -> (boxes, scores, labels)``; the file uses
   torchvision's ``nms``/``roi_align``/``roi_pool`` operators, so ``import torchvision`` before loading.

@@ -6,10 +6,11 @@
     result = detect_source(det, "clip.mp4", output="out/clip_det.mp4", score_thresh=0.5)
     result.stats.pipeline_fps, result.stats.model_fps, result.video, result.jsonl
 
-Test-time switches of the detector's config (multi-scale, flip; ``test.*``) apply through
-``build_predictor``. Output naming: for a video or camera, ``output`` is the annotated video (.mp4)
-and the detections go next to it with the suffix ``.jsonl``; for image input, ``output`` is a
-folder of annotated images with ``detections.jsonl`` inside.
+Inference switches of the detector's config (multi-scale, flip, precision; ``test.*``) apply
+through ``Detector.predictor`` (``detkit.modeling.build.build_predictor``). Output naming: for a
+video or camera, ``output`` is the annotated video (.mp4) and the detections go next to it with the
+suffix ``.jsonl``; for image input, ``output`` is a folder of annotated images with
+``detections.jsonl`` inside.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import cv2
 import numpy as np
 import torch
 
+from detkit.errors import DetkitError
+
 from .pipeline import Infer, RunStats, run_pipeline
 from .sources import CaptureSource, open_source
 from .writers import ImageFolderWriter, JsonLinesWriter, VideoFileWriter
@@ -31,7 +34,7 @@ from .writers import ImageFolderWriter, JsonLinesWriter, VideoFileWriter
 logger = logging.getLogger("detkit")
 
 
-class UsageError(ValueError):
+class UsageError(DetkitError, ValueError):
     """Options that do not fit the model or each other; the message says which."""
 
 

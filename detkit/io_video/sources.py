@@ -18,6 +18,8 @@ from typing import Callable, Iterator, List, Optional, Union
 import cv2
 import numpy as np
 
+from detkit.errors import DetkitError
+
 logger = logging.getLogger("detkit")
 
 IMAGE_EXTENSIONS = (
@@ -36,7 +38,7 @@ DEFAULT_FPS = 25.0
 MAX_CONSECUTIVE_FAILURES = 25  # failed reads in a row before a video is taken to have ended
 
 
-class SourceError(OSError):
+class SourceError(DetkitError, OSError):
     """The input cannot be opened; the message names it."""
 
 

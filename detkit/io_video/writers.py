@@ -26,10 +26,12 @@ from typing import Dict, Optional, Sequence
 import cv2
 import numpy as np
 
+from detkit.errors import DetkitError
+
 logger = logging.getLogger("detkit")
 
 
-class OutputError(OSError):
+class OutputError(DetkitError, OSError):
     """An output file cannot be written; the message names it."""
 
 

@@ -5,6 +5,10 @@ integers (h/w = ratio, area = size^2). Anchors for a feature map of grid (H, W) 
 shifted to (x * stride_w, y * stride_h) for every grid cell, cell-major: index = (y * W + x) * A + a.
 The stride of a level is the padded image size // grid size, so odd top levels (P6) get the same
 anchors as torchvision's AnchorGenerator.
+
+The same code serves the eager model and a traced export: while tracing, the grid and image sizes
+arrive as tensors (``Tensor.shape`` is traced), so the grids follow the input's shape; the cache,
+which would hand the trace one size's anchors as constants, is used in eager mode only.
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ class AnchorGenerator(nn.Module):
             raise ValueError(
                 f"{len(grid_sizes)} feature maps but anchor sizes for {len(self.cell_anchors)} levels"
             )
+        if torch.jit.is_tracing():
+            return [
+                self._grid(g, image_size, c.to(device))
+                for g, c in zip(grid_sizes, self.cell_anchors)
+            ]
         key = (tuple(grid_sizes), tuple(image_size), str(device))
         if key not in self._cache:
             if len(self._cache) > 64:

@@ -1,64 +1,75 @@
-"""The only code that turns a config into modules. Modules themselves never see the config."""
+"""The only code that turns a config into modules. Modules themselves never see the config.
+
+Config keys are the constructor arguments they feed. A component section (``name:`` plus the keys
+of that class, see ``detkit/config/components.yaml``) is passed on as it is; the builder adds only
+what it derives from other sections (input channels and strides, the pooler's output size, and the
+backbone keys a box head asks for in ``backbone_args``).
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
-from ..registry import BACKBONES, NECKS, ROI_BOX_HEADS, ROI_POOLERS
+from torch import nn
+
+from ..config import ConfigError
+from ..registry import ROI_BOX_HEADS, ROI_POOLERS
 from ..structures import BoxCoder
 from .anchor_generator import AnchorGenerator
+from .backbones import FPN, ResNet
 from .detector import FasterRCNN
 from .matcher import Matcher
+from .precision import AutocastPredictor, resolve_precision, warn_if_slow_bf16
 from .roi_heads import ROIHeads
 from .rpn import RPN, RPNHead
+from .tta import MultiScaleFlip
 
 logger = logging.getLogger("detkit")
 
 
-def _c4(cfg) -> bool:
-    return str(cfg.model.neck.name).lower() == "none"
+def component_kwargs(section, *, exclude=()) -> Dict[str, Any]:
+    """A component section's keys as constructor keyword arguments (all but ``name``)."""
+    return {k: v for k, v in section.to_dict().items() if k != "name" and k not in exclude}
 
 
-def build_backbone(cfg):
-    b = cfg.model.backbone
-    backbone = BACKBONES.get(b.name)(
-        depth=b.depth,
-        norm=b.norm,
-        freeze_at=b.freeze_at,
-        out_features=b.out_features,
-        with_res5=not _c4(cfg),
-        gn_groups=b.gn_groups,
-    )
-    if _c4(cfg):
-        return backbone, None
+def _config_error(cfg, key: str, problem: str) -> ConfigError:
+    return ConfigError(f"config key '{key}' ({cfg.origin(key)}): {problem}")
+
+
+def build_backbone(cfg) -> ResNet:
+    # `weights` is not a ResNet argument: build_model loads the file into the finished model
+    return ResNet(**component_kwargs(cfg.model.backbone, exclude=("weights",)))
+
+
+def build_neck(cfg, backbone: ResNet) -> Optional[FPN]:
+    """The FPN, or None for ``name: none`` (the C4 design: the heads read the backbone's features)."""
     n = cfg.model.neck
-    neck = NECKS.get(n.name)(
-        in_channels=dict(backbone.out_channels),
-        in_strides=backbone.strides,
-        out_channels=n.out_channels,
-        top_block=n.top_block,
+    if n.name == "none":
+        return None
+    return FPN(
+        in_channels=dict(backbone.out_channels), in_strides=backbone.strides, **component_kwargs(n)
     )
-    return backbone, neck
 
 
-def _check_features(wanted, available, key):
+def _check_features(cfg, key: str, wanted, available) -> None:
     missing = [f for f in wanted if f not in available]
     if missing:
-        raise ValueError(
-            f"config key '{key}': features {missing} are not produced; available: {sorted(available)}"
+        raise _config_error(
+            cfg, key, f"features {missing} are not produced; available: {sorted(available)}"
         )
 
 
 def build_rpn(cfg, channels: dict) -> RPN:
     r = cfg.model.rpn
-    _check_features(r.in_features, channels, "model.rpn.in_features")
-    anchors = AnchorGenerator(r.anchor_sizes, r.aspect_ratios)
+    _check_features(cfg, "model.rpn.in_features", r.in_features, channels)
     if len(r.anchor_sizes) != len(r.in_features):
-        raise ValueError(
-            f"model.rpn.anchor_sizes has {len(r.anchor_sizes)} levels but model.rpn.in_features has "
-            f"{len(r.in_features)}"
+        raise _config_error(
+            cfg,
+            "model.rpn.anchor_sizes",
+            f"{len(r.anchor_sizes)} levels, but model.rpn.in_features has {len(r.in_features)}",
         )
+    anchors = AnchorGenerator(r.anchor_sizes, r.aspect_ratios)
     head = RPNHead(in_channels=channels[r.in_features[0]], num_anchors=anchors.num_anchors_per_cell)
     return RPN(
         in_features=r.in_features,
@@ -68,8 +79,10 @@ def build_rpn(cfg, channels: dict) -> RPN:
         box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0)),
         batch_size_per_image=r.batch_size_per_image,
         positive_fraction=r.positive_fraction,
-        pre_nms_topk=(r.pre_nms_topk_train, r.pre_nms_topk_test),
-        post_nms_topk=(r.post_nms_topk_train, r.post_nms_topk_test),
+        pre_nms_topk_train=r.pre_nms_topk_train,
+        pre_nms_topk_test=r.pre_nms_topk_test,
+        post_nms_topk_train=r.post_nms_topk_train,
+        post_nms_topk_test=r.post_nms_topk_test,
         nms_thresh=r.nms_thresh,
         score_thresh=r.score_thresh,
         min_size=r.min_size,
@@ -78,34 +91,27 @@ def build_rpn(cfg, channels: dict) -> RPN:
     )
 
 
+def build_box_head(cfg, in_channels: int) -> nn.Module:
+    """The registered box head ``model.roi_heads.box_head.name``, with the backbone keys it asks
+    for in ``backbone_args`` (Res5Head is the backbone's res5 stage, so it takes depth and norm)."""
+    h = cfg.model.roi_heads
+    cls = ROI_BOX_HEADS.get(h.box_head.name)
+    from_backbone = {k: cfg.model.backbone[k] for k in cls.backbone_args}
+    return cls(
+        in_channels=in_channels,
+        pooler_size=h.pooler.output_size,
+        **from_backbone,
+        **component_kwargs(h.box_head),
+    )
+
+
 def build_roi_heads(cfg, channels: dict) -> ROIHeads:
     h = cfg.model.roi_heads
-    _check_features(h.in_features, channels, "model.roi_heads.in_features")
-    p = h.pooler
-    pooler = ROI_POOLERS.get(p.name)(
-        output_size=p.output_size,
-        sampling_ratio=p.sampling_ratio,
-        aligned=p.aligned,
-        canonical_scale=p.canonical_scale,
-        canonical_level=p.canonical_level,
-    )
-    in_ch = channels[h.in_features[0]]
-    head_cls = ROI_BOX_HEADS.get(h.box_head.name)
-    if h.box_head.name == "Res5Head":
-        b = cfg.model.backbone
-        box_head = head_cls(
-            in_channels=in_ch,
-            depth=b.depth,
-            norm=b.norm,
-            gn_groups=b.gn_groups,
-            pooler_size=p.output_size,
-        )
-    else:
-        box_head = head_cls(in_channels=in_ch, pooler_size=p.output_size, fc_dim=h.box_head.fc_dim)
+    _check_features(cfg, "model.roi_heads.in_features", h.in_features, channels)
     return ROIHeads(
         in_features=h.in_features,
-        pooler=pooler,
-        box_head=box_head,
+        pooler=ROI_POOLERS.get(h.pooler.name)(**component_kwargs(h.pooler)),
+        box_head=build_box_head(cfg, channels[h.in_features[0]]),
         num_classes=cfg.model.num_classes,
         matcher=Matcher(h.fg_iou_thresh, h.bg_iou_thresh),
         box_coder=BoxCoder(h.bbox_reg_weights),
@@ -114,13 +120,28 @@ def build_roi_heads(cfg, channels: dict) -> ROIHeads:
         add_gt_as_proposals=h.add_gt_as_proposals,
         smooth_l1_beta=h.smooth_l1_beta,
         loss_weight=h.loss_weight,
-        score_thresh=h.score_thresh_test,
-        nms_thresh=h.nms_thresh_test,
+        score_thresh_test=h.score_thresh_test,
+        nms_thresh_test=h.nms_thresh_test,
         detections_per_image=h.detections_per_image,
         min_size_test=h.min_size_test,
-        context=h.context.enabled,
-        refine=dict(h.refine.to_dict() if hasattr(h.refine, "to_dict") else h.refine),
+        context=h.context,
+        refine_iterations=h.refine_iterations,
+        refine_nms_thresh=h.refine_nms_thresh,
+        refine_vote_thresh=h.refine_vote_thresh,
     )
+
+
+def _check_last_stage_used(cfg, backbone: ResNet) -> None:
+    """Without a neck, the last stage the backbone builds must feed a head; otherwise it would be
+    an unused stage (e.g. res5 next to the Res5Head of the C4 design, which is res5 itself)."""
+    last = backbone.out_features[-1]
+    if last not in cfg.model.rpn.in_features and last not in cfg.model.roi_heads.in_features:
+        raise _config_error(
+            cfg,
+            "model.backbone.out_features",
+            f"the backbone builds up to {last}, which neither model.rpn.in_features nor "
+            f"model.roi_heads.in_features reads (model.neck.name is none); drop it",
+        )
 
 
 def build_model(cfg, class_names: Optional[List[str]] = None) -> FasterRCNN:
@@ -130,7 +151,10 @@ def build_model(cfg, class_names: Optional[List[str]] = None) -> FasterRCNN:
             f"model.num_classes is {cfg.model.num_classes} but the dataset has {len(class_names)} "
             f"classes ({class_names[:5]}...); set model.num_classes={len(class_names)}"
         )
-    backbone, neck = build_backbone(cfg)
+    backbone = build_backbone(cfg)
+    neck = build_neck(cfg, backbone)
+    if neck is None:
+        _check_last_stage_used(cfg, backbone)
     channels = dict(neck.out_channels if neck is not None else backbone.out_channels)
     model = FasterRCNN(
         backbone=backbone,
@@ -147,3 +171,27 @@ def build_model(cfg, class_names: Optional[List[str]] = None) -> FasterRCNN:
 
         load_backbone_weights(model, cfg.model.backbone.weights)
     return model
+
+
+def build_predictor(model: nn.Module, cfg) -> nn.Module:
+    """The one inference path (evaluation during training, tools/test.py, tools/video.py,
+    Detector.predict, the benchmark): the model itself, or the model wrapped in multi-scale/flip
+    testing when test.scales/flip ask for it, run under autocast when test.precision resolves to
+    bf16/fp16 on the model's device."""
+    t = cfg.test
+    predictor = model
+    if t.scales or t.flip:
+        predictor = MultiScaleFlip(
+            model,
+            scales=list(t.scales) or [cfg.input.min_size_test],
+            max_size=cfg.input.max_size_test,
+            flip=t.flip,
+            merge=t.merge,
+            nms_thresh=t.merge_nms_thresh,
+            vote_thresh=t.merge_vote_thresh,
+            detections_per_image=cfg.model.roi_heads.detections_per_image,
+        )
+    device = next(model.parameters()).device
+    precision = resolve_precision(cfg, device)
+    warn_if_slow_bf16(precision, device)
+    return predictor if precision == "fp32" else AutocastPredictor(predictor, precision)

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.onnx import operators as onnx_operators
 
 from ..structures import ImageList
 
@@ -53,14 +54,17 @@ class FasterRCNN(nn.Module):
     def preprocess(self, batch: List[dict]) -> ImageList:
         """Normalise each image, resize it by the sample's "scale" if it has one (test time: the
         image arrives at its original size, so the resize runs on the model's device), then pad
-        the batch to a multiple of size_divisibility with zeros."""
+        the batch to a multiple of size_divisibility with zeros. A traced export passes the scale
+        as a tensor computed from the input's shape (``detkit.export``)."""
         images = []
         for s in batch:
             x = (
                 s["image"].to(self.device, non_blocking=True).float() / 255.0 - self.pixel_mean
             ) / self.pixel_std
             scale = s.get("scale")
-            if scale is not None and float(scale) != 1.0:
+            if isinstance(scale, Tensor):  # traced export: the scale is computed in the graph
+                x = resize_traced(x, scale)
+            elif scale is not None and float(scale) != 1.0:
                 x = F.interpolate(
                     x[None],
                     scale_factor=float(scale),
@@ -89,7 +93,7 @@ class FasterRCNN(nn.Module):
                     f"got {labels.tolist()}"
                 )
         features = self.extract_features(images)
-        proposals, _, rpn_losses = self.rpn(images, features, gt_boxes)
+        proposals, rpn_losses = self.rpn(images, features, gt_boxes)
         _, roi_losses = self.roi_heads(images, features, proposals, gt_boxes, gt_labels)
         return {**rpn_losses, **roi_losses}
 
@@ -97,7 +101,7 @@ class FasterRCNN(nn.Module):
     def predict(self, batch: List[dict]) -> List[Dict[str, Tensor]]:
         images = self.preprocess(batch)
         features = self.extract_features(images)
-        proposals, _, _ = self.rpn(images, features)
+        proposals, _ = self.rpn(images, features)
         detections, _ = self.roi_heads(images, features, proposals)
         return [
             self.rescale(d, size, s) for d, size, s in zip(detections, images.image_sizes, batch)
@@ -105,14 +109,29 @@ class FasterRCNN(nn.Module):
 
     @staticmethod
     def rescale(detections, resized_size, sample: dict) -> Dict[str, Tensor]:
-        """Map boxes from the resized network input back to the original image (as torchvision)."""
+        """Map boxes from the resized network input back to the original image (as torchvision).
+        Sizes are ints, or 0-dim tensors traced from the input's shape when exporting."""
         boxes, scores, labels = detections
         h, w = sample.get("height", resized_size[0]), sample.get("width", resized_size[1])
-        ratio_h = torch.tensor(h, dtype=torch.float32) / torch.tensor(
-            resized_size[0], dtype=torch.float32
-        )
-        ratio_w = torch.tensor(w, dtype=torch.float32) / torch.tensor(
-            resized_size[1], dtype=torch.float32
-        )
+        ratio_h = _float32(h) / _float32(resized_size[0])
+        ratio_w = _float32(w) / _float32(resized_size[1])
         scale = torch.stack([ratio_w, ratio_h, ratio_w, ratio_h]).to(boxes.device)
         return {"boxes": boxes.float() * scale, "scores": scores.float(), "labels": labels}
+
+
+def _float32(size) -> Tensor:
+    """An image side (int, or a 0-dim tensor traced from the input's shape) as a float32 tensor."""
+    if isinstance(size, Tensor):
+        return size.float()
+    return torch.tensor(size, dtype=torch.float32)
+
+
+def resize_traced(x: Tensor, scale: Tensor) -> Tensor:
+    """The eager resize (``scale_factor=scale, recompute_scale_factor=True``: output size
+    floor(side * scale) in double) with the size computed from the traced shape, so that one traced
+    graph resizes every input size. ``scale`` is a 1-element float64 tensor: ONNX re-types 0-dim
+    values to float32 and writes ``number / tensor`` as a reciprocal product, either of which rounds
+    differently from Python's double and can make floor() land one pixel lower."""
+    hw = onnx_operators.shape_as_tensor(x)[-2:].double()
+    size = torch.floor(hw * scale).long()
+    return F.interpolate(x[None], size=(size[0], size[1]), mode="bilinear", align_corners=False)[0]

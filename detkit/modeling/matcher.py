@@ -13,17 +13,22 @@ FOREGROUND, BACKGROUND, IGNORE = 1, 0, -1
 class Matcher:
     """IoU matcher with two thresholds.
 
-    For each prediction (column of the G x P IoU matrix): IoU >= fg_thresh -> foreground,
-    IoU < bg_thresh -> background, in between -> ignored. With ``allow_low_quality_matches``, every
-    GT also claims the predictions that overlap it best (ties included) even below fg_thresh, so no
-    GT is left without an anchor (the RPN needs this for small and oddly shaped objects).
+    For each prediction (column of the G x P IoU matrix): IoU >= fg_iou_thresh -> foreground,
+    IoU < bg_iou_thresh -> background, in between -> ignored. With ``allow_low_quality_matches``,
+    every GT also claims the predictions that overlap it best (ties included) even below
+    fg_iou_thresh, so no GT is left without an anchor (the RPN needs this for small and oddly
+    shaped objects).
     """
 
-    def __init__(self, fg_thresh: float, bg_thresh: float, allow_low_quality_matches: bool = False):
-        if bg_thresh > fg_thresh:
-            raise ValueError(f"bg_thresh ({bg_thresh}) must not exceed fg_thresh ({fg_thresh})")
-        self.fg_thresh = fg_thresh
-        self.bg_thresh = bg_thresh
+    def __init__(
+        self, fg_iou_thresh: float, bg_iou_thresh: float, allow_low_quality_matches: bool = False
+    ):
+        if bg_iou_thresh > fg_iou_thresh:
+            raise ValueError(
+                f"bg_iou_thresh ({bg_iou_thresh}) must not exceed fg_iou_thresh ({fg_iou_thresh})"
+            )
+        self.fg_iou_thresh = fg_iou_thresh
+        self.bg_iou_thresh = bg_iou_thresh
         self.allow_low_quality_matches = allow_low_quality_matches
 
     def __call__(self, iou: Tensor) -> Tuple[Tensor, Tensor]:
@@ -39,8 +44,8 @@ class Matcher:
             )
         best_iou, matched = iou.max(dim=0)
         labels = torch.full((num_preds,), IGNORE, dtype=torch.int8, device=iou.device)
-        labels[best_iou >= self.fg_thresh] = FOREGROUND
-        labels[best_iou < self.bg_thresh] = BACKGROUND
+        labels[best_iou >= self.fg_iou_thresh] = FOREGROUND
+        labels[best_iou < self.bg_iou_thresh] = BACKGROUND
         if self.allow_low_quality_matches:
             best_per_gt = iou.max(dim=1, keepdim=True).values
             # a GT with zero overlap everywhere would otherwise claim every prediction

@@ -4,6 +4,12 @@ Shapes used below:
     R: regions in the batch (sum over images)     K: foreground classes (labels 0..K-1)
     logits: (R, K + 1), background is the LAST column (index K) and exists only here
     deltas: (R, 4K), class-specific box regression
+
+At test time the heads decode every region into K class-specific boxes and select detections
+(threshold -> drop tiny boxes -> per-class NMS -> best ``detections_per_image``). With
+``refine_iterations > 0`` they first refine iteratively (He et al. 2016, appendix): re-pool at each
+region's regressed box, predict again, and select from the union of all rounds with a lower NMS
+threshold followed by box voting.
 """
 
 from __future__ import annotations
@@ -37,6 +43,38 @@ class BoxPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
+def box_voting(kept_boxes: Tensor, all_boxes: Tensor, all_scores: Tensor, thresh: float) -> Tensor:
+    """Each kept box becomes the score-weighted mean of the boxes (of its class) overlapping it at
+    IoU >= thresh. A kept box is among ``all_boxes``, so it always votes for itself."""
+    if len(kept_boxes) == 0:
+        return kept_boxes
+    weights = (box_iou(kept_boxes, all_boxes) >= thresh).to(all_scores.dtype) * all_scores[None, :]
+    return (weights @ all_boxes) / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def nms_and_vote(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    nms_thresh: float,
+    vote_thresh: Optional[float],
+    max_dets: int,
+    num_classes: int = 0,
+) -> Detections:
+    """Per-class NMS, the best ``max_dets`` kept, then (when ``vote_thresh`` is given) per-class box
+    voting among all the input boxes. Shared by the RoI heads and the multi-scale/flip merge.
+    ``num_classes`` is needed only while tracing (export: one NMS per class)."""
+    keep = batched_nms(boxes, scores, labels, nms_thresh, num_classes)[:max_dets]
+    kept_boxes, kept_scores, kept_labels = boxes[keep], scores[keep], labels[keep]
+    if vote_thresh is not None and len(keep):
+        voted = kept_boxes.clone()
+        for c in kept_labels.unique():
+            k, a = kept_labels == c, labels == c
+            voted[k] = box_voting(kept_boxes[k], boxes[a], scores[a], vote_thresh)
+        kept_boxes = voted
+    return kept_boxes, kept_scores, kept_labels
+
+
 class ROIHeads(nn.Module):
     def __init__(
         self,
@@ -52,12 +90,14 @@ class ROIHeads(nn.Module):
         add_gt_as_proposals: bool = True,
         smooth_l1_beta: float = 1 / 9,
         loss_weight: float = 1.0,
-        score_thresh: float = 0.05,
-        nms_thresh: float = 0.5,
+        score_thresh_test: float = 0.05,
+        nms_thresh_test: float = 0.5,
         detections_per_image: int = 100,
         min_size_test: float = 1e-2,
         context: bool = False,
-        refine: Optional[dict] = None,
+        refine_iterations: int = 0,
+        refine_nms_thresh: float = 0.3,
+        refine_vote_thresh: float = 0.8,
     ):
         super().__init__()
         self.in_features = list(in_features)
@@ -75,11 +115,15 @@ class ROIHeads(nn.Module):
         self.add_gt_as_proposals = add_gt_as_proposals
         self.smooth_l1_beta = smooth_l1_beta
         self.loss_weight = loss_weight
-        self.score_thresh = score_thresh
-        self.nms_thresh = nms_thresh
+        self.score_thresh_test = score_thresh_test
+        self.nms_thresh_test = nms_thresh_test
         self.detections_per_image = detections_per_image
         self.min_size_test = min_size_test
-        self.refine = dict(refine or {"enabled": False})
+        if refine_iterations < 0:
+            raise ValueError(f"refine_iterations must be >= 0 (0 = off), got {refine_iterations}")
+        self.refine_iterations = int(refine_iterations)
+        self.refine_nms_thresh = refine_nms_thresh
+        self.refine_vote_thresh = refine_vote_thresh
 
     # ---------------------------------------------------------------- features
     def region_features(
@@ -91,14 +135,12 @@ class ROIHeads(nn.Module):
         if not self.context:
             return x
         ctx = self.context_features(images, feats)
-        counts = torch.as_tensor([len(b) for b in boxes], device=x.device)
-        return torch.cat([x, ctx.repeat_interleave(counts, dim=0)], dim=1)
+        ctx = torch.cat([ctx[i, None].expand(b.shape[0], -1) for i, b in enumerate(boxes)])
+        return torch.cat([x, ctx], dim=1)
 
     def context_features(self, images: ImageList, feats: List[Tensor]) -> Tensor:
         """Global context: the whole image as one RoI through the same pooler and head (one per image)."""
-        whole = [
-            torch.tensor([[0.0, 0.0, w, h]], device=feats[0].device) for h, w in images.image_sizes
-        ]
+        whole = [images.image_box(i)[None] for i in range(len(images))]
         return self.box_head(self.pooler(feats, whole, images.padded_size))
 
     def forward(
@@ -112,11 +154,10 @@ class ROIHeads(nn.Module):
         if self.training:
             return [], self.losses(images, features, proposals, gt_boxes, gt_labels)
         logits, deltas = self.predictor(self.region_features(images, features, proposals))
-        if self.refine.get("enabled"):
-            from .test_time import refine_detections  # test-time only; keeps training code small
-
-            return refine_detections(self, images, features, proposals, logits, deltas), {}
-        return self.postprocess(logits, deltas, proposals, images.image_sizes), {}
+        decoded = self.decode(logits, deltas, proposals, images.image_sizes)
+        if self.refine_iterations > 0:
+            return self.refine(images, features, decoded), {}
+        return [self.select(boxes, scores, self.nms_thresh_test) for boxes, scores in decoded], {}
 
     # ---------------------------------------------------------------- training
     @torch.no_grad()
@@ -173,27 +214,53 @@ class ROIHeads(nn.Module):
     def decode(self, logits: Tensor, deltas: Tensor, proposals: List[Tensor], image_sizes):
         """Per image: (P, K) foreground scores and (P, K, 4) clipped class-specific boxes."""
         scores = F.softmax(logits.float(), dim=-1)[:, : self.num_classes]
-        boxes = self.box_coder.decode(deltas, torch.cat(proposals)).view(
-            len(deltas), self.num_classes, 4
-        )
-        counts = [len(p) for p in proposals]
+        boxes = self.box_coder.decode(deltas, torch.cat(proposals)).view(-1, self.num_classes, 4)
+        counts = [p.shape[0] for p in proposals]  # traced (not frozen) when exporting
         return [
             (clip_boxes(b, size), s)
             for b, s, size in zip(boxes.split(counts), scores.split(counts), image_sizes)
         ]
 
-    def postprocess(self, logits, deltas, proposals, image_sizes) -> List[Detections]:
-        return [
-            self.select(boxes, scores)
-            for boxes, scores in self.decode(logits, deltas, proposals, image_sizes)
-        ]
-
-    def select(self, boxes: Tensor, scores: Tensor) -> Detections:
-        """Score threshold, drop tiny boxes, per-class NMS, keep the best detections_per_image."""
+    def select(
+        self, boxes: Tensor, scores: Tensor, nms_thresh: float, vote_thresh: Optional[float] = None
+    ) -> Detections:
+        """One image's (P, K, 4) boxes and (P, K) scores -> detections: score threshold, drop tiny
+        boxes, per-class NMS, keep the best detections_per_image, then box voting if asked."""
         labels = torch.arange(self.num_classes, device=scores.device).expand_as(scores).reshape(-1)
         boxes, scores = boxes.reshape(-1, 4), scores.reshape(-1)
-        keep = torch.where(scores > self.score_thresh)[0]
+        keep = torch.where(scores > self.score_thresh_test)[0]
         keep = keep[nonempty(boxes[keep], self.min_size_test)]
-        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_image]
-        return boxes[keep], scores[keep], labels[keep]
+        return nms_and_vote(
+            boxes[keep],
+            scores[keep],
+            labels[keep],
+            nms_thresh,
+            vote_thresh,
+            self.detections_per_image,
+            self.num_classes,
+        )
+
+    @torch.no_grad()
+    def refine(
+        self, images: ImageList, features: Dict[str, Tensor], decoded: List[Tuple[Tensor, Tensor]]
+    ) -> List[Detections]:
+        """Iterative box refinement: pool a new feature at each region's regressed box (the box of
+        its best foreground class) and predict a new score and box, ``refine_iterations`` times.
+        Every round's predictions join the union; the union is selected with NMS at
+        ``refine_nms_thresh`` (0.3 in the paper: the rounds overlap heavily) and box voting at
+        ``refine_vote_thresh``."""
+        union = [([b], [s]) for b, s in decoded]
+        current = decoded
+        for _ in range(self.refine_iterations):
+            regressed = [b[torch.arange(len(b)), s.argmax(dim=1)] for b, s in current]
+            logits, deltas = self.predictor(self.region_features(images, features, regressed))
+            current = self.decode(logits, deltas, regressed, images.image_sizes)
+            for (bs, ss), (b, s) in zip(union, current):
+                bs.append(b)
+                ss.append(s)
+        return [
+            self.select(
+                torch.cat(bs), torch.cat(ss), self.refine_nms_thresh, self.refine_vote_thresh
+            )
+            for bs, ss in union
+        ]

@@ -52,8 +52,10 @@ class RPN(nn.Module):
         box_coder: BoxCoder,
         batch_size_per_image: int = 256,
         positive_fraction: float = 0.5,
-        pre_nms_topk: Tuple[int, int] = (2000, 1000),
-        post_nms_topk: Tuple[int, int] = (2000, 1000),
+        pre_nms_topk_train: int = 2000,
+        pre_nms_topk_test: int = 1000,
+        post_nms_topk_train: int = 2000,
+        post_nms_topk_test: int = 1000,
         nms_thresh: float = 0.7,
         score_thresh: float = 0.0,
         min_size: float = 1e-3,
@@ -68,8 +70,10 @@ class RPN(nn.Module):
         self.box_coder = box_coder
         self.batch_size_per_image = batch_size_per_image
         self.positive_fraction = positive_fraction
-        self.pre_nms_topk = {True: pre_nms_topk[0], False: pre_nms_topk[1]}
-        self.post_nms_topk = {True: post_nms_topk[0], False: post_nms_topk[1]}
+        self.pre_nms_topk_train = pre_nms_topk_train
+        self.pre_nms_topk_test = pre_nms_topk_test
+        self.post_nms_topk_train = post_nms_topk_train
+        self.post_nms_topk_test = post_nms_topk_test
         self.nms_thresh = nms_thresh
         self.score_thresh = score_thresh
         self.min_size = min_size
@@ -81,8 +85,8 @@ class RPN(nn.Module):
         images: ImageList,
         features: Dict[str, Tensor],
         gt_boxes: Optional[List[Tensor]] = None,
-    ) -> Tuple[List[Tensor], List[Tensor], Dict[str, Tensor]]:
-        """Returns per-image proposals (Pi, 4), their objectness probabilities (Pi,), and losses."""
+    ) -> Tuple[List[Tensor], Dict[str, Tensor]]:
+        """Returns per-image proposals (Pi, 4) and the losses (empty at inference)."""
         feats = [features[f] for f in self.in_features]
         logits, deltas = self.head(feats)
         anchors = self.anchor_generator(
@@ -95,7 +99,7 @@ class RPN(nn.Module):
             x.view(n, -1, 4, *x.shape[-2:]).permute(0, 3, 4, 1, 2).reshape(n, -1, 4) for x in deltas
         ]
         with torch.no_grad():
-            proposals, scores = self.select_proposals(anchors, logits, deltas, images.image_sizes)
+            proposals = self.select_proposals(anchors, logits, deltas, images.image_sizes)
         losses = {}
         if self.training:
             if gt_boxes is None:
@@ -103,7 +107,7 @@ class RPN(nn.Module):
             losses = self.losses(
                 torch.cat(anchors), torch.cat(logits, 1), torch.cat(deltas, 1), gt_boxes
             )
-        return proposals, scores, losses
+        return proposals, losses
 
     def select_proposals(
         self,
@@ -111,35 +115,40 @@ class RPN(nn.Module):
         logits: List[Tensor],
         deltas: List[Tensor],
         image_sizes: List[Tuple[int, int]],
-    ) -> Tuple[List[Tensor], List[Tensor]]:
-        """Top-k per level, decode, clip, drop tiny boxes, NMS per level, keep the best post-NMS top-k."""
+    ) -> List[Tensor]:
+        """Top-k per level, decode, clip, drop tiny boxes, NMS per level, keep the best post-NMS top-k.
+
+        Traceable as it is (export): counts come from ``Tensor.shape``, which is traced, and the
+        images are indexed rather than iterated over."""
+        pre_topk, post_topk = (
+            (self.pre_nms_topk_train, self.post_nms_topk_train)
+            if self.training
+            else (self.pre_nms_topk_test, self.post_nms_topk_test)
+        )
         n = logits[0].shape[0]
-        batch_idx = torch.arange(n, device=logits[0].device)[:, None]
         topk_logits, topk_boxes, topk_levels = [], [], []
         for level, (a, lg, d) in enumerate(zip(anchors, logits, deltas)):
-            k = min(self.pre_nms_topk[self.training], lg.shape[1])
+            num = lg.shape[1]  # a 0-dim tensor while tracing: min() would freeze it
+            k = torch.clamp(num, max=pre_topk) if isinstance(num, Tensor) else min(pre_topk, num)
             lg_k, idx = lg.detach().topk(k, dim=1)
-            d_k = d.detach()[batch_idx, idx]  # (N, k, 4)
-            boxes = self.box_coder.decode(d_k.reshape(-1, 4), a[idx.reshape(-1)]).view(n, k, 4)
+            d_k = d.detach().gather(1, idx[:, :, None].expand(-1, -1, 4))  # (N, k, 4)
+            boxes = self.box_coder.decode(d_k.reshape(-1, 4), a[idx.reshape(-1)]).view(n, -1, 4)
             topk_logits.append(lg_k)
             topk_boxes.append(boxes)
-            topk_levels.append(torch.full((k,), level, dtype=torch.int64, device=lg.device))
+            topk_levels.append(torch.full_like(idx[0], level))
         all_logits = torch.cat(topk_logits, 1)
         all_boxes = torch.cat(topk_boxes, 1)
         levels = torch.cat(topk_levels)
-        proposals, scores = [], []
-        for boxes, lg, size in zip(all_boxes, all_logits, image_sizes):
-            prob = torch.sigmoid(lg.float())
-            boxes = clip_boxes(boxes, size)
+        proposals = []
+        for i, size in enumerate(image_sizes):
+            prob = torch.sigmoid(all_logits[i].float())
+            boxes = clip_boxes(all_boxes[i], size)
             keep = nonempty(boxes, self.min_size)
             keep = keep[prob[keep] >= self.score_thresh]
             boxes, prob, lvl = boxes[keep], prob[keep], levels[keep]
-            keep = batched_nms(boxes.float(), prob, lvl, self.nms_thresh)[
-                : self.post_nms_topk[self.training]
-            ]
-            proposals.append(boxes[keep])
-            scores.append(prob[keep])
-        return proposals, scores
+            keep = batched_nms(boxes.float(), prob, lvl, self.nms_thresh, len(anchors))
+            proposals.append(boxes[keep[:post_topk]])
+        return proposals
 
     def losses(
         self, anchors: Tensor, logits: Tensor, deltas: Tensor, gt_boxes: List[Tensor]

@@ -1,35 +1,21 @@
 """Loading weights from local files: torchvision ImageNet ResNets and torchvision Faster R-CNNs.
 
-Nothing is ever downloaded; every path is a file the user names.
+Nothing is ever downloaded; every path is a file the user names. Files are read by
+``detkit.utils.io.load_state_file`` (the package's one loader); this module only renames tensors.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 from typing import Dict
 
 import torch
 from torch import Tensor, nn
 
+from detkit.utils.io import CheckpointMismatch, load_state_file
+
 logger = logging.getLogger("detkit")
-
-
-def load_state_file(path: str) -> Dict[str, Tensor]:
-    """A state dict from a local file: a plain state dict, or a dict holding one under 'model'/'state_dict'."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"weights file not found: {path} (detkit never downloads weights; "
-            "give the path of a local file)"
-        )
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return obj
 
 
 def imagenet_to_detkit(state: Dict[str, Tensor], c4: bool) -> Dict[str, Tensor]:
@@ -52,7 +38,9 @@ def load_backbone_weights(model: nn.Module, path: str) -> None:
     own = model.state_dict()
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:
-        raise ValueError(f"{path}: shapes differ for {bad[:3]} (is model.backbone.depth right?)")
+        raise CheckpointMismatch(
+            f"{path}: shapes differ for {bad[:3]} (is model.backbone.depth right?)"
+        )
     result = model.load_state_dict(state, strict=False)
     expected_missing = [
         k for k in result.missing_keys if k.startswith("backbone.") or ".res5." in k
@@ -114,15 +102,6 @@ def torchvision_detector_to_detkit(state: Dict[str, Tensor]) -> Dict[str, Tensor
 def torchvision_num_classes(state: Dict[str, Tensor]) -> int:
     """Foreground classes of a torchvision detector checkpoint (its cls_score has K + 1 rows)."""
     return int(state["roi_heads.box_predictor.cls_score.bias"].numel()) - 1
-
-
-def atomic_save(obj, path: str) -> None:
-    """Write a checkpoint atomically; one implementation, the engine's (temporary file, fsync, rename)."""
-    from ..engine.checkpoint import (
-        atomic_save as engine_atomic_save,
-    )  # lazy: the engine imports modeling
-
-    engine_atomic_save(obj, path)
 
 
 # torchvision's COCO detectors have 91 outputs: background + the 90 original COCO ids, 11 unused.

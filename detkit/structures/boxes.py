@@ -11,22 +11,46 @@ from typing import Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, box_iou, nms  # noqa: F401  (re-exported)
+from torchvision.ops import batched_nms as _torchvision_batched_nms
+from torchvision.ops import box_iou, nms  # noqa: F401  (re-exported)
 
 # exp() of a larger log-scale delta would explode; 1000/16 is the ratio used since Fast R-CNN.
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 
 
-def box_area(boxes: Tensor) -> Tensor:
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-
-
 def clip_boxes(boxes: Tensor, size: Tuple[int, int]) -> Tensor:
-    """Clip boxes (..., 4) to an image of ``size`` = (height, width)."""
+    """Clip boxes (..., 4) to an image of ``size`` = (height, width): ints, or 0-dim tensors traced
+    from the input's shape when exporting (same values either way)."""
     h, w = size
-    x = boxes[..., 0::2].clamp(min=0, max=w)
-    y = boxes[..., 1::2].clamp(min=0, max=h)
+    if isinstance(h, Tensor):
+        x = torch.minimum(boxes[..., 0::2].clamp(min=0), w.to(boxes.dtype))
+        y = torch.minimum(boxes[..., 1::2].clamp(min=0), h.to(boxes.dtype))
+    else:
+        x = boxes[..., 0::2].clamp(min=0, max=w)
+        y = boxes[..., 1::2].clamp(min=0, max=h)
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
+
+
+def batched_nms(
+    boxes: Tensor, scores: Tensor, groups: Tensor, iou_thresh: float, num_groups: int = 0
+) -> Tensor:
+    """NMS within each group (class or level); kept indices by descending score.
+
+    Eagerly this is torchvision's ``batched_nms`` (what its Faster R-CNN runs; the parity test
+    needs the same decisions). A traced graph (export) runs one NMS per group ``0..num_groups-1``
+    instead: torchvision traces its coordinate-offset trick, whose offsets reach num_groups x the
+    image size, where float32 loses the precision IoU needs, and its per-group loop iterates over
+    ``torch.unique`` (data-dependent). ``num_groups`` is fixed by the architecture."""
+    if not torch.jit.is_tracing():
+        return _torchvision_batched_nms(boxes, scores, groups, iou_thresh)
+    if num_groups < 1:
+        raise ValueError("batched_nms needs num_groups >= 1 while tracing (one NMS per group)")
+    keeps = []
+    for g in range(num_groups):
+        idx = torch.where(groups == g)[0]
+        keeps.append(idx[nms(boxes[idx], scores[idx], iou_thresh)])
+    keep = torch.cat(keeps)
+    return keep[torch.sort(scores[keep], descending=True)[1]]
 
 
 def nonempty(boxes: Tensor, min_size: float) -> Tensor:
@@ -45,10 +69,10 @@ class BoxCoder:
 
     def __init__(
         self,
-        weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+        bbox_reg_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
         scale_clamp: float = DEFAULT_SCALE_CLAMP,
     ):
-        self.weights = tuple(float(w) for w in weights)
+        self.weights = tuple(float(w) for w in bbox_reg_weights)
         self.scale_clamp = scale_clamp
 
     def encode(self, reference: Tensor, target: Tensor) -> Tensor:

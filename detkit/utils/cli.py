@@ -1,35 +1,97 @@
-"""Command-line helpers: errors a user can fix end the tool with one clear line, not a traceback."""
+"""What every script in tools/ does the same way: its argument parser, logging, and user errors.
+
+A tool is::
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout without pip install
+    from detkit.utils.cli import tool_main, tool_parser
+
+    def parse_args(argv):
+        p = tool_parser(__doc__)        # description: the docstring's first line; epilog: the rest
+        ...
+
+    @tool_main                          # logging to the console, user errors as one line
+    def main(argv=None) -> int:
+        ...
+
+    if __name__ == "__main__":
+        sys.exit(main())
+
+Errors a user can fix (``detkit.errors.DetkitError``: config, dataset, checkpoint, export, video
+source... and a missing file) end the tool with their message alone and exit status 1; anything
+else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import logging
+import os
 import sys
-from typing import Iterator
+from typing import Callable, Iterator, Optional, Sequence, Tuple, Type
+
+from detkit.errors import DetkitError
+
+from .logger import setup_logging
+
+USER_ERRORS: Tuple[Type[BaseException], ...] = (DetkitError, FileNotFoundError)
+
+
+class UserExit(SystemExit):
+    """The ``SystemExit`` raised after a user error was logged: it ends a script with its status,
+    and :func:`tool_main` turns it into ``main``'s return value."""
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Exit with status 1 and the message alone for errors whose message says what to fix:
-    config errors, missing or malformed datasets, unreadable checkpoints, divergence, an output
-    folder in use. Anything else is a bug and keeps its traceback."""
-    from detkit.config import ConfigError
-    from detkit.data import DatasetError
-    from detkit.engine import CheckpointError, DivergenceError, OutputDirInUse
-
+def user_errors(exit_code: int = 1, also: Sequence[Type[BaseException]] = ()) -> Iterator[None]:
+    """Log a user error (``DetkitError``, ``FileNotFoundError`` and the types in ``also``) as one
+    line, ``TypeName: message``, and exit with ``exit_code`` (:class:`UserExit`). Anything else
+    keeps its traceback."""
     try:
         yield
-    except (
-        ConfigError,
-        DatasetError,
-        CheckpointError,
-        DivergenceError,
-        OutputDirInUse,
-        FileNotFoundError,
-    ) as e:
+    except (*USER_ERRORS, *also) as e:
         logger = logging.getLogger("detkit")
         if logger.handlers:
             logger.error("%s: %s", type(e).__name__, e)
         else:
             sys.stderr.write(f"{type(e).__name__}: {e}\n")
-        sys.exit(1)
+        raise UserExit(exit_code) from None
+
+
+def tool_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser whose ``--help`` shows the tool's docstring: the first line as the description,
+    the rest (the usage examples) verbatim."""
+    first, _, rest = doc.strip().partition("\n")
+    return argparse.ArgumentParser(
+        description=first,
+        epilog=rest.strip("\n") or None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def tool_main(
+    func: Optional[Callable[..., Optional[int]]] = None,
+    *,
+    exit_code: int = 1,
+    also: Sequence[Type[BaseException]] = (),
+):
+    """Decorate a tool's ``main(argv=None)``: set up the ``detkit`` console log (rank 0 under
+    torchrun), run it, and return its exit status (0 when it returns None, ``exit_code`` after a
+    user error, logged as one line; see :func:`user_errors`). ``main`` returns instead of exiting so
+    tests can call it in-process."""
+
+    def decorate(fn: Callable[..., Optional[int]]) -> Callable[..., int]:
+        @functools.wraps(fn)
+        def main(argv: Optional[Sequence[str]] = None) -> int:
+            setup_logging(rank=int(os.environ.get("RANK", "0")))
+            try:
+                with user_errors(exit_code, also):
+                    status = fn(argv)
+            except UserExit as e:
+                return e.code
+            return 0 if status is None else int(status)
+
+        return main
+
+    return decorate(func) if func is not None else decorate

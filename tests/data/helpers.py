@@ -3,27 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
-
-# ../shared/testdata beside the project (override with $DETKIT_TESTDATA, as tests/conftest.py does)
-SHARED_TESTDATA = Path(
-    os.environ.get(
-        "DETKIT_TESTDATA", Path(__file__).resolve().parents[2] / ".." / "shared" / "testdata"
-    )
-)
-
-
-def shared_path(*parts: str) -> Path:
-    """A file or folder under ../shared/testdata; the calling test is skipped (visibly) when absent."""
-    path = SHARED_TESTDATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"reference test data not found: {path}")
-    return path
 
 
 def write_coco(path: Path, images, annotations, categories) -> Path:

@@ -16,7 +16,7 @@ from detkit.data import (
     build_test_loader,
     build_train_loader,
 )
-from detkit.data.transforms import TestMapper, TrainMapper
+from detkit.data.transforms import InferenceMapper, TrainMapper
 
 from .helpers import make_cfg, write_coco
 
@@ -40,7 +40,7 @@ def test_train_and_val_datasets(tiny_coco):
     train = build_dataset(_namespace(cfg), "train")
     assert len(train) == 2 and isinstance(train.mapper, TrainMapper)  # filter_empty from data.train
     val = build_dataset(cfg, "val")
-    assert len(val) == 3 and isinstance(val.mapper, TestMapper)
+    assert len(val) == 3 and isinstance(val.mapper, InferenceMapper)
     assert val[0]["image"].shape == (3, 48, 64) and val[0]["scale"] == pytest.approx(32 / 48)
 
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from detkit.data import COCODataset, DatasetError
-from detkit.data.transforms import TestMapper
+from detkit.data.transforms import InferenceMapper
+from tests.conftest import reference_data
 
-from .helpers import shared_path, write_coco, write_jpeg
+from .helpers import write_coco, write_jpeg
 
 CATS = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
 IMAGES = [{"id": 5, "file_name": "x.jpg", "width": 100, "height": 50}]
@@ -56,7 +57,7 @@ def test_getitem_with_and_without_mapper(tiny_coco):
     raw = COCODataset(str(ann_file), str(img_dir))[0]
     assert raw["image"].dtype == torch.uint8 and raw["image"].shape == (3, 48, 64)
     assert raw["gt_boxes"].shape == (2, 4) and raw["gt_labels"].tolist() == [1, 0]
-    sample = COCODataset(str(ann_file), str(img_dir), mapper=TestMapper(96, 1000))[0]
+    sample = COCODataset(str(ann_file), str(img_dir), mapper=InferenceMapper(96, 1000))[0]
     assert sample["image"].shape == (3, 48, 64) and sample["scale"] == 2.0
     assert (sample["height"], sample["width"], sample["image_id"]) == (48, 64, 1)
 
@@ -143,7 +144,7 @@ def test_image_size_mismatch_is_a_clear_error(tmp_path):
 
 
 def test_mmdetection_sample_files():
-    data = shared_path("mmdetection", "tests", "data")
+    data = reference_data("mmdetection", "tests", "data")
     ds = COCODataset(str(data / "coco_sample.json"), str(data))
     assert ds.class_names == ["bus", "car"] and len(ds) == 3
     assert [len(r["boxes"]) for r in ds.records] == [2, 1, 0]
@@ -155,7 +156,7 @@ def test_mmdetection_sample_files():
 
 
 def test_faster_coco_eval_fixture_reads_images():
-    data = shared_path("faster_coco_eval", "tests", "dataset")
+    data = reference_data("faster_coco_eval", "tests", "dataset")
     ds = COCODataset(str(data / "gt_dataset.json"), str(data))
     assert ds.class_names == ["cloud", "heart", "arrow", "star"] and ds.label_to_category_id == [
         1,

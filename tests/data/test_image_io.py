@@ -7,8 +7,7 @@ import pytest
 from PIL import Image
 
 from detkit.data.image_io import ImageReadError, read_image
-
-from .helpers import shared_path
+from tests.conftest import reference_data
 
 PILLOW = ("Pillow", "Tests", "images")
 MMCV = ("mmcv", "tests", "data")
@@ -34,21 +33,21 @@ def _mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     ],
 )
 def test_odd_modes_become_uint8_rgb(parts, size_hw, gray):
-    image = read_image(shared_path(*parts))
+    image = read_image(reference_data(*parts))
     assert image.dtype == np.uint8 and image.shape == size_hw + (3,)
     if gray:
         assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
 
 
 def test_rgba_drops_alpha_instead_of_compositing():
-    path = shared_path(*PILLOW, "pil123rgba.png")
+    path = reference_data(*PILLOW, "pil123rgba.png")
     rgba = np.asarray(Image.open(path))
     assert (rgba[..., 3] < 255).any()  # the file really has transparency
     np.testing.assert_array_equal(read_image(path), rgba[..., :3])
 
 
 def test_cmyk_colours():
-    image = read_image(shared_path(*PILLOW, "pil_sample_cmyk.jpg"))
+    image = read_image(reference_data(*PILLOW, "pil_sample_cmyk.jpg"))
     r, g, b = image[0, 0].astype(int)  # CMYK (0, 242, 230, 0) there: red
     assert r > 200 and g < 60 and b < 60
 
@@ -65,8 +64,8 @@ def test_sixteen_bit_is_scaled_to_eight_bit(tmp_path):
 
 @pytest.mark.parametrize("k", range(9))
 def test_exif_orientation_examples_come_out_upright(k):
-    path = shared_path("exif-orientation-examples", f"Landscape_{k}.jpg")
-    upright = read_image(shared_path("exif-orientation-examples", "Landscape_1.jpg"))
+    path = reference_data("exif-orientation-examples", f"Landscape_{k}.jpg")
+    upright = read_image(reference_data("exif-orientation-examples", "Landscape_1.jpg"))
     image = read_image(path)
     assert image.shape == (1200, 1800, 3)
     assert _mean_abs_diff(image, upright) < 8  # the same picture, up to JPEG noise
@@ -81,16 +80,16 @@ def test_exif_orientation_examples_come_out_upright(k):
 
 @pytest.mark.parametrize("k", [3, 6])
 def test_pillow_orientation_files_match_upright_hopper(k):
-    hopper = read_image(shared_path(*PILLOW, "hopper.jpg"))
-    path = shared_path(*PILLOW, f"hopper_orientation_{k}.jpg")
+    hopper = read_image(reference_data(*PILLOW, "hopper.jpg"))
+    path = reference_data(*PILLOW, f"hopper_orientation_{k}.jpg")
     assert _mean_abs_diff(read_image(path), hopper) < 10
     assert _mean_abs_diff(read_image(path, exif=False), hopper) > 40
 
 
 def test_mmcv_exif_rotated_file():
-    color = read_image(shared_path(*MMCV, "color.jpg"))
+    color = read_image(reference_data(*MMCV, "color.jpg"))
     rotated = read_image(
-        shared_path(*MMCV, "color_exif.jpg")
+        reference_data(*MMCV, "color_exif.jpg")
     )  # orientation 6: 90 degrees clockwise
     assert rotated.shape == (400, 300, 3)
     assert _mean_abs_diff(rotated, np.rot90(color, -1)) < 8
@@ -107,7 +106,7 @@ def test_mmcv_exif_rotated_file():
     ],
 )
 def test_broken_or_unsupported_files_raise_naming_the_file(parts):
-    path = shared_path(*parts)
+    path = reference_data(*parts)
     with pytest.raises(ImageReadError, match=str(path).replace(".", r"\.")):
         read_image(path)
 
@@ -115,7 +114,7 @@ def test_broken_or_unsupported_files_raise_naming_the_file(parts):
 def test_missing_and_truncated_files(tmp_path):
     with pytest.raises(ImageReadError, match="not found: .*nothing.jpg"):
         read_image(tmp_path / "nothing.jpg")
-    data = shared_path(*PILLOW, "hopper.jpg").read_bytes()
+    data = reference_data(*PILLOW, "hopper.jpg").read_bytes()
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageReadError, match="truncated.jpg"):
@@ -124,7 +123,7 @@ def test_missing_and_truncated_files(tmp_path):
 
 def test_decompression_bomb_message_says_what_to_do():
     with pytest.raises(ImageReadError, match="MAX_IMAGE_PIXELS"):
-        read_image(shared_path(*PILLOW, "decompression_bomb.gif"))
+        read_image(reference_data(*PILLOW, "decompression_bomb.gif"))
 
 
 def test_image_read_error_survives_a_dataloader_reraise():

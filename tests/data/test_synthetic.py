@@ -127,6 +127,7 @@ def test_generation_speed_is_logged(tmp_path, record_property):
     )
 
 
+@pytest.mark.slow
 def test_parallel_generation_writes_the_same_files(tmp_path):
     args = dict(SMALL, num_images=20, seed=5, write_voc=True)
     generate_synthetic(tmp_path / "one", workers=1, **args)

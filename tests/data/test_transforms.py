@@ -1,13 +1,18 @@
-"""Transforms: the test-time resize against torchvision, the training mapper against hand-computed boxes."""
+"""Transforms: the inference resize (mapper scale + model preprocess) against torchvision, the training
+mapper against hand-computed boxes."""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
 import torch
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from detkit.data.transforms import TestMapper, TrainMapper, resize_for_test, resize_scale
+from detkit.data.transforms import InferenceMapper, TrainMapper, resize_scale
+from detkit.modeling import build_model
+from tests.conftest import tiny_config
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]
@@ -15,6 +20,25 @@ STD = [58.395, 57.12, 57.375]
 
 def _image(h, w, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@functools.lru_cache(maxsize=None)
+def _model(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
+    fmt = ",".join
+    cfg = tiny_config(
+        f"model.pixel_mean=[{fmt(map(str, mean))}]", f"model.pixel_std=[{fmt(map(str, std))}]"
+    )
+    return build_model(cfg).eval()
+
+
+def _resize(image, min_size, max_size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
+    """What inference does to an image: the mapper's scale, then the model's preprocess (normalise,
+    resize); the padding cropped off. With mean 0 and std 1 the result stays in 0..255."""
+    h, w = image.shape[:2]
+    sample = InferenceMapper(min_size, max_size)({"image_id": 0, "height": h, "width": w}, image)
+    images = _model(tuple(mean), tuple(std)).preprocess([sample])
+    rh, rw = images.image_sizes[0]
+    return images.tensor[0, :, :rh, :rw], sample["scale"]
 
 
 @pytest.mark.parametrize(
@@ -27,9 +51,9 @@ def _image(h, w, seed=0):
         ((101, 77), 100, 100),
     ],
 )
-def test_resize_for_test_matches_torchvision(hw, min_size, max_size):
+def test_inference_resize_matches_torchvision(hw, min_size, max_size):
     image = _image(*hw)
-    ours, scale = resize_for_test(image, min_size, max_size)
+    ours, scale = _resize(image, min_size, max_size)
     tv = GeneralizedRCNNTransform(
         min_size, max_size, image_mean=[0.0] * 3, image_std=[1.0] * 3
     ).eval()
@@ -40,10 +64,9 @@ def test_resize_for_test_matches_torchvision(hw, min_size, max_size):
     assert ours.shape[1:] == (int(hw[0] * scale), int(hw[1] * scale))
 
 
-def test_resize_then_normalise_equals_torchvision_normalise_then_resize():
+def test_inference_preprocess_equals_torchvision_normalise_then_resize():
     image = _image(57, 83, seed=1)
-    ours, _ = resize_for_test(image, 96, 1333)
-    ours = (ours - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
+    ours, _ = _resize(image, 96, 1333, MEAN, STD)  # the model normalises, then resizes
     tv = GeneralizedRCNNTransform(96, 1333, image_mean=MEAN, image_std=STD).eval()
     # torchvision's own pipeline (normalise, resize; batching pads at the end: crop it back)
     batch, _ = tv([torch.from_numpy(image).permute(2, 0, 1).float()])
@@ -52,14 +75,14 @@ def test_resize_then_normalise_equals_torchvision_normalise_then_resize():
 
 
 def test_test_mapper_sample():
-    sample = TestMapper(32, 64)({"image_id": 3, "height": 48, "width": 64}, _image(48, 64))
+    sample = InferenceMapper(32, 64)({"image_id": 3, "height": 48, "width": 64}, _image(48, 64))
     # the original image travels with its scale; the model resizes (to 32x42 here)
     assert sample["image"].shape == (3, 48, 64) and sample["image"].dtype == torch.uint8
     assert sample["scale"] == pytest.approx(32 / 48) and (sample["height"], sample["width"]) == (
         48,
         64,
     )
-    assert tuple(resize_for_test(_image(48, 64), 32, 64)[0].shape[1:]) == (32, 42)
+    assert tuple(_resize(_image(48, 64), 32, 64)[0].shape[1:]) == (32, 42)
     assert "gt_boxes" not in sample
 
 
@@ -135,4 +158,4 @@ def test_train_mapper_random_sizes_are_seeded_and_follow_the_size_rule():
     h, w = mapper(RECORD | {"height": 37, "width": 91}, _image(37, 91))["image"].shape[1:]
     scale = resize_scale(37, 91, 64, 100)
     assert (h, w) == (int(37 * scale), int(91 * scale))
-    assert (h, w) == tuple(resize_for_test(_image(37, 91), 64, 100)[0].shape[1:])
+    assert (h, w) == tuple(_resize(_image(37, 91), 64, 100)[0].shape[1:])

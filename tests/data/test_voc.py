@@ -9,8 +9,9 @@ import pytest
 
 from detkit.data import DatasetError, VOCDataset, parse_voc_xml, write_voc_xml
 from detkit.data.voc import VOC_CLASSES, voc_image_ids
+from tests.conftest import reference_data
 
-from .helpers import shared_path, write_jpeg
+from .helpers import write_jpeg
 
 XML_MISSING_DIFFICULT = """<annotation>
   <filename>000009.jpg</filename>
@@ -31,7 +32,7 @@ def test_standard_class_order():
 
 def test_parse_mmdetection_voc_xml():
     ann = parse_voc_xml(
-        shared_path(
+        reference_data(
             "mmdetection", "tests", "data", "VOCdevkit", "VOC2012", "Annotations", "000001.xml"
         )
     )
@@ -46,7 +47,7 @@ def test_parse_mmdetection_voc_xml():
 
 def test_parse_custom_dataset_xml_with_two_objects():
     ann = parse_voc_xml(
-        shared_path("mmdetection", "tests", "data", "custom_dataset", "images", "000001.xml")
+        reference_data("mmdetection", "tests", "data", "custom_dataset", "images", "000001.xml")
     )
     np.testing.assert_allclose(ann["boxes"], [[47, 239, 195, 371], [7, 11, 352, 498]])
     assert ann["labels"].tolist() == [VOC_CLASSES.index("dog"), VOC_CLASSES.index("person")]
@@ -92,7 +93,7 @@ def voc_folder(tmp_path):
     root = tmp_path / "VOCdevkit" / "VOC2007"
     (root / "Annotations").mkdir(parents=True)
     shutil.copy(
-        shared_path(
+        reference_data(
             "mmdetection", "tests", "data", "VOCdevkit", "VOC2012", "Annotations", "000001.xml"
         ),
         root / "Annotations" / "000001.xml",

@@ -13,19 +13,15 @@ import pytest
 import torch
 
 from detkit.config import Config, load_config
+from tests.conftest import TINY_FPN
 
 REPO = Path(__file__).resolve().parents[2]
 
-TINY_MODEL = [
+# the tiny FPN of tests/conftest.py, two classes, smaller anchors, fewer proposals and RoIs
+TINY_MODEL = TINY_FPN + [
     "model.num_classes=2",
-    "model.backbone.depth=18",
-    "model.backbone.norm=GN",
-    "model.backbone.freeze_at=0",
     "model.backbone.gn_groups=8",
-    "model.neck.out_channels=32",
-    "model.roi_heads.box_head.fc_dim=64",
     "model.rpn.anchor_sizes=[[8],[16],[32],[64],[128]]",
-    "model.rpn.batch_size_per_image=64",
     "model.rpn.pre_nms_topk_train=300",
     "model.rpn.post_nms_topk_train=100",
     "model.rpn.pre_nms_topk_test=200",
@@ -105,21 +101,6 @@ def run_tool(
     return subprocess.run(
         [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
-
-
-@pytest.fixture(autouse=True)
-def restore_detkit_logger():
-    """train_main/test_main attach handlers to the ``detkit`` logger (and stop propagation); put it back so
-    other tests' caplog still sees detkit's records."""
-    import logging
-
-    logger = logging.getLogger("detkit")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    yield
-    for h in logger.handlers:
-        if h not in saved[0]:
-            h.close()
-    logger.handlers[:], logger.propagate, logger.level = saved
 
 
 def truncate_file(path: Path, keep: int = 100) -> None:

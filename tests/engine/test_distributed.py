@@ -82,6 +82,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         json.dump(report, f)
 
 
+@pytest.mark.slow
 def test_two_ranks_no_positives_and_divergence(tmp_path):
     ctx = mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False)
     deadline = time.monotonic() + 240

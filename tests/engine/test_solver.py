@@ -109,7 +109,7 @@ def test_optimizer_uses_the_groups():
 
 def test_solver_values_are_checked_as_config_errors():
     from detkit.config import ConfigError, load_config
-    from detkit.engine.trainer import check_solver
+    from detkit.engine.solver import check_solver
 
     check_solver(load_config(None))  # the defaults are valid
     bad = load_config(

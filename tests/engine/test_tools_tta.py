@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from .conftest import run_tool, tiny_config
 
 
+@pytest.mark.slow
 def test_tools_test_with_multiscale_flip_and_refinement(data_root, tmp_path):
     cfg_file = tmp_path / "tiny.yaml"
     tiny_config(data_root, ["solver.max_iter=2", "solver.steps=[1]"]).dump(cfg_file)
@@ -22,7 +25,7 @@ def test_tools_test_with_multiscale_flip_and_refinement(data_root, tmp_path):
             "test.scales=[48,64]",
             "test.flip=true",
             "test.merge=vote",
-            "model.roi_heads.refine.enabled=true",
+            "model.roi_heads.refine_iterations=1",
             "model.roi_heads.score_thresh_test=0.0",
         ]
     )

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from detkit.engine import DivergenceError, OutputDirInUse, Trainer, train_main
-from detkit.engine.checkpoint import load_file
+from detkit.utils.io import load_checkpoint
 
 from .conftest import load_weights, tiny_config, truncate_file
 
@@ -30,6 +30,7 @@ def kill_at(monkeypatch, iteration):
     monkeypatch.setattr(Trainer, "run_step", run_step)
 
 
+@pytest.mark.slow
 def test_resume_ends_with_the_same_weights(data_root, tmp_path, monkeypatch):
     cfg = tiny_config(
         data_root, ["data.num_workers=1"]
@@ -44,7 +45,7 @@ def test_resume_ends_with_the_same_weights(data_root, tmp_path, monkeypatch):
         train_main(cfg, output_dir=str(killed))
     monkeypatch.undo()
     assert (
-        load_file(killed / "last.pth")["iteration"] == 4
+        load_checkpoint(killed / "last.pth")["iteration"] == 4
         and not (killed / "model_final.pth").exists()
     )
     # same seed, same config: the same run (compared where both have a checkpoint)
@@ -107,7 +108,7 @@ def test_outputs_of_a_run(data_root, tmp_path):
     assert [r["iteration"] for r in records if r.get("split") == "val"] == [2, 3]
     final = json.loads((out / "metrics.json").read_text())
     assert final["final"]["AP"] == metrics["AP"] and len(final["history"]) == 2
-    saved = load_file(out / "model_final.pth")
+    saved = load_checkpoint(out / "model_final.pth")
     assert (
         saved["class_names"] == ["circle", "rectangle"]
         and saved["config"]["solver"]["accumulate"] == 2
@@ -136,4 +137,29 @@ def test_non_finite_loss_stops_naming_iteration_and_term(data_root, tmp_path, mo
         "model_0000001.pth",
         "model_0000002.pth",
     ]
-    assert load_file(out / "last.pth")["iteration"] == 2
+    assert load_checkpoint(out / "last.pth")["iteration"] == 2
+
+
+@pytest.mark.slow
+def test_evaluation_runs_the_inference_tools_test_runs(data_root, tmp_path, monkeypatch):
+    """best.pth is chosen by the predictor tools/test.py builds (here multi-scale + flip testing),
+    not by the bare model."""
+    import detkit.engine.trainer as trainer_module
+    from detkit.modeling.tta import MultiScaleFlip
+
+    predictors = []
+    real = trainer_module.run_inference
+
+    def spy(model, loader, evaluator, **kw):
+        predictors.append(model)
+        return real(model, loader, evaluator, **kw)
+
+    monkeypatch.setattr(trainer_module, "run_inference", spy)
+    cfg = tiny_config(
+        data_root,
+        ["solver.max_iter=1", "solver.steps=[1]", "test.scales=[48,64]", "test.flip=true"],
+    )
+    metrics = train_main(cfg, output_dir=str(tmp_path / "run"))
+    assert len(predictors) == 1 and isinstance(predictors[0], MultiScaleFlip)
+    assert predictors[0].scales == [48, 64] and predictors[0].flip
+    assert "AP" in metrics and (tmp_path / "run" / "best.pth").exists()

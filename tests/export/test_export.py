@@ -19,7 +19,8 @@ from detkit.export import (
     load_torchscript,
 )
 from detkit.export.check import default_check_images, match_fraction
-from tests.video.helpers import TINY_C4, TINY_FPN, load_tool, save_tiny_checkpoint
+from tests.conftest import TINY_C4, TINY_FPN
+from tests.video.helpers import load_tool, save_tiny_checkpoint
 
 SIZES = [(240, 320), (333, 211), (97, 203), (600, 400)]
 
@@ -38,7 +39,7 @@ def det(request, tmp_path_factory):
     base, extra = (
         (TINY_FPN, [])
         if request.param == "fpn"
-        else (TINY_C4, ["model.roi_heads.context.enabled=true", "model.rpn.post_nms_topk_test=64"])
+        else (TINY_C4, ["model.roi_heads.context=true", "model.rpn.post_nms_topk_test=64"])
     )
     path = save_tiny_checkpoint(tmp_path_factory.mktemp("export") / "m.pth", extra, base=base)
     return Detector.from_checkpoint(str(path))
@@ -50,16 +51,18 @@ def reference(det, image):
 
 
 def test_export_graph_resizes_exactly_like_the_model(det):
+    """The in-graph sample (scale as a tensor) resizes and pads exactly like Detector.sample's."""
     module = exportable(det)
     for h, w in SIZES + [(203, 97), (128, 128), (3, 300)]:
         image = torch.zeros(3, h, w, dtype=torch.uint8)
         sample = det.sample(image.permute(1, 2, 0).numpy())
         expected = det.model.preprocess([sample])
-        x, size = module.preprocess(image)
-        assert tuple(int(v) for v in size) == expected.image_sizes[0], (h, w)
-        assert tuple(x.shape) == tuple(expected.tensor.shape)
+        got = det.model.preprocess([module.sample(image)])
+        assert tuple(int(v) for v in got.image_sizes[0]) == expected.image_sizes[0], (h, w)
+        assert tuple(got.tensor.shape) == tuple(expected.tensor.shape)
 
 
+@pytest.mark.slow
 def test_onnx_matches_pytorch_at_several_sizes_with_one_file(det, tmp_path):
     pytest.importorskip("onnx", reason="optional extra detkit[export] (onnx) not installed")
     pytest.importorskip(
@@ -95,6 +98,7 @@ def test_torchscript_matches_pytorch_at_two_sizes(det, tmp_path):
         assert match_fraction(ref, {"boxes": b, "scores": s, "labels": l}) >= 0.99
 
 
+@pytest.mark.slow
 def test_export_tool_with_check(tmp_path):
     pytest.importorskip(
         "onnxruntime", reason="optional extra detkit[export] (onnxruntime) not installed"
@@ -115,10 +119,19 @@ def test_export_tool_with_check(tmp_path):
 
 
 def test_unsupported_parts_are_refused_clearly(tmp_path):
-    ckpt = save_tiny_checkpoint(tmp_path / "r.pth", ["model.roi_heads.refine.enabled=true"])
+    ckpt = save_tiny_checkpoint(tmp_path / "r.pth", ["model.roi_heads.refine_iterations=1"])
     det = Detector.from_checkpoint(str(ckpt))
-    with pytest.raises(ExportError, match="refine.enabled"):
+    with pytest.raises(ExportError, match="refine_iterations"):
         ExportableDetector(det.model, min_size=128, max_size=256)
+
+
+def test_a_frozen_size_dependent_value_fails_the_export(tmp_path, monkeypatch):
+    """The guard: tracing refuses when detkit's code turns a traced size into a Python value. Here
+    the RPN's pre-NMS top-k is made to take its eager branch, min(top-k, number of anchors)."""
+    det = Detector.from_checkpoint(str(save_tiny_checkpoint(tmp_path / "f.pth")))
+    monkeypatch.setattr("detkit.modeling.rpn.Tensor", type("NotATensor", (), {}))
+    with pytest.raises(ExportError, match=r"froze .*rpn\.py"):
+        export_torchscript(det, str(tmp_path / "f.pt"))
 
 
 def test_match_fraction_criterion():

@@ -4,43 +4,15 @@ import pytest
 import torch
 import torchvision
 
-from detkit.config import load_config
 from detkit.modeling import build_model
-from detkit.registry import BACKBONES
-
-TINY_FPN = [
-    "model.num_classes=3",
-    "model.backbone.depth=18",
-    "model.backbone.norm=GN",
-    "model.backbone.freeze_at=0",
-    "model.neck.out_channels=32",
-    "model.roi_heads.box_head.fc_dim=64",
-    "model.rpn.anchor_sizes=[[16],[32],[64],[128],[256]]",
-    "model.rpn.batch_size_per_image=64",
-    "model.roi_heads.batch_size_per_image=64",
-]
-TINY_C4 = [
-    "model.num_classes=3",
-    "model.backbone.depth=18",
-    "model.backbone.norm=GN",
-    "model.backbone.freeze_at=0",
-    "model.backbone.out_features=[res4]",
-    "model.neck.name=none",
-    "model.rpn.in_features=[res4]",
-    "model.rpn.anchor_sizes=[[16,32,64]]",
-    "model.roi_heads.in_features=[res4]",
-    "model.roi_heads.pooler.name=ROIPool",
-    "model.roi_heads.pooler.output_size=14",
-    "model.roi_heads.box_head.name=Res5Head",
-    "model.rpn.post_nms_topk_test=300",
-    "model.roi_heads.batch_size_per_image=64",
-    "model.rpn.post_nms_topk_train=256",
-]
+from detkit.modeling.backbones import ResNet
+from detkit.registry import ROI_POOLERS
+from tests.conftest import TINY_C4, TINY_FPN, tiny_config
 
 
 def tiny(overrides=(), base=TINY_FPN):
     torch.manual_seed(0)
-    return build_model(load_config(None, list(base) + list(overrides)))
+    return build_model(tiny_config(*overrides, base=base))
 
 
 def sample(boxes=((20.0, 24.0, 60.0, 70.0),), labels=(1,), size=(96, 128), seed=0):
@@ -107,7 +79,7 @@ def test_inference_rescales_to_original_size():
 
 
 def test_context_features_and_gradients():
-    model = tiny(["model.roi_heads.context.enabled=true"]).train()
+    model = tiny(["model.roi_heads.context=true"]).train()
     assert model.roi_heads.predictor.cls_score.in_features == 2 * 64
     losses = model([sample(), sample(seed=2)])
     sum(losses.values()).backward()
@@ -127,13 +99,13 @@ def test_bad_labels_and_unknown_registry_name():
     model = tiny().train()
     with pytest.raises(ValueError, match="image 0: gt_labels must be in 0..2"):
         model([sample(labels=(3,))])
-    with pytest.raises(KeyError, match="registered: .*ResNet.*did you mean 'ResNet'"):
-        BACKBONES.get("ResNett")
+    with pytest.raises(KeyError, match="registered: .*ROIAlign.*did you mean 'ROIAlign'"):
+        ROI_POOLERS.get("ROIAlgn")
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101, 152])
 def test_resnet_names_match_torchvision(depth):
-    ours = BACKBONES.get("ResNet")(depth=depth, norm="BN", freeze_at=0)
+    ours = ResNet(depth=depth, norm="BN", freeze_at=0)
     theirs = getattr(torchvision.models, f"resnet{depth}")()
     tv_state = {k: v.shape for k, v in theirs.state_dict().items() if not k.startswith("fc.")}
     assert {k: v.shape for k, v in ours.state_dict().items()} == tv_state
@@ -158,6 +130,7 @@ def test_freeze_at():
     assert all(p.requires_grad for p in model.backbone.layer2.parameters())
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_one_image():
     """A tiny model trained on one image finds its box with IoU > 0.9 and the right label."""
     model = tiny(["model.num_classes=2", "model.roi_heads.score_thresh_test=0.0"]).train()

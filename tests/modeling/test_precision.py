@@ -6,14 +6,16 @@ import torch
 
 from detkit import Detector
 from detkit.config import load_config
-from detkit.modeling.test_time import (
+from detkit.modeling.build import build_predictor
+from detkit.modeling.precision import (
     AutocastPredictor,
-    TestTimeAugmentation,
-    build_predictor,
+    autocast,
     resolve_precision,
+    training_precision,
 )
+from detkit.modeling.tta import MultiScaleFlip
+from tests.conftest import TINY_FPN
 from tests.modeling.test_detector import sample, tiny
-from tests.video.helpers import TINY_FPN
 
 
 def cfg(*overrides):
@@ -28,6 +30,19 @@ def test_auto_follows_training_precision_on_cuda_only():
     assert resolve_precision(amp, cuda) == "fp16"
     assert resolve_precision(amp, cpu) == "fp32"
     assert resolve_precision(cfg("test.precision=bf16"), cpu) == "bf16"
+
+
+def test_one_autocast_helper_for_training_and_inference():
+    layer, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    with autocast(torch.device("cpu"), "fp32"):
+        assert layer(x).dtype == torch.float32
+    with autocast(torch.device("cpu"), "bf16"):
+        assert layer(x).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="fp32, bf16, fp16; got 'fp8'"):
+        autocast(torch.device("cpu"), "fp8")
+    amp = cfg("solver.amp=true", "solver.amp_dtype=fp16")
+    assert training_precision(amp, torch.device("cuda")) == "fp16"
+    assert training_precision(amp, torch.device("cpu")) == "fp32"  # AMP training needs CUDA
 
 
 def test_bad_precision_is_a_clear_error():
@@ -67,12 +82,12 @@ def test_fp32_is_the_model_itself_and_tta_is_wrapped_inside_autocast():
     model = tiny().eval()
     assert build_predictor(model, cfg(*TINY_FPN)) is model
     p = build_predictor(model, cfg(*TINY_FPN, "test.flip=true", "test.precision=bf16"))
-    assert isinstance(p, AutocastPredictor) and isinstance(p.model, TestTimeAugmentation)
+    assert isinstance(p, AutocastPredictor) and isinstance(p.model, MultiScaleFlip)
 
 
 def test_detector_predict_uses_the_configured_predictor():
     det = Detector(tiny().eval(), cfg(*TINY_FPN, "test.flip=true"))
-    assert isinstance(det.predictor, TestTimeAugmentation)
+    assert isinstance(det.predictor, MultiScaleFlip)
     image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     out = det.predict(image)[0]
     with torch.no_grad():
@@ -105,9 +120,9 @@ def test_pooler_keeps_box_coordinates_float32_under_autocast(name):
 def test_bf16_on_a_cpu_without_bf16_instructions_warns(fast, monkeypatch, caplog):
     import logging
 
-    import detkit.modeling.test_time as tt
+    import detkit.modeling.precision as precision
 
-    monkeypatch.setattr(tt, "_cpu_has_fast_bf16", lambda: fast)
+    monkeypatch.setattr(precision, "_cpu_has_fast_bf16", lambda: fast)
     # the tools' logging setup (run by earlier tests) stops detkit's records at its own handlers
     monkeypatch.setattr(logging.getLogger("detkit"), "propagate", True)
     with caplog.at_level("WARNING", logger="detkit"):

@@ -18,7 +18,7 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops import box_iou
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from tests.conftest import ROOT, reference_file
+from tests.conftest import ROOT, reference_data
 
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -75,6 +75,7 @@ def converted(tmp_path_factory):
     return tv, d / "detkit.pth"
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_matches_torchvision_on_photos(converted):
     from detkit import Detector
 
@@ -82,9 +83,9 @@ def test_converted_checkpoint_matches_torchvision_on_photos(converted):
     det = Detector.from_checkpoint(str(ckpt))
     assert det.class_names[0] == "person" and len(det.class_names) == 90
     photos = [
-        reference_file("faster_coco_eval/tests/dataset/img_1.jpg"),  # 256x256 -> upscaled to 800
-        reference_file("exif-orientation-examples/Landscape_1.jpg"),  # 1800x1200 -> 800x1200
-        reference_file("mmcv/tests/data/color.jpg"),
+        reference_data("faster_coco_eval/tests/dataset/img_1.jpg"),  # 256x256 -> upscaled to 800
+        reference_data("exif-orientation-examples/Landscape_1.jpg"),  # 1800x1200 -> 800x1200
+        reference_data("mmcv/tests/data/color.jpg"),
     ]
     total, matched = 0, 0.0
     for path in photos:

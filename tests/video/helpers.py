@@ -6,41 +6,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 import torch
 
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata"
-TEST_MP4 = TESTDATA / "mmcv" / "tests" / "data" / "test.mp4"  # 168 frames, 294x240, 25 fps
-CLASS_NAMES = ["cat", "dog", "car"]
+from tests.conftest import TINY_FPN, reference_data, tiny_config
 
-TINY_FPN = [
-    "model.num_classes=3",
-    "model.backbone.depth=18",
-    "model.backbone.norm=GN",
-    "model.backbone.freeze_at=0",
-    "model.neck.out_channels=32",
-    "model.roi_heads.box_head.fc_dim=64",
-    "model.rpn.anchor_sizes=[[16],[32],[64],[128],[256]]",
-    "input.min_size_test=128",
-    "input.max_size_test=256",
-]
-TINY_C4 = [
-    "model.num_classes=3",
-    "model.backbone.depth=18",
-    "model.backbone.norm=GN",
-    "model.backbone.freeze_at=0",
-    "model.backbone.out_features=[res4]",
-    "model.neck.name=none",
-    "model.rpn.in_features=[res4]",
-    "model.rpn.anchor_sizes=[[16,32,64]]",
-    "model.roi_heads.in_features=[res4]",
-    "model.roi_heads.pooler.name=ROIPool",
-    "model.roi_heads.pooler.output_size=14",
-    "model.roi_heads.box_head.name=Res5Head",
-    "model.rpn.post_nms_topk_test=300",
-    "input.min_size_test=128",
-    "input.max_size_test=256",
-]
+# mmcv's test.mp4: 168 frames, 294x240, 25 fps
+TEST_MP4 = ("mmcv", "tests", "data", "test.mp4")
+CLASS_NAMES = ["cat", "dog", "car"]
 # fewer proposals and a smaller input: the 168-frame video test runs the real model on every frame
 FAST = [
     "input.min_size_test=64",
@@ -52,10 +24,9 @@ FAST = [
 
 def save_tiny_checkpoint(path: Path, overrides=(), base=TINY_FPN, seed: int = 0) -> Path:
     """A detkit checkpoint {"model", "config", "class_names"} of a tiny random model."""
-    from detkit.config import load_config
     from detkit.modeling import build_model
 
-    cfg = load_config(None, list(base) + list(overrides))
+    cfg = tiny_config(*overrides, base=base)
     torch.manual_seed(seed)
     model = build_model(cfg, class_names=CLASS_NAMES)
     torch.save(
@@ -65,11 +36,7 @@ def save_tiny_checkpoint(path: Path, overrides=(), base=TINY_FPN, seed: int = 0)
 
 
 def reference_video() -> Path:
-    if not TEST_MP4.exists():
-        pytest.skip(
-            f"reference video not found: {TEST_MP4} (expected ../shared/testdata beside the project)"
-        )
-    return TEST_MP4
+    return reference_data(*TEST_MP4)
 
 
 def count_video_frames(path) -> int:

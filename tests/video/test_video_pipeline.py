@@ -302,6 +302,7 @@ def test_record_schema_and_filters():
     assert RunStats(frames=10, wall_s=2.0, model_s=1.0).pipeline_fps == 5.0
 
 
+@pytest.mark.slow
 def test_sigint_to_the_tool_finishes_the_outputs(tmp_path):
     """A real Ctrl-C (SIGINT) while tools/video.py runs: exit status 130, a playable video and a
     JSON-lines file with the same frames."""
@@ -391,16 +392,16 @@ def test_config_with_weights_and_no_video(tmp_path, ckpt):
     assert all(set(r["names"]) <= {"dog", "car"} for r in records)
 
 
-def test_test_time_switches_from_the_config_are_used(ckpt):
+def test_inference_switches_from_the_config_are_used(ckpt):
     import torch
 
     from detkit.io_video import detector_infer
-    from detkit.modeling.test_time import TestTimeAugmentation
+    from detkit.modeling.tta import MultiScaleFlip
 
     det = Detector.from_checkpoint(str(ckpt), overrides=["test.flip=true"])
     frame = cv2.cvtColor(cv2.imread(str(reference_video().parent / "color.jpg")), cv2.COLOR_BGR2RGB)
     with torch.no_grad():
-        expected = TestTimeAugmentation(det.model, scales=[64], max_size=128, flip=True)(
+        expected = MultiScaleFlip(det.model, scales=[64], max_size=128, flip=True)(
             [det.sample(frame)]
         )[0]
         plain = det.model([det.sample(frame)])[0]

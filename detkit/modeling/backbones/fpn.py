@@ -13,10 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...registry import NECKS
 
-
-@NECKS.register()
 class FPN(nn.Module):
     def __init__(
         self,

@@ -2,8 +2,8 @@
 
 torchvision ImageNet checkpoints load as they are. Bottleneck blocks put the stride on the 3x3
 convolution (torchvision's "v1.5"). Outputs a dict of the requested stages: res2 (stride 4) ..
-res5 (stride 32). For the C4 design the backbone stops at res4 and ``layer4`` is handed to the
-per-region head (see ``Res5Head``).
+res5 (stride 32). The trunk stops at the last requested stage: for the C4 design (out_features
+[res4]) ``layer4`` is not built here, it runs per region in the RoI head (see ``Res5Head``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Dict, List, Sequence
 import torch
 from torch import nn
 
-from ...registry import BACKBONES
 from .norm import freeze_module, make_norm
 
 BLOCKS_PER_DEPTH = {
@@ -110,12 +109,11 @@ def init_he(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-@BACKBONES.register()
 class ResNet(nn.Module):
-    """ResNet trunk returning the stages named in ``out_features``.
+    """ResNet trunk returning the stages named in ``out_features``; stages after the last of them
+    are not built (no unused parameters, e.g. res5 in the C4 design).
 
     freeze_at: 0 trains everything, 1 freezes the stem, 2 the stem and res2, ... 5 everything.
-    with_res5: False for the C4 design, whose res5 stage runs per region in the RoI head.
     """
 
     def __init__(
@@ -125,7 +123,6 @@ class ResNet(nn.Module):
         norm: str = "FrozenBN",
         freeze_at: int = 2,
         out_features: Sequence[str] = STAGE_NAMES,
-        with_res5: bool = True,
         gn_groups: int = 32,
     ):
         super().__init__()
@@ -134,8 +131,11 @@ class ResNet(nn.Module):
                 f"ResNet depth {depth} not supported; valid: {sorted(BLOCKS_PER_DEPTH)}"
             )
         bad = [f for f in out_features if f not in STAGE_NAMES]
-        if bad:
-            raise ValueError(f"unknown ResNet out_features {bad}; valid: {list(STAGE_NAMES)}")
+        if bad or not out_features:
+            raise ValueError(
+                f"ResNet out_features must name stages among {list(STAGE_NAMES)}; got "
+                f"{list(out_features)}"
+            )
         self.depth, self.norm = depth, norm
         self.block = BasicBlock if depth < 50 else Bottleneck
         self.out_features = list(out_features)
@@ -145,7 +145,7 @@ class ResNet(nn.Module):
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         widths = (64, 128, 256, 512)
         in_ch = 64
-        n_stages = 4 if with_res5 else 3
+        n_stages = max(STAGE_NAMES.index(f) for f in out_features) + 1
         self.out_channels: Dict[str, int] = {}
         for i in range(n_stages):
             stage = make_stage(
@@ -160,11 +160,6 @@ class ResNet(nn.Module):
             self.add_module(f"layer{i + 1}", stage)
             in_ch = widths[i] * self.block.expansion
             self.out_channels[STAGE_NAMES[i]] = in_ch
-        missing = [f for f in self.out_features if f not in self.out_channels]
-        if missing:
-            raise ValueError(
-                f"out_features {missing} need res5, which the C4 design moves into the RoI head"
-            )
         self.strides = {f: STAGE_STRIDES[f] for f in self.out_features}
         init_he(self)
         self.freeze(freeze_at)

@@ -17,7 +17,8 @@ import torch
 from .config import Config, load_config
 from .modeling import build_model
 from .modeling.build import build_predictor
-from .structures.resize import resize_scale
+from .structures.resize import resize_scale, resize_size
+from .utils.device import resolve_device
 from .utils.io import load_checkpoint, load_model_weights
 
 ImageLike = Union[str, os.PathLike, np.ndarray]
@@ -25,17 +26,21 @@ ImageLike = Union[str, os.PathLike, np.ndarray]
 
 # what load_checkpoint names when a file cannot rebuild a Detector on its own
 _DETKIT_CHECKPOINT = (
-    "a detkit checkpoint (a dict with 'model' and 'config'); convert torchvision weights with "
-    "tools/convert_weights.py"
+    "a detkit checkpoint (a dict with 'model' and 'config'); convert torchvision or detectron2 "
+    "weights with tools/convert_weights.py, or give them to Detector.from_config(CONFIG, weights=)"
 )
 
 
 class Detector:
-    """A model in eval mode plus its test-time preprocessing and class names."""
+    """A model in eval mode plus its test-time preprocessing and class names.
+
+    ``device``: "cpu" (the default), "cuda", "cuda:1"... or "auto" (CUDA when available); asking
+    for CUDA on a machine without it is a ``DeviceError`` naming the option.
+    """
 
     def __init__(self, model: torch.nn.Module, cfg: Config, device: str = "cpu"):
         self.cfg = cfg
-        self.device = torch.device(device)
+        self.device = resolve_device(device, option="device")
         self.model = model.to(self.device).eval()
         self._predictor: Optional[torch.nn.Module] = None
 
@@ -51,7 +56,8 @@ class Detector:
         device: str = "cpu",
         overrides: Sequence[str] = (),
     ) -> "Detector":
-        """Build from a config file/object; ``weights`` is a detkit checkpoint or converted state dict."""
+        """Build from a config file/object; ``weights`` is a detkit checkpoint, a converted state
+        dict or a detectron2 zoo file (converted in memory, with COCO's or VOC's class names)."""
         cfg = (
             load_config(config, overrides)
             if not isinstance(config, Config)
@@ -77,7 +83,8 @@ class Detector:
         return cls(model, cfg, device)
 
     def sample(self, image: ImageLike, min_size: Optional[int] = None) -> dict:
-        """A test sample: the original image as a (3, H, W) uint8 tensor plus the resize scale."""
+        """A test sample: the original image as a (3, H, W) uint8 tensor plus the size to resize it
+        to (``input.resize_rounding``) and the resize scale."""
         if isinstance(image, (str, os.PathLike)):
             from .data.image_io import read_image
 
@@ -89,11 +96,13 @@ class Detector:
             )
         h, w = image.shape[:2]
         min_size = min_size or self.cfg.input.min_size_test
+        max_size = self.cfg.input.max_size_test
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
             "height": h,
             "width": w,
-            "scale": resize_scale(h, w, min_size, self.cfg.input.max_size_test),
+            "size": resize_size(h, w, min_size, max_size, self.cfg.input.resize_rounding),
+            "scale": resize_scale(h, w, min_size, max_size),
         }
 
     @property

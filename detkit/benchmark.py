@@ -98,7 +98,7 @@ def random_targets(batch: int, height: int, width: int, num_classes: int, device
 
 def format_table(rows: List[Row]) -> str:
     """The rows as detkit's one plain table (that of the evaluation and training reports)."""
-    headers = ["impl", "mode", "prec", "batch", "ms/img", "img/s", "peak MB", "detkit/tv"]
+    headers = ["impl", "mode", "prec", "batch", "ms/img", "img/s", "peak MB", "detkit/ref"]
     cells = [
         [
             r.impl,
@@ -116,10 +116,9 @@ def format_table(rows: List[Row]) -> str:
 
 
 def attach_ratios(rows: List[Row]) -> None:
-    """detkit img/s divided by torchvision img/s, on the detkit row of the same mode/precision/batch."""
-    ref: Dict[tuple, Row] = {
-        (r.mode, r.precision, r.batch): r for r in rows if r.impl == "torchvision"
-    }
+    """detkit img/s divided by the compared framework's (torchvision or detectron2) img/s, on the
+    detkit row of the same mode/precision/batch."""
+    ref: Dict[tuple, Row] = {(r.mode, r.precision, r.batch): r for r in rows if r.impl != "detkit"}
     for r in rows:
         other = ref.get((r.mode, r.precision, r.batch))
         if r.impl == "detkit" and other is not None:

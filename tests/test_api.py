@@ -91,3 +91,17 @@ def test_convert_imagenet_resnet_cli(tmp_path):
     )
     det = Detector.from_checkpoint(str(tmp_path / "out.pth"))
     assert torch.equal(det.model.backbone.layer2[0].conv1.weight, tv.layer2[0].conv1.weight)
+
+
+def test_device_cuda_without_cuda_is_a_clear_error(tmp_path, monkeypatch):
+    from detkit.utils.device import DeviceError
+
+    tiny_checkpoint(tmp_path / "m.pth")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(
+        DeviceError,
+        match=r"^device='cuda' asks for CUDA, but this machine has no usable CUDA device",
+    ):
+        Detector.from_checkpoint(str(tmp_path / "m.pth"), device="cuda")
+    assert Detector.from_checkpoint(str(tmp_path / "m.pth"), device="auto").device.type == "cpu"

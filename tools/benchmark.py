@@ -37,6 +37,7 @@ from detkit.modeling.build import build_predictor
 from detkit.modeling.precision import autocast
 from detkit.modeling.weights import torchvision_detector_to_detkit
 from detkit.utils.cli import tool_main, tool_parser
+from detkit.utils.device import resolve_device
 
 logger = logging.getLogger("detkit")
 
@@ -46,7 +47,18 @@ def parse_args(argv=None):
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.add_argument(
-        "--compare", choices=["torchvision"], help="also time torchvision's equivalent model"
+        "--compare",
+        choices=["torchvision", "detectron2"],
+        help="also time torchvision's equivalent model, or detectron2's for a configs/detectron2/ "
+        "config (same weights, same inputs; needs a detectron2 source checkout: --reference)",
+    )
+    p.add_argument(
+        "--reference",
+        default=os.environ.get(
+            "DETKIT_REFERENCE", str(Path(__file__).resolve().parents[2] / "shared" / "reference")
+        ),
+        help="folder holding a detectron2 checkout as detectron2/ (its package and model-zoo "
+        "configs; not shipped with detkit) for --compare detectron2 (default $DETKIT_REFERENCE)",
     )
     p.add_argument("--batch-sizes", default="1")
     p.add_argument("--precision", default="fp32", help="comma list of fp32, bf16, fp16")
@@ -59,7 +71,9 @@ def parse_args(argv=None):
     )
     p.add_argument("--iters", type=int, help="timed iterations (default 50 GPU, 3 CPU)")
     p.add_argument("--warmup", type=int, help="warm-up iterations (default 10 GPU, 1 CPU)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ..."
+    )
     p.add_argument("--channels-last", action="store_true")
     p.add_argument(
         "--fuse-bn", action="store_true", help="fold frozen BN into the convolutions (inference)"
@@ -103,6 +117,34 @@ def build_pair(cfg, device, compare: bool, size=None):
     return model.to(device), tv
 
 
+def detectron2_twin(args, model, device):
+    """detectron2's own model for a configs/detectron2/ config, built from the zoo config of the
+    same name, with detkit's (random) weights copied in: both time the same network on the same
+    inputs. Test-time input: network-sized images, as for detkit (no resize inside either)."""
+    name = Path(args.config).name
+    folder = Path(args.reference) / "detectron2"
+    zoo = [folder / "configs" / g / name for g in ("COCO-Detection", "PascalVOC-Detection")]
+    zoo = [p for p in zoo if p.is_file()]
+    if Path(args.config).parent.name != "detectron2" or not zoo:
+        raise SystemExit(
+            f"--compare detectron2 needs a configs/detectron2/ config named like a zoo config "
+            f"under {folder / 'configs'}; got {args.config}"
+        )
+    sys.path.insert(0, str(folder))
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model as build_d2
+
+    from detkit.modeling.detectron2 import detectron2_to_detkit
+
+    cfg = get_cfg()
+    cfg.merge_from_file(str(zoo[0]))
+    cfg.MODEL.DEVICE = str(device)
+    d2 = build_d2(cfg)
+    # detkit takes detectron2's tensors by the converter's names: the mapping proves the networks equal
+    model.load_state_dict(detectron2_to_detkit(d2.state_dict()))
+    return d2.eval()
+
+
 def load_images(args, batch, h, w, device):
     if not args.images:
         return random_images(batch, h, w, device)
@@ -131,12 +173,15 @@ def under_autocast(fn, device, precision: str):
     return run
 
 
-def inference_fns(model, tv, images, h, w, cfg, precision: str):
+def inference_fns(model, tv, images, h, w, cfg, precision: str, d2=None):
     """detkit through the predictor tools/test.py builds (test.* of the config, test.precision set
-    to ``precision``); torchvision under the same autocast helper."""
+    to ``precision``); torchvision or detectron2 under the same autocast helper."""
     samples = [{"image": im, "height": h, "width": w} for im in images]
     predictor = build_predictor(model, cfg.with_overrides([f"test.precision={precision}"]))
     fns = {"detkit": lambda: predictor(samples)}
+    if d2 is not None:  # detectron2 eats BGR float images (detkit flips RGB inside the model)
+        bgr = [{"image": im.flip(0).float(), "height": h, "width": w} for im in images]
+        fns["detectron2"] = under_autocast(lambda: d2(bgr), images[0].device, precision)
     if tv is not None:
         floats = [im.float() / 255 for im in images]
         device = images[0].device
@@ -178,6 +223,9 @@ def train_fns(model, tv, images, h, w, num_classes, device, precision: str):
 
 def run_models(args, cfg, device, h, w, warmup, iters) -> list:
     model, tv = build_pair(cfg, device, args.compare == "torchvision", (h, w))
+    d2 = detectron2_twin(args, model, device) if args.compare == "detectron2" else None
+    if args.train and d2 is not None:
+        raise SystemExit("--compare detectron2 times inference only (drop --train)")
     if args.fuse_bn and not args.train:
         from detkit.modeling.backbones.norm import fuse_frozen_bn
 
@@ -193,7 +241,7 @@ def run_models(args, cfg, device, h, w, warmup, iters) -> list:
             fns = (
                 train_fns(model, tv, images, h, w, cfg.model.num_classes, device, precision)
                 if args.train
-                else inference_fns(model, tv, images, h, w, cfg, precision)
+                else inference_fns(model, tv, images, h, w, cfg, precision, d2)
             )
             for name, fn in fns.items():
                 with torch.set_grad_enabled(args.train):
@@ -261,7 +309,7 @@ def run_loader(cfg, iters: int) -> list:
 @tool_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
+    device = resolve_device(args.device, option="--device")
     gpu = device.type == "cuda"
     cfg = load_config(args.config, args.overrides)
     h, w = (int(v) for v in (args.size or ("800x1333" if gpu else "320x480")).split("x"))

@@ -1,14 +1,25 @@
 #!/usr/bin/env python
-"""Convert torchvision weights into detkit checkpoints (local files only; nothing is downloaded).
+"""Convert torchvision and detectron2 weights into detkit files (local files only; nothing is downloaded).
 
     # a torchvision fasterrcnn_resnet50_fpn state dict (any class count) -> detkit checkpoint
-    python tools/convert_weights.py --from torchvision --config configs/frcnn_r50_fpn_coco.yaml SRC.pth DST.pth
+    python tools/convert_weights.py --from torchvision \
+        --config configs/torchvision/fasterrcnn_resnet50_fpn.yaml SRC.pth DST.pth
+    # fasterrcnn_resnet50_fpn_v2 (BatchNorm in backbone, FPN and box head; two-conv RPN head)
+    python tools/convert_weights.py --from torchvision \
+        --config configs/torchvision/fasterrcnn_resnet50_fpn_v2.yaml SRC.pth DST.pth
     # a torchvision ImageNet ResNet -> detkit backbone-initialised checkpoint
     python tools/convert_weights.py --from torchvision-imagenet --config configs/frcnn_r101_coco.yaml SRC.pth DST.pth
+    # a detectron2 model-zoo file (or a detectron2 training output model_*.pth) -> detkit checkpoint
+    python tools/convert_weights.py --from detectron2 \
+        --config configs/detectron2/faster_rcnn_R_101_C4_3x.yaml model_final_298dad.pkl DST.pth
+    # MSRA's Caffe2 ImageNet R-50.pkl / R-101.pkl -> backbone init (model.backbone.weights=DST.pth)
+    python tools/convert_weights.py --from detectron2-imagenet \
+        --config configs/detectron2/faster_rcnn_R_50_C4_1x.yaml R-50.pkl DST.pth
 
 torchvision label i (1..K, 0 = background) becomes detkit label i - 1. Class names can be given with
 --class-names (a text file, one per line); COCO's 80 names are used when the checkpoint has 91
-outputs (torchvision's COCO layout with its 11 unused ids).
+outputs (torchvision's COCO layout with its 11 unused ids). detectron2 labels are detkit's; its
+80-class files get COCO's names, 20-class files VOC's, others need --class-names.
 """
 
 from __future__ import annotations
@@ -25,9 +36,11 @@ from detkit.config import load_config
 from detkit.modeling import build_model
 from detkit.modeling.weights import (
     COCO_TORCHVISION_NAMES,
+    fit_torchvision_state,
     imagenet_to_detkit,
     torchvision_detector_to_detkit,
     torchvision_num_classes,
+    torchvision_variant,
 )
 from detkit.utils.cli import tool_main, tool_parser
 from detkit.utils.io import atomic_save, load_state_file
@@ -38,7 +51,10 @@ logger = logging.getLogger("detkit")
 def parse_args(argv=None):
     p = tool_parser(__doc__)
     p.add_argument(
-        "--from", dest="source", required=True, choices=["torchvision", "torchvision-imagenet"]
+        "--from",
+        dest="source",
+        required=True,
+        choices=["torchvision", "torchvision-imagenet", "detectron2", "detectron2-imagenet"],
     )
     p.add_argument(
         "--config", required=True, help="detkit config describing the target architecture"
@@ -53,6 +69,8 @@ def parse_args(argv=None):
 @tool_main
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.source.startswith("detectron2"):
+        return _convert_detectron2(args)
     state = load_state_file(args.src)
     overrides = list(args.overrides)
     if args.source == "torchvision":
@@ -66,6 +84,14 @@ def main(argv=None) -> int:
     model = build_model(cfg, class_names=class_names)
     if converted is None:
         converted = {**model.state_dict(), **imagenet_to_detkit(state, c4=model.neck is None)}
+    else:
+        converted = fit_torchvision_state(
+            model,
+            converted,
+            variant=torchvision_variant(state),
+            path=args.src,
+            config=args.config,
+        )
     result = model.load_state_dict(converted, strict=args.source == "torchvision")
     logger.info("converted %d tensors (%s)", len(converted), result)
     atomic_save(
@@ -78,6 +104,26 @@ def main(argv=None) -> int:
         args.dst,
     )
     logger.info("wrote %s (num_classes=%d)", args.dst, cfg.model.num_classes)
+    return 0
+
+
+def _convert_detectron2(args) -> int:
+    """detectron2 zoo .pkl / training .pth -> detkit checkpoint; MSRA R-50/R-101.pkl -> backbone
+    initialisation for model.backbone.weights (detkit.modeling.detectron2 does the work)."""
+    from detkit.modeling import detectron2
+
+    if args.source == "detectron2-imagenet":
+        out = detectron2.caffe2_backbone_file(args.src, args.config, args.overrides)
+        atomic_save(out, args.dst)
+        logger.info("wrote %s: set model.backbone.weights=%s", args.dst, args.dst)
+        return 0
+    names = None
+    if args.class_names:
+        with open(args.class_names) as f:
+            names = [line.strip() for line in f if line.strip()]
+    out = detectron2.detectron2_checkpoint(args.src, args.config, args.overrides, names)
+    atomic_save(out, args.dst)
+    logger.info("wrote %s (num_classes=%d)", args.dst, len(out["class_names"]))
     return 0
 
 

@@ -17,8 +17,12 @@ on a file system all nodes share so --resume finds the checkpoints)::
         --rdzv-backend c10d --rdzv-endpoint $NODE0_ADDR:29500 --rdzv-id detkit-r101 \\
         tools/train.py configs/frcnn_r101_coco.yaml --output-dir /shared/runs/r101
 
-``--resume`` continues from ``last.pth`` in the output folder (falling back to the newest readable
-periodic checkpoint) and ends with the same weights as an uninterrupted run.
+``--resume`` continues from ``last.pth`` in the output folder (its own copy of the newest periodic
+checkpoint; when it is damaged, the newest readable periodic one) and ends with the same weights as an
+uninterrupted run. After a DivergenceError no checkpoint holds non-finite weights: resume with a lower
+learning rate, e.g. ``--resume solver.base_lr=0.005``. On a finished run ``--resume`` says so and
+exits 0 (raise solver.max_iter to train longer); in a folder without checkpoints it warns and starts
+from scratch.
 """
 
 from __future__ import annotations

@@ -70,11 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_detector(args):
-    import torch
-
     from detkit import Detector
+    from detkit.utils.device import resolve_device
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # before the checkpoint is read: a missing GPU is reported as the --device problem it is
+    device = resolve_device(args.device, option="--device")
     if args.model.endswith((".yaml", ".yml")):
         return Detector.from_config(
             args.model, weights=args.weights, device=device, overrides=args.overrides

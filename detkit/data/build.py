@@ -10,6 +10,7 @@ import bisect
 import difflib
 import inspect
 import logging
+import pickle
 from collections.abc import Mapping
 from typing import Any, List, Optional, Sequence
 
@@ -25,6 +26,7 @@ from detkit.data.samplers import (
     sample_seed,
 )
 from detkit.data.transforms import InferenceMapper, TrainMapper
+from detkit.errors import DetkitError
 from detkit.registry import DATASETS
 from detkit.utils.distributed import rank_and_world_size
 
@@ -49,6 +51,64 @@ def _get(node: Any, key: str, default: Any = _MISSING) -> Any:
 def collate(batch: Sequence[Optional[dict]]) -> List[dict]:
     """A batch is a plain list of samples; ``None`` (an image skipped as broken) is left out."""
     return [sample for sample in batch if sample is not None]
+
+
+# ------------------------------------------------------------------ user errors in loader workers
+# DataLoader re-raises a worker's exception as ``type(err)("Caught X in DataLoader worker process
+# N.\nOriginal Traceback ...")``: a one-line "image file not found: ... (image id 4 in ...)" turns
+# into a traceback inside the message. So a worker returns a user error as data instead of raising
+# it; the error object itself crosses the process boundary (pickled, like a sample) and the loader
+# raises it unchanged in the main process, where the tools print it as one line.
+
+
+class _FailedSample:
+    """A user error (``DetkitError``) raised while a worker read a sample, travelling as a sample."""
+
+    def __init__(self, error: Exception):
+        try:
+            pickle.loads(pickle.dumps(error))
+        except Exception:  # an error type that cannot be rebuilt from its pickle keeps its text
+            error = DatasetError(f"{type(error).__name__}: {error}")
+        self.error = error
+
+
+class _ReturnUserErrors(torch.utils.data.Dataset):
+    """``dataset[item]``, or a :class:`_FailedSample` when reading it raised a user error."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        try:
+            return self.dataset[item]
+        except DetkitError as err:
+            return _FailedSample(err)
+
+
+class Loader(DataLoader):
+    """A DataLoader that raises its workers' user errors as themselves (see ``_FailedSample``)."""
+
+    def __init__(self, dataset, **kwargs):
+        workers = int(kwargs.get("num_workers", 0))
+        super().__init__(_ReturnUserErrors(dataset) if workers > 0 else dataset, **kwargs)
+
+    def __iter__(self):
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            failed = next((s for s in batch if isinstance(s, _FailedSample)), None)
+            if failed is not None:
+                # the last reference to a non-persistent iterator: its workers stop now, not when
+                # the garbage collector reaches the traceback
+                del batches
+                raise failed.error
+            yield batch
 
 
 class DatasetUnion(torch.utils.data.Dataset):
@@ -111,8 +171,13 @@ def build_mapper(cfg: Any, is_train: bool):
             hflip_prob=_get(inp, "hflip_prob", 0.5),
             color_jitter=_get(inp, "color_jitter", 0.0),
             seed=int(_get(_get(cfg, "solver", {}), "seed", 0)),
+            rounding=_get(inp, "resize_rounding", "floor"),
         )
-    return InferenceMapper(min_size=_get(inp, "min_size_test"), max_size=_get(inp, "max_size_test"))
+    return InferenceMapper(
+        min_size=_get(inp, "min_size_test"),
+        max_size=_get(inp, "max_size_test"),
+        rounding=_get(inp, "resize_rounding", "floor"),
+    )
 
 
 def _constructor_params(cls) -> List[str]:
@@ -214,7 +279,7 @@ def build_train_loader(
     world_size: Optional[int] = None,
     *,
     start_batch: int = 0,
-) -> DataLoader:
+) -> Loader:
     """An endless iterable of micro-batches (lists of samples) of
     ``solver.ims_per_batch // (world_size * solver.accumulate)`` images, starting at ``start_batch``.
 
@@ -245,7 +310,7 @@ def build_train_loader(
     if start_batch:
         logger.info("data: continuing the training stream at batch %d (rank %d)", start_batch, rank)
     workers = int(_get(data, "num_workers", 0))
-    return DataLoader(
+    return Loader(
         SeededSamples(dataset),
         batch_sampler=sampler,
         num_workers=workers,
@@ -258,12 +323,12 @@ def build_train_loader(
 
 def build_test_loader(
     cfg: Any, dataset, rank: Optional[int] = None, world_size: Optional[int] = None
-) -> DataLoader:
+) -> Loader:
     """Each image exactly once over all ranks, in dataset order, ``test.ims_per_batch`` per rank."""
     sampler = InferenceSampler(len(dataset), *rank_and_world_size(rank, world_size))
     batch_size = int(_get(_get(cfg, "test", {}), "ims_per_batch", 1))
     batch_sampler = BatchSampler(sampler, batch_size, drop_last=False)
-    return DataLoader(
+    return Loader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=int(_get(_get(cfg, "data"), "num_workers", 0)),

@@ -114,7 +114,7 @@ class DetectionDataset(torch.utils.data.Dataset):
                 image = self._load_image(record)
             except (ImageReadError, DatasetError) as err:
                 if not self.skip_broken:
-                    raise
+                    raise self._broken_image_error(err, record) from None
                 self.num_skipped += 1
                 logger.warning(
                     "skipping broken image (%d so far in this process): %s", self.num_skipped, err
@@ -126,6 +126,14 @@ class DetectionDataset(torch.utils.data.Dataset):
         if is_train:
             raise DatasetError(f"{tries} consecutive images from index {index} could not be read")
         return None
+
+    def _broken_image_error(self, err: Exception, record: dict) -> Exception:
+        """``err`` (same type, so it still pickles from its message alone) completed with what the
+        reader does not know: where the image is listed and the switch that skips it."""
+        return type(err)(
+            f"{err} (image id {record['image_id']} in {self.source or type(self).__name__}); "
+            "data.skip_broken_images=true skips unreadable images"
+        )
 
     def _load_image(self, record: dict) -> np.ndarray:
         image = read_image(record["file_name"], exif=self.exif)

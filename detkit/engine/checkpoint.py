@@ -3,13 +3,15 @@
 Files in the output folder::
 
     model_0005000.pth   periodic full training state (the newest ``keep`` are kept)
-    last.pth            the newest full state (a hard link to the newest periodic file, or a copy)
+    last.pth            the newest full state: a file of its own with the same bytes as the newest
+                        periodic one (not a hard link, which damage to either would break both)
     best.pth            model weights at the best validation AP so far
     model_final.pth     model weights at the end of training (what tools/test.py usually loads)
 
 Every file is written with ``detkit.utils.io.atomic_save`` (a temporary name in the same folder,
-fsync, ``os.replace``), so a process killed mid-write leaves the previous file intact; stale
-temporary files are removed on the next start.
+fsync, ``os.replace``), so a process killed mid-write, or a full disk, leaves the previous file
+intact; stale temporary files are removed on the next start. No file holding NaN/Inf weights is
+ever written, and resuming skips such files (written by versions before this check).
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import torch
 
 from detkit.utils.io import (
     TMP_PREFIX,
     CheckpointError,
-    atomic_link_or_copy,
+    WriteError,
+    atomic_copy,
     atomic_save,
     load_checkpoint,
     load_model_weights,
@@ -45,8 +50,31 @@ __all__ = [
     "Checkpointer",
     "atomic_save",
     "load_model_weights",
+    "non_finite_tensors",
     "periodic_iteration",
 ]
+
+
+def non_finite_tensors(named: Iterable[Tuple[str, torch.Tensor]]) -> List[str]:
+    """Names of the floating-point tensors holding a NaN or Inf. One stacked check and one device
+    sync for the whole set (the trainer runs it after every optimizer step)."""
+    items = [(n, t.detach()) for n, t in named if t.is_floating_point()]
+    if not items:
+        return []
+    finite = torch.stack([torch.isfinite(t).all() for _, t in items])
+    if bool(finite.all()):
+        return []
+    return [n for (n, _), ok in zip(items, finite.tolist()) if not ok]
+
+
+def _with_note(error: WriteError, note: str) -> WriteError:
+    wrapped = WriteError(f"{error}; {note}")
+    wrapped.errno = error.errno
+    return wrapped
+
+
+def _non_finite_message(path: os.PathLike, bad: List[str]) -> str:
+    return f"{path} holds NaN/Inf in {len(bad)} tensor(s), e.g. {bad[:3]}"
 
 
 def periodic_iteration(path: os.PathLike) -> Optional[int]:
@@ -84,11 +112,29 @@ class Checkpointer:
         found = [(periodic_iteration(p), p) for p in self.dir.glob("model_*.pth")]
         return [p for it, p in sorted((x for x in found if x[0] is not None), reverse=True)]
 
+    def _check_finite(self, state: Dict[str, Any], path: Path) -> None:
+        """The last line of defence: the trainer stops at the first non-finite update, and this
+        refuses to let any other path write such weights over a good file."""
+        bad = non_finite_tensors(state.get("model", {}).items())
+        if bad:
+            self.disable("the weights hold NaN/Inf")
+            raise CheckpointError(f"refusing to write {path}: the weights hold NaN/Inf ({bad[:3]})")
+
     def save(self, state: Dict[str, Any], iteration: int) -> Path:
-        """Write the full state as ``model_<iteration>.pth``, point ``last.pth`` at it, rotate."""
+        """Write the full state as ``last.pth`` and copy it to ``model_<iteration>.pth``, rotate.
+
+        ``last.pth`` first: if the copy then fails (a full disk), ``last.pth`` is already the
+        newest state, and resuming tries it first."""
         self._check_enabled()
-        path = atomic_save(state, self.dir / f"model_{iteration:07d}.pth")
-        atomic_link_or_copy(path, self.dir / LAST)
+        path = self.dir / f"model_{iteration:07d}.pth"
+        self._check_finite(state, path)
+        before = [p.name for p in self.resume_candidates()]
+        try:
+            atomic_save(state, self.dir / LAST)
+            atomic_copy(self.dir / LAST, path)
+        except WriteError as e:  # the atomic writes left every earlier file as it was
+            kept = f"the earlier checkpoints are intact ({', '.join(before)})" if before else ""
+            raise _with_note(e, kept or "no earlier checkpoint exists") from None
         self._rotate()
         logger.info("saved checkpoint %s", path)
         return path
@@ -96,6 +142,7 @@ class Checkpointer:
     def save_named(self, state: Dict[str, Any], name: str) -> Path:
         """Write ``best.pth``, ``model_final.pth`` or another named file atomically."""
         self._check_enabled()
+        self._check_finite(state, self.dir / name)
         path = atomic_save(state, self.dir / name)
         logger.info("saved %s", path)
         return path
@@ -112,19 +159,26 @@ class Checkpointer:
         return ([last] if last.exists() else []) + self.periodic_files()
 
     def load_latest(self) -> Optional[Tuple[Dict[str, Any], Path]]:
-        """The newest readable full training state, or None when there is none. A damaged file is
-        skipped with a warning naming it and the file used instead."""
+        """The newest readable full training state with finite weights, or None when there is no
+        checkpoint at all. A damaged or non-finite file is skipped with a warning naming it, and
+        the file used instead is named."""
         failures = []
         for path in self.resume_candidates():
             try:
                 state = load_checkpoint(path, require=TRAINING_KEYS, what="a training checkpoint")
+                bad = non_finite_tensors(state["model"].items())
+                if bad:
+                    raise CheckpointError(_non_finite_message(path, bad) + " (a diverged run)")
             except CheckpointError as e:
                 failures.append(str(e))
                 logger.warning("%s; falling back to an older checkpoint", e)
                 continue
             if failures:
                 logger.warning(
-                    "resuming from %s after %d unreadable checkpoint(s)", path, len(failures)
+                    "resuming from %s (iteration %d) after %d unusable checkpoint(s)",
+                    path,
+                    int(state["iteration"]),
+                    len(failures),
                 )
             return state, path
         if failures:

@@ -15,7 +15,7 @@ from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from detkit.utils.io import atomic_write_text
+from detkit.utils.io import atomic_write_text, write_error
 
 logger = logging.getLogger("detkit")
 
@@ -56,24 +56,43 @@ class EventWriter:
             atomic_write_text("".join(json.dumps(r) + "\n" for r in kept), self.path)
         elif self.path.exists():
             self.path.unlink()
-        self._file = open(self.path, "a", encoding="utf-8")
+        try:
+            self._file = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise write_error(self.path, e) from None
         self._tb = _tensorboard(Path(output_dir) / "tensorboard", start_iter)
 
     def write(self, iteration: int, scalars: Dict[str, Any], prefix: str = "") -> None:
         if not self.enabled:
             return
         record = {"iteration": int(iteration), **scalars}
-        self._file.write(json.dumps(record, default=float) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record, default=float) + "\n")
+            self._file.flush()
+        except OSError as e:  # e.g. the disk is full: one line naming the file, not a traceback
+            self._drop_file()
+            raise write_error(self.path, e) from None
         if self._tb is not None:
             for key, value in scalars.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(f"{prefix}{key}", value, iteration)
             self._tb.flush()
 
+    def _drop_file(self) -> None:
+        """Close the log after a failed write without flushing the torn record again (a second
+        error from ``close`` in the trainer's ``finally`` would hide the first)."""
+        file, self._file = self._file, None
+        try:
+            file.close()
+        except OSError:
+            pass
+
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as e:
+                logger.warning("%s", write_error(self.path, e))
             self._file = None
         if self._tb is not None:
             self._tb.close()

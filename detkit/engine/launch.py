@@ -20,11 +20,13 @@ from detkit.errors import DetkitError
 from detkit.evaluation import build_evaluator
 from detkit.evaluation.common import write_json
 from detkit.modeling.build import build_model, build_predictor
+from detkit.utils.io import ensure_output_dir
 from detkit.utils.logger import setup_logging
 
 from .checkpoint import LAST, Checkpointer, CheckpointError, load_model_weights
 from .distributed import DistContext, all_gather_objects, cleanup_distributed, init_distributed
 from .inference import run_inference
+from .reporting import finished_run
 from .trainer import Trainer, build_dataset_main_first, run_on_all_ranks
 
 logger = logging.getLogger("detkit")
@@ -67,11 +69,14 @@ def train_main(cfg, output_dir: Optional[str] = None, resume: bool = False) -> D
     """Train with ``cfg`` into ``output_dir`` (default ``cfg.output_dir``); returns the final metrics."""
     out = Path(output_dir or cfg.output_dir).absolute()
     cfg = cfg.with_overrides({"output_dir": str(out)})
+    ensure_output_dir(out)  # a folder that cannot be written: one line now, not at a checkpoint
     setup_logging(str(out), rank=int(os.environ.get("RANK", "0")))
     ctx = init_distributed()
     try:
         _log_environment(ctx, cfg)
         run_on_all_ranks(lambda: _check_fresh_output(out, resume), "checking the output folder")
+        if resume and (done := finished_run(out, int(cfg.solver.max_iter))) is not None:
+            return done
         if ctx.is_main:
             Checkpointer(out).remove_stale_temporaries()
             cfg.dump(out / "config.yaml")
@@ -118,6 +123,7 @@ def evaluate_main(cfg, weights: str, output_dir: Optional[str] = None) -> Dict[s
     if not os.path.isfile(weights):
         raise CheckpointError(f"checkpoint not found: {weights}")
     out = Path(output_dir or Path(cfg.output_dir) / "test").absolute()
+    ensure_output_dir(out)
     setup_logging(str(out), rank=int(os.environ.get("RANK", "0")))
     ctx = init_distributed()
     try:

@@ -1,9 +1,10 @@
 """What the trainer tells the user: the per-step record, the progress-bar text, the log line, and the
-final metrics table + ``metrics.json``."""
+final metrics table + ``metrics.json`` (which ``--resume`` reads to tell a finished run)."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import math
 import os
@@ -14,6 +15,8 @@ import torch
 
 from detkit.evaluation.common import format_table
 from detkit.utils.io import write_json
+
+from .checkpoint import FINAL
 
 logger = logging.getLogger("detkit")
 
@@ -110,3 +113,28 @@ def final_report(
     )
     logger.info("final metrics written to %s", path)
     return path
+
+
+def finished_run(output_dir: str, max_iter: int) -> Optional[Dict[str, Any]]:
+    """For ``--resume``: the final metrics of the run in ``output_dir`` when it already reached
+    ``max_iter`` (``model_final.pth`` and ``metrics.json`` are its last files), logged as such; else
+    None. Checked before anything is built, so a finished run is neither retrained nor re-evaluated;
+    a larger ``solver.max_iter`` continues it."""
+    out = Path(output_dir)
+    try:
+        report = json.loads((out / FINAL_METRICS_FILE).read_text(encoding="utf-8"))
+        done = int(report["iteration"])
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or a torn file: not finished
+        return None
+    if done < max_iter or not (out / FINAL).is_file():
+        return None
+    logger.info(
+        "--resume: the run in %s is finished (iteration %d of solver.max_iter=%d; %s and %s "
+        "written); nothing to do. To train longer, raise solver.max_iter",
+        out,
+        done,
+        max_iter,
+        FINAL,
+        FINAL_METRICS_FILE,
+    )
+    return report.get("final") or {}

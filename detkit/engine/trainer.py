@@ -10,6 +10,7 @@ checkpoint taken after N iterations is ``model_{N:07d}.pth`` and resumes at iter
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -23,16 +24,17 @@ from detkit.config import ConfigError
 from detkit.data import build_dataset, build_test_loader, build_train_loader
 from detkit.errors import DetkitError
 from detkit.evaluation import build_evaluator
-from detkit.modeling.build import build_model, build_predictor
+from detkit.modeling.build import build_model, build_predictor, check_backbone_init
 from detkit.modeling.precision import autocast, training_precision
 from detkit.utils.rng import get_rng_state, preserve_rng, seed_all, set_rng_state
 
-from .checkpoint import BEST, FINAL, Checkpointer, load_model_weights
+from .checkpoint import BEST, FINAL, LAST, Checkpointer, load_model_weights, non_finite_tensors
 from .distributed import (
     DistContext,
     all_gather_objects,
     all_reduce_sum,
     get_world_size,
+    raise_if_any_rank_failed,
     reduce_flag,
     wrap_ddp,
 )
@@ -65,10 +67,7 @@ def run_on_all_ranks(fn: Callable[[], Any], what: str) -> Any:
         result = fn()
     except Exception as e:  # re-raised below, after the other ranks have heard of it
         error, result = e, None
-    if reduce_flag(error is not None):
-        if error is not None:
-            raise error
-        raise RuntimeError(f"{what} failed on another rank; see that rank's log")
+    raise_if_any_rank_failed(error, what)  # the other ranks raise OtherRankFailed quoting it
     return result
 
 
@@ -89,6 +88,7 @@ class Trainer:
         seed_all(s.seed)  # the same initial weights on every rank
         self.train_set = build_dataset_main_first(cfg, "train", ctx)
         self.class_names = list(self.train_set.class_names)
+        check_backbone_init(cfg)  # no FrozenBN backbone trained from random weights
         self.model = build_model(cfg, self.class_names).to(ctx.device)
         if cfg.model.weights:
             load_model_weights(self.model, cfg.model.weights, strict=False)
@@ -113,6 +113,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.checkpointer = Checkpointer(self.out, keep=s.keep_checkpoints)
         self.start_iter, self.best, self.eval_history = 0, None, []
+        self.last_saved: Optional[int] = None  # iteration of the newest checkpoint (last.pth)
         rng = self._resume() if resume else None
         self.ddp = wrap_ddp(self.model, ctx)
         start = self.start_iter * self.accumulate  # micro-batches this rank has already seen
@@ -172,6 +173,7 @@ class Trainer:
             lambda: self.checkpointer.save(state, iteration) if self.ctx.is_main else None,
             "writing the checkpoint",
         )
+        self.last_saved = iteration
 
     def _weights_only(self, iteration: int, metrics: Optional[Dict] = None) -> Dict[str, Any]:
         return {
@@ -185,19 +187,21 @@ class Trainer:
     def _resume(self) -> Optional[Dict[str, Any]]:
         found = self.checkpointer.load_latest()
         if found is None:
-            logger.info("--resume: no checkpoint in %s; starting from scratch", self.out)
+            logger.warning("--resume: no checkpoint in %s; starting from scratch", self.out)
             return None
         state, path = found
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.start_iter = int(state["iteration"])
+        self.start_iter = self.last_saved = int(state["iteration"])
         self.best, self.eval_history = state.get("best"), list(state.get("eval_history", []))
         _warn_config_changes(state.get("config", {}), self.cfg.to_dict())
         logger.info(
-            "resumed from %s: continuing at iteration %d of %d",
+            "resumed from %s (iteration %d, the newest readable checkpoint with finite weights): "
+            "continuing at iteration %d of %d",
             path,
+            self.start_iter,
             self.start_iter + 1,
             self.max_iter,
         )
@@ -239,11 +243,38 @@ class Trainer:
 
     def _diverged(self, message: str) -> None:
         self.checkpointer.disable(f"training diverged ({message})")
-        raise DivergenceError(
-            f"{message}. Training stopped; no checkpoint was written after divergence "
-            "(resume from the last good one with a lower solver.base_lr, a longer "
-            "solver.warmup_iters or solver.clip_grad_norm > 0)"
+        raise DivergenceError(f"{message}. Training stopped; {self._divergence_advice()}")
+
+    def _divergence_advice(self) -> str:
+        """What to run next, with the checkpoint it would continue from: the advice must work as
+        written (no checkpoint with non-finite weights exists, so last.pth is a good one)."""
+        s = self.cfg.solver
+        fixes = (
+            f"a lower solver.base_lr (now {s.base_lr:g}), a longer solver.warmup_iters "
+            f"(now {s.warmup_iters}) or solver.clip_grad_norm > 0 (now {s.clip_grad_norm:g})"
         )
+        if self.last_saved is None:
+            return f"no checkpoint was written yet: start again with {fixes}"
+        config = self.cfg.source_file or "CONFIG"
+        return (
+            f"no checkpoint was written after divergence. {self.out / LAST} (iteration "
+            f"{self.last_saved}) has finite weights; continue from it with {fixes}, e.g. "
+            f"python tools/train.py {config} [this run's overrides] --output-dir {self.out} "
+            f"--resume solver.base_lr={s.base_lr / 2:g}"
+        )
+
+    def _check_weights(self, iteration: int) -> None:
+        """A finite loss can still give a non-finite update (a NaN/Inf gradient, an lr too large
+        for the gradient): stop before any checkpoint or evaluation sees such weights. DDP keeps
+        the weights equal on every rank; the flag is reduced anyway so no rank can stop alone."""
+        named = itertools.chain(self.model.named_parameters(), self.model.named_buffers())
+        bad = non_finite_tensors(named)
+        if reduce_flag(bool(bad)):
+            where = f"{len(bad)} tensor(s), e.g. {bad[:3]}" if bad else "on another rank"
+            self._diverged(
+                f"non-finite weights after the update of iteration {iteration} (its loss was "
+                f"finite): {where}"
+            )
 
     def run_step(self, iteration: int, data_iter) -> Dict[str, float]:
         """One optimizer step (``accumulate`` micro-batches); returns this rank's mean loss values."""
@@ -271,6 +302,7 @@ class Trainer:
             for k, v in values.items():
                 totals[k] = totals.get(k, 0.0) + v / self.accumulate
         self._optimizer_step(iteration)
+        self._check_weights(iteration)
         return totals
 
     def _optimizer_step(self, iteration: int) -> None:

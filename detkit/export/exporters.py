@@ -40,6 +40,18 @@ MIN_OPSET = (
 def exportable(det) -> ExportableDetector:
     """The export graph of a ``Detector`` (its model on CPU, its config's test sizes)."""
     t = det.cfg.test
+    # the graph computes the resized size as floor(side * scale) and resizes the normalised tensor
+    # bilinearly; detectron2's conventions (rounded size, PIL on the uint8 image) are not in it
+    unsupported = {
+        "input.resize_rounding": (det.cfg.input.resize_rounding, "floor"),
+        "model.resize_interpolation": (det.cfg.model.resize_interpolation, "tensor_bilinear"),
+    }
+    for key, (value, supported) in unsupported.items():
+        if value != supported:
+            raise ExportError(
+                f"{key}={value} cannot be exported (the exported graph resizes with "
+                f"{key}={supported}); export with {key}={supported} or run the model in PyTorch"
+            )
     if t.scales or t.flip:
         logger.warning(
             "test-time augmentation (test.scales=%s, test.flip=%s) is not exported: the exported model "

@@ -39,7 +39,31 @@ def _config_error(cfg, key: str, problem: str) -> ConfigError:
 
 def build_backbone(cfg) -> ResNet:
     # `weights` is not a ResNet argument: build_model loads the file into the finished model
-    return ResNet(**component_kwargs(cfg.model.backbone, exclude=("weights",)))
+    # (`allow_random_init` is check_backbone_init's)
+    return ResNet(**component_kwargs(cfg.model.backbone, exclude=("weights", "allow_random_init")))
+
+
+def check_backbone_init(cfg) -> None:
+    """Refuse to *train* a FrozenBN backbone from random weights (inference loads weights later).
+
+    Frozen BN keeps the statistics of the weights it starts from; from random weights it is an
+    identity, so the backbone trains unnormalised: the loss of R-101 C4 reaches ~1e6 by iteration 2
+    and diverges, with nothing that says why.
+    """
+    b, m = cfg.model.backbone, cfg.model
+    if b.norm != "FrozenBN" or b.weights or m.weights or b.allow_random_init:
+        return
+    raise _config_error(
+        cfg,
+        "model.backbone.norm",
+        "FrozenBN needs pretrained weights and model.backbone.weights and model.weights are "
+        "empty (from random weights frozen BN normalises nothing and the loss explodes). Pass "
+        "ImageNet weights as model.backbone.weights=FILE (local files only): torchvision's "
+        f"resnet{b.depth}-*.pth state dict, or MSRA's R-50.pkl/R-101.pkl converted with "
+        "tools/convert_weights.py --from detectron2-imagenet; or a detector checkpoint as "
+        "model.weights=FILE. To train from scratch on purpose: model.backbone.norm=GN (or BN) "
+        "model.backbone.freeze_at=0, or model.backbone.allow_random_init=true",
+    )
 
 
 def build_neck(cfg, backbone: ResNet) -> Optional[FPN]:
@@ -61,6 +85,8 @@ def _check_features(cfg, key: str, wanted, available) -> None:
 
 
 def build_rpn(cfg, channels: dict) -> RPN:
+    """The RPN on model.rpn.in_features; the anchor keys are the AnchorGenerator's arguments with an
+    ``anchor_`` prefix (anchor_sizes -> sizes, anchor_strides -> strides, ...)."""
     r = cfg.model.rpn
     _check_features(cfg, "model.rpn.in_features", r.in_features, channels)
     if len(r.anchor_sizes) != len(r.in_features):
@@ -69,8 +95,32 @@ def build_rpn(cfg, channels: dict) -> RPN:
             "model.rpn.anchor_sizes",
             f"{len(r.anchor_sizes)} levels, but model.rpn.in_features has {len(r.in_features)}",
         )
-    anchors = AnchorGenerator(r.anchor_sizes, r.aspect_ratios)
-    head = RPNHead(in_channels=channels[r.in_features[0]], num_anchors=anchors.num_anchors_per_cell)
+    if r.anchor_strides and (
+        len(r.anchor_strides) != len(r.in_features)
+        or not all(isinstance(s, int) and s > 0 for s in r.anchor_strides)
+    ):
+        raise _config_error(
+            cfg,
+            "model.rpn.anchor_strides",
+            f"{list(r.anchor_strides)} must be [] or one positive int per level of "
+            f"model.rpn.in_features {list(r.in_features)}",
+        )
+    try:
+        anchors = AnchorGenerator(
+            r.anchor_sizes,
+            r.aspect_ratios,
+            rounded=r.anchor_rounded,
+            order=r.anchor_order,
+            strides=r.anchor_strides,
+            offset=r.anchor_offset,
+        )
+    except ValueError as e:
+        raise _config_error(cfg, "model.rpn.anchor_order", str(e)) from None
+    head = RPNHead(
+        in_channels=channels[r.in_features[0]],
+        num_anchors=anchors.num_anchors_per_cell,
+        num_convs=r.num_convs,
+    )
     return RPN(
         in_features=r.in_features,
         head=head,
@@ -86,6 +136,8 @@ def build_rpn(cfg, channels: dict) -> RPN:
         nms_thresh=r.nms_thresh,
         score_thresh=r.score_thresh,
         min_size=r.min_size,
+        min_size_strict=r.min_size_strict,
+        nms_score=r.nms_score,
         smooth_l1_beta=r.smooth_l1_beta,
         loss_weight=r.loss_weight,
     )
@@ -105,12 +157,16 @@ def build_box_head(cfg, in_channels: int) -> nn.Module:
     )
 
 
-def build_roi_heads(cfg, channels: dict) -> ROIHeads:
+def build_roi_heads(cfg, channels: dict, strides: Optional[dict] = None) -> ROIHeads:
+    """The RoI heads on model.roi_heads.in_features. The pooler gets each level's stride from the
+    backbone/neck (its spatial scale is 1 / stride): inferring it from the padded image size is
+    wrong for small unpadded images (size_divisibility 0)."""
     h = cfg.model.roi_heads
     _check_features(cfg, "model.roi_heads.in_features", h.in_features, channels)
+    in_strides = [strides[f] for f in h.in_features] if strides else []
     return ROIHeads(
         in_features=h.in_features,
-        pooler=ROI_POOLERS.get(h.pooler.name)(**component_kwargs(h.pooler)),
+        pooler=ROI_POOLERS.get(h.pooler.name)(in_strides=in_strides, **component_kwargs(h.pooler)),
         box_head=build_box_head(cfg, channels[h.in_features[0]]),
         num_classes=cfg.model.num_classes,
         matcher=Matcher(h.fg_iou_thresh, h.bg_iou_thresh),
@@ -156,15 +212,21 @@ def build_model(cfg, class_names: Optional[List[str]] = None) -> FasterRCNN:
     if neck is None:
         _check_last_stage_used(cfg, backbone)
     channels = dict(neck.out_channels if neck is not None else backbone.out_channels)
+    strides = dict(neck.strides if neck is not None else backbone.strides)
     model = FasterRCNN(
         backbone=backbone,
         neck=neck,
         rpn=build_rpn(cfg, channels),
-        roi_heads=build_roi_heads(cfg, channels),
+        roi_heads=build_roi_heads(cfg, channels, strides),
         pixel_mean=cfg.model.pixel_mean,
         pixel_std=cfg.model.pixel_std,
         size_divisibility=cfg.model.size_divisibility,
         class_names=class_names,
+        input_format=cfg.model.input_format,
+        pixel_divisor=cfg.model.pixel_divisor,
+        resize_interpolation=cfg.model.resize_interpolation,
+        rescale_clip=cfg.model.rescale_clip,
+        rescale_drop_empty=cfg.model.rescale_drop_empty,
     )
     if cfg.model.backbone.weights:
         from .weights import load_backbone_weights
@@ -190,6 +252,7 @@ def build_predictor(model: nn.Module, cfg) -> nn.Module:
             nms_thresh=t.merge_nms_thresh,
             vote_thresh=t.merge_vote_thresh,
             detections_per_image=cfg.model.roi_heads.detections_per_image,
+            rounding=cfg.input.resize_rounding,
         )
     device = next(model.parameters()).device
     precision = resolve_precision(cfg, device)

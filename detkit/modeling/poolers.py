@@ -1,10 +1,13 @@
 """RoI feature extraction: RoIAlign or RoIPool over one or several feature levels.
 
 With several levels (FPN), each RoI is pooled from the level given by the FPN paper's rule
-k = floor(k0 + log2(sqrt(area) / 224) + 1e-6), clamped to the available levels (same as
-torchvision's MultiScaleRoIAlign). The spatial scale of each level is 2 ** round(log2(feature /
-padded image)), inferred from the shapes like torchvision does. Traced (export), the RoI count and
-the per-level counts stay tensor-derived.
+k = floor(k0 + log2(sqrt(area) / 224 + level_eps_in_log) + level_eps), clamped to the available
+levels. The defaults (level_eps 1e-6 after the log) are torchvision's MultiScaleRoIAlign;
+detectron2 adds 1e-8 inside the log instead, which decides the level of a box whose log2 ratio lies
+within ~1e-6 below an integer. The spatial scale of each level is 1 / its stride when the builder
+passes the architecture's strides (``in_strides``), else 2 ** round(log2(feature / padded image)),
+inferred from the shapes like torchvision does (right only when the padded image is a multiple of
+every stride, or large). Traced (export), the RoI count and the per-level counts stay tensor-derived.
 """
 
 from __future__ import annotations
@@ -42,11 +45,23 @@ def level_scale(feature: Tensor, image_size: Tuple[int, int]) -> float:
 
 
 class _MultiLevelPooler(nn.Module):
-    def __init__(self, *, output_size: int, canonical_scale: float = 224, canonical_level: int = 4):
+    def __init__(
+        self,
+        *,
+        output_size: int,
+        canonical_scale: float = 224,
+        canonical_level: int = 4,
+        level_eps: float = 1e-6,
+        level_eps_in_log: float = 0.0,
+        in_strides: Sequence[int] = (),
+    ):
         super().__init__()
         self.output_size = (output_size, output_size)
         self.canonical_scale = canonical_scale
         self.canonical_level = canonical_level
+        self.level_eps = level_eps
+        self.level_eps_in_log = level_eps_in_log
+        self.in_strides = [int(s) for s in in_strides]
 
     def pool_level(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
         """Pool float32 ``rois`` (R, 5) from one level; returns (R, C, S, S) in the feature's dtype."""
@@ -64,15 +79,24 @@ class _MultiLevelPooler(nn.Module):
         hands over bf16/fp16 features (bf16 would round a 700 px coordinate to a multiple of 4 px);
         the pooled features come back in the features' dtype."""
         rois = boxes_to_rois([b.float() for b in boxes])
-        scales = [level_scale(f, image_size) for f in features]
+        if self.in_strides and len(self.in_strides) != len(features):
+            raise ValueError(
+                f"the pooler has strides {self.in_strides} but got {len(features)} feature levels"
+            )
+        scales = (
+            [1.0 / s for s in self.in_strides]
+            if self.in_strides
+            else [level_scale(f, image_size) for f in features]
+        )
         if len(features) == 1:
             return self.pool_level(features[0], rois, scales[0])
         k_min = -int(math.log2(scales[0]))
         k_max = -int(math.log2(scales[-1]))
         area = (rois[:, 3] - rois[:, 1]) * (rois[:, 4] - rois[:, 2])
-        lvl = torch.floor(
-            self.canonical_level + torch.log2(torch.sqrt(area) / self.canonical_scale) + 1e-6
-        )
+        ratio = torch.sqrt(area) / self.canonical_scale
+        if self.level_eps_in_log:
+            ratio = ratio + self.level_eps_in_log
+        lvl = torch.floor(self.canonical_level + torch.log2(ratio) + self.level_eps)
         lvl = lvl.clamp(min=k_min, max=k_max).to(torch.int64) - k_min
         if torch.jit.is_tracing():
             # pool each level's RoIs, then put the rows back in RoI order: the indexed assignment
@@ -102,11 +126,17 @@ class ROIAlign(_MultiLevelPooler):
         aligned: bool = False,
         canonical_scale: float = 224,
         canonical_level: int = 4,
+        level_eps: float = 1e-6,
+        level_eps_in_log: float = 0.0,
+        in_strides: Sequence[int] = (),
     ):
         super().__init__(
             output_size=output_size,
             canonical_scale=canonical_scale,
             canonical_level=canonical_level,
+            level_eps=level_eps,
+            level_eps_in_log=level_eps_in_log,
+            in_strides=in_strides,
         )
         self.sampling_ratio = sampling_ratio
         self.aligned = aligned
@@ -120,12 +150,18 @@ class ROIPool(_MultiLevelPooler):
     """Max pooling over quantised bins: the original Fast/Faster R-CNN RoI pooling (as the paper)."""
 
     def __init__(
-        self, *, output_size: int = 7, canonical_scale: float = 224, canonical_level: int = 4
+        self,
+        *,
+        output_size: int = 7,
+        canonical_scale: float = 224,
+        canonical_level: int = 4,
+        in_strides: Sequence[int] = (),
     ):
         super().__init__(
             output_size=output_size,
             canonical_scale=canonical_scale,
             canonical_level=canonical_level,
+            in_strides=in_strides,
         )
 
     def pool(self, feature, rois, scale):

@@ -19,23 +19,37 @@ from .anchor_generator import AnchorGenerator
 from .matcher import Matcher
 from .sampler import sample_balanced
 
+NMS_SCORES = ("prob", "logit")
+
 
 class RPNHead(nn.Module):
-    """A 3x3 conv + ReLU shared by all levels, then sibling 1x1 convs for objectness and deltas."""
+    """``num_convs`` 3x3 convs + ReLU shared by all levels, then sibling 1x1 convs for objectness
+    and deltas. torchvision's v2 detector uses two convs; v1, detectron2 and the paper use one."""
 
-    def __init__(self, *, in_channels: int, num_anchors: int):
+    def __init__(self, *, in_channels: int, num_anchors: int, num_convs: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, in_channels, 3, padding=1)
+        if num_convs < 1:
+            raise ValueError(f"RPNHead needs num_convs >= 1, got {num_convs}")
+        convs = [nn.Conv2d(in_channels, in_channels, 3, padding=1) for _ in range(num_convs)]
+        # One conv keeps the name `conv` that every single-conv checkpoint (detkit's own, torchvision
+        # v1, detectron2) uses; only deeper heads get the list `convs`.
+        if num_convs == 1:
+            self.conv = convs[0]
+        else:
+            self.convs = nn.ModuleList(convs)
         self.objectness = nn.Conv2d(in_channels, num_anchors, 1)
         self.deltas = nn.Conv2d(in_channels, num_anchors * 4, 1)
-        for layer in (self.conv, self.objectness, self.deltas):
+        for layer in (*convs, self.objectness, self.deltas):
             nn.init.normal_(layer.weight, std=0.01)
             nn.init.zeros_(layer.bias)
 
     def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor]]:
+        convs = self.convs if hasattr(self, "convs") else [self.conv]
         logits, deltas = [], []
         for x in features:
-            t = torch.relu(self.conv(x))
+            t = x
+            for conv in convs:
+                t = torch.relu(conv(t))
             logits.append(self.objectness(t))
             deltas.append(self.deltas(t))
         return logits, deltas
@@ -59,6 +73,8 @@ class RPN(nn.Module):
         nms_thresh: float = 0.7,
         score_thresh: float = 0.0,
         min_size: float = 1e-3,
+        min_size_strict: bool = False,
+        nms_score: str = "prob",
         smooth_l1_beta: float = 1 / 9,
         loss_weight: float = 1.0,
     ):
@@ -77,6 +93,10 @@ class RPN(nn.Module):
         self.nms_thresh = nms_thresh
         self.score_thresh = score_thresh
         self.min_size = min_size
+        self.min_size_strict = min_size_strict
+        if nms_score not in NMS_SCORES:
+            raise ValueError(f"unknown RPN nms_score '{nms_score}'; valid: {', '.join(NMS_SCORES)}")
+        self.nms_score = nms_score
         self.smooth_l1_beta = smooth_l1_beta
         self.loss_weight = loss_weight
 
@@ -118,6 +138,13 @@ class RPN(nn.Module):
     ) -> List[Tensor]:
         """Top-k per level, decode, clip, drop tiny boxes, NMS per level, keep the best post-NMS top-k.
 
+        Tiny boxes: width or height < min_size (torchvision), or <= min_size with
+        ``min_size_strict`` (detectron2, whose min_size 0 drops exactly the empty boxes). NMS and
+        the post-NMS order rank by ``nms_score``: the sigmoid probability (torchvision) or the
+        logit (detectron2). They differ at ties: float32 sigmoid maps neighbouring logits to one
+        value (above ~17 everything is 1.0), and which of two tied boxes survives NMS then depends
+        on the score used.
+
         Traceable as it is (export): counts come from ``Tensor.shape``, which is traced, and the
         images are indexed rather than iterated over."""
         pre_topk, post_topk = (
@@ -141,14 +168,22 @@ class RPN(nn.Module):
         levels = torch.cat(topk_levels)
         proposals = []
         for i, size in enumerate(image_sizes):
-            prob = torch.sigmoid(all_logits[i].float())
+            logit = all_logits[i].float()
+            prob = torch.sigmoid(logit)
             boxes = clip_boxes(all_boxes[i], size)
-            keep = nonempty(boxes, self.min_size)
+            keep = self._nonempty(boxes)
             keep = keep[prob[keep] >= self.score_thresh]
-            boxes, prob, lvl = boxes[keep], prob[keep], levels[keep]
-            keep = batched_nms(boxes.float(), prob, lvl, self.nms_thresh, len(anchors))
+            score = prob if self.nms_score == "prob" else logit
+            boxes, score, lvl = boxes[keep], score[keep], levels[keep]
+            keep = batched_nms(boxes.float(), score, lvl, self.nms_thresh, len(anchors))
             proposals.append(boxes[keep[:post_topk]])
         return proposals
+
+    def _nonempty(self, boxes: Tensor) -> Tensor:
+        if not self.min_size_strict:
+            return nonempty(boxes, self.min_size)
+        ws, hs = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        return torch.where((ws > self.min_size) & (hs > self.min_size))[0]
 
     def losses(
         self, anchors: Tensor, logits: Tensor, deltas: Tensor, gt_boxes: List[Tensor]

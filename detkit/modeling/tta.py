@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..structures import box_iou
-from ..structures.resize import resize_scale
+from ..structures.resize import resize_scale, resize_size
 from .roi_heads import Detections, nms_and_vote
 
 MERGES = ("nms", "soft_nms", "vote")
@@ -71,6 +71,7 @@ class MultiScaleFlip(nn.Module):
         nms_thresh: float = 0.5,
         vote_thresh: float = 0.8,
         detections_per_image: int = 100,
+        rounding: str = "floor",
     ):
         super().__init__()
         if merge not in MERGES:
@@ -81,6 +82,7 @@ class MultiScaleFlip(nn.Module):
         self.scales, self.max_size, self.flip = [int(s) for s in scales], max_size, flip
         self.merge, self.nms_thresh, self.vote_thresh = merge, nms_thresh, vote_thresh
         self.detections_per_image = detections_per_image
+        self.rounding = rounding
 
     @property
     def class_names(self):
@@ -91,7 +93,11 @@ class MultiScaleFlip(nn.Module):
         h, w = sample["height"], sample["width"]
         groups = []
         for s in self.scales:
-            base = {**sample, "scale": resize_scale(h, w, s, self.max_size)}
+            base = {
+                **sample,
+                "size": resize_size(h, w, s, self.max_size, self.rounding),
+                "scale": resize_scale(h, w, s, self.max_size),
+            }
             group = [base]
             if self.flip:
                 group.append({**base, "image": sample["image"].flip(-1), "flipped": True})

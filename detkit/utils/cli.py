@@ -47,16 +47,25 @@ class UserExit(SystemExit):
 def user_errors(exit_code: int = 1, also: Sequence[Type[BaseException]] = ()) -> Iterator[None]:
     """Log a user error (``DetkitError``, ``FileNotFoundError`` and the types in ``also``) as one
     line, ``TypeName: message``, and exit with ``exit_code`` (:class:`UserExit`). Anything else
-    keeps its traceback."""
+    keeps its traceback.
+
+    Under torchrun only rank 0 writes the line to the console: a bad config or a missing dataset
+    fails every rank alike, and an error on another rank reaches rank 0 as ``OtherRankFailed``
+    quoting it. The other ranks log it to their ``log_rank<r>.txt`` once they have one.
+    """
     try:
         yield
     except (*USER_ERRORS, *also) as e:
         logger = logging.getLogger("detkit")
         if logger.handlers:
             logger.error("%s: %s", type(e).__name__, e)
-        else:
+        elif _rank() == 0:
             sys.stderr.write(f"{type(e).__name__}: {e}\n")
         raise UserExit(exit_code) from None
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
 
 
 def tool_parser(doc: str) -> argparse.ArgumentParser:
@@ -84,7 +93,7 @@ def tool_main(
     def decorate(fn: Callable[..., Optional[int]]) -> Callable[..., int]:
         @functools.wraps(fn)
         def main(argv: Optional[Sequence[str]] = None) -> int:
-            setup_logging(rank=int(os.environ.get("RANK", "0")))
+            setup_logging(rank=_rank())
             try:
                 with user_errors(exit_code, also):
                     status = fn(argv)

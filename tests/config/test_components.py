@@ -16,7 +16,7 @@ from detkit.registry import ROI_BOX_HEADS, ROI_POOLERS
 
 # arguments the builder derives from other sections (never config keys), and keys it reads itself
 DERIVED = {"in_channels", "in_strides", "pooler_size"}
-READ_BY_BUILDER = {"model.backbone": {"weights"}}
+READ_BY_BUILDER = {"model.backbone": {"weights", "allow_random_init"}}
 CLASSES = {
     "model.backbone": {"ResNet": ResNet},
     "model.neck": {"FPN": FPN, "none": None},

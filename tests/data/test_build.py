@@ -16,6 +16,8 @@ from detkit.data import (
     build_test_loader,
     build_train_loader,
 )
+from detkit.data.build import Loader, collate
+from detkit.data.image_io import ImageReadError
 from detkit.data.transforms import InferenceMapper, TrainMapper
 
 from .helpers import make_cfg, write_coco
@@ -175,7 +177,59 @@ def test_broken_image_in_a_worker_names_the_file(tiny_coco):
         with pytest.raises(OSError, match=f"cannot identify image file {broken}"):
             next(batches)
     finally:
-        batches._shutdown_workers()  # else torch waits 5 s when the garbage collector finds the iterator
+        batches.close()  # stops the workers now (else torch waits 5 s when the garbage collector finds them)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_unreadable_image_error_is_the_error_itself(tiny_coco, workers):
+    # with workers, DataLoader would re-raise "Caught ImageReadError in DataLoader worker process 0"
+    # plus a traceback as the message; the loader raises the worker's error unchanged instead
+    broken = _break_image(tiny_coco)
+    cfg = make_cfg(val=[_entry(tiny_coco)], data={"num_workers": workers})
+    batches = iter(build_test_loader(cfg, build_dataset(cfg, "val"), rank=0, world_size=1))
+    try:
+        next(batches)
+        with pytest.raises(ImageReadError) as info:
+            next(batches)
+    finally:
+        batches.close()
+    assert str(info.value) == (
+        f"cannot identify image file {broken}: not an image, a format Pillow cannot read, or "
+        f"corrupted (image id 2 in {tiny_coco[0]}); data.skip_broken_images=true skips "
+        "unreadable images"
+    )
+
+
+def test_missing_training_image_in_a_worker(tiny_coco):
+    (tiny_coco[1] / "1.jpg").unlink()
+    cfg = make_cfg(train=[_entry(tiny_coco)], data={"num_workers": 1}, solver={"ims_per_batch": 2})
+    batches = iter(build_train_loader(cfg, build_dataset(cfg, "train"), rank=0, world_size=1))
+    try:
+        with pytest.raises(
+            ImageReadError, match=r"^image file not found: .*1\.jpg \(image id 1 in "
+        ):
+            for _ in range(4):  # two images, batches of two: image 1 comes in the first batch
+                next(batches)
+    finally:
+        batches.close()
+
+
+class _KeywordOnlyError(DatasetError):
+    def __init__(self, *, path):
+        super().__init__(f"cannot read {path}")
+
+
+def test_a_worker_error_that_cannot_be_unpickled_keeps_its_message():
+    class Dataset(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            raise _KeywordOnlyError(path="/x/1.jpg")
+
+    loader = Loader(Dataset(), batch_size=1, num_workers=1, collate_fn=collate)
+    with pytest.raises(DatasetError, match=r"^_KeywordOnlyError: cannot read /x/1.jpg$"):
+        next(iter(loader))
 
 
 def test_skip_broken_counts_and_skips(tiny_coco, caplog):

@@ -3,6 +3,7 @@ images (2 classes), so a training iteration takes a fraction of a second on a CP
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -101,6 +102,17 @@ def run_tool(
     return subprocess.run(
         [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module: its ``main(argv)`` returns the exit status (tools use
+    ``detkit.utils.cli.tool_main``), so a test can run a tool in-process, without a new Python."""
+    spec = importlib.util.spec_from_file_location(
+        f"detkit_tools_{name}", REPO / "tools" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def truncate_file(path: Path, keep: int = 100) -> None:

@@ -1,6 +1,7 @@
 """Checkpoints a killed process leaves loadable, keep-N rotation, resume fallback, weight loading
 (the atomic write itself and the loader's errors: tests/utils/test_io.py)."""
 
+import errno
 import logging
 import os
 import signal
@@ -13,7 +14,13 @@ import torch
 from torch import nn
 
 from detkit.engine.checkpoint import Checkpointer
-from detkit.utils.io import CheckpointError, atomic_save, load_checkpoint, load_model_weights
+from detkit.utils.io import (
+    CheckpointError,
+    WriteError,
+    atomic_save,
+    load_checkpoint,
+    load_model_weights,
+)
 
 from .conftest import REPO
 
@@ -23,7 +30,7 @@ def state(it):
 
 
 def truncate(path, keep=100):
-    with open(path, "r+b") as f:  # in place: a hard-linked periodic file is damaged with it
+    with open(path, "r+b") as f:  # in place, as a bad disk would (a hard link would share it)
         f.truncate(keep)
 
 
@@ -76,15 +83,28 @@ def test_corrupt_last_falls_back_with_a_warning(tmp_path, caplog):
     c = Checkpointer(tmp_path, keep=3)
     for it in (2, 4):
         c.save(state(it), it)
-    truncate(tmp_path / "last.pth")  # hard-linked: model_0000004.pth is damaged as well
+    truncate(tmp_path / "last.pth")  # its own file: model_0000004.pth is not damaged with it
     with caplog.at_level(logging.WARNING, logger="detkit"):
         loaded, path = c.load_latest()
-    assert loaded["iteration"] == 2 and path.name == "model_0000002.pth"
+    assert loaded["iteration"] == 4 and path.name == "model_0000004.pth"
     assert "last.pth" in caplog.text and "falling back" in caplog.text
 
 
-def test_corrupt_last_copy_falls_back_to_the_periodic_file(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError("no hard links here")))
+@pytest.mark.parametrize("keep", [1, 3])
+def test_newest_periodic_file_damaged_in_place_resumes_from_last(tmp_path, keep, caplog):
+    """last.pth is a copy, not a hard link: damage to model_0000004.pth leaves it whole, also when
+    rotation kept no older file to fall back to."""
+    c = Checkpointer(tmp_path, keep=keep)
+    for it in (2, 4):
+        c.save(state(it), it)
+    assert (tmp_path / "last.pth").stat().st_ino != (tmp_path / "model_0000004.pth").stat().st_ino
+    truncate(tmp_path / "model_0000004.pth")
+    loaded, path = c.load_latest()
+    assert path.name == "last.pth" and loaded["iteration"] == 4
+    assert torch.equal(loaded["model"]["w"], torch.full((4,), 4.0))
+
+
+def test_garbage_last_falls_back_to_the_periodic_file(tmp_path, caplog):
     c = Checkpointer(tmp_path)
     c.save(state(2), 2)
     c.save(state(4), 4)
@@ -95,11 +115,59 @@ def test_corrupt_last_copy_falls_back_to_the_periodic_file(tmp_path, monkeypatch
     assert "cannot read checkpoint" in caplog.text
 
 
+def test_non_finite_weights_are_never_written_and_never_resumed(tmp_path, caplog):
+    c = Checkpointer(tmp_path)
+    c.save(state(2), 2)
+    bad = state(4)
+    bad["model"]["w"][1] = float("nan")
+    with pytest.raises(CheckpointError, match=r"refusing to write .*model_0000004.pth.*NaN/Inf"):
+        c.save(bad, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth", "model_0000002.pth"]
+    with pytest.raises(RuntimeError, match="NaN/Inf"):  # and nothing after it either
+        c.save_named(state(6), "best.pth")
+    # a file such weights reached before this check existed: skipped, the older one named
+    atomic_save({**bad, "model": {"w": torch.tensor([float("inf")] * 4)}}, tmp_path / "last.pth")
+    with caplog.at_level(logging.WARNING, logger="detkit"):
+        loaded, path = Checkpointer(tmp_path).load_latest()
+    assert path.name == "model_0000002.pth" and loaded["iteration"] == 2
+    assert f"{tmp_path / 'last.pth'} holds NaN/Inf in 1 tensor(s)" in caplog.text
+    assert "resuming from" in caplog.text and "(iteration 2)" in caplog.text
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    c = Checkpointer(tmp_path)
+    c.save(state(2), 2)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_fsync, full = os.fsync, {"name": "last.pth"}
+
+    def fsync(fd):  # the disk fills while the file named in `full` is written
+        if full["name"] in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(WriteError) as info:
+        c.save(state(4), 4)
+    message = str(info.value)
+    assert message.startswith(f"cannot write {tmp_path / 'last.pth'}: No space left on device")
+    assert "earlier checkpoints are intact (last.pth, model_0000002.pth)" in message
+    assert info.value.errno == errno.ENOSPC and isinstance(info.value, OSError)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no temporary left
+    full["name"] = "model_0000004.pth"  # the copy fails: last.pth already holds the new state
+    with pytest.raises(WriteError, match="model_0000004.pth: No space left on device"):
+        c.save(state(4), 4)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth", "model_0000002.pth"]
+    loaded, path = c.load_latest()
+    assert path.name == "last.pth" and loaded["iteration"] == 4
+
+
 def test_nothing_readable_is_an_error_and_nothing_at_all_is_none(tmp_path):
     c = Checkpointer(tmp_path)
     assert c.load_latest() is None
     c.save(state(2), 2)
     truncate(tmp_path / "last.pth")
+    truncate(tmp_path / "model_0000002.pth")
     with pytest.raises(CheckpointError, match="no readable checkpoint"):
         c.load_latest()
 

@@ -68,8 +68,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         checksum = float(sum(p.double().sum() for p in model.parameters()))
         report["checksums"] = all_gather_objects(checksum)
 
-        trainer = Trainer.__new__(Trainer)  # only what _check_losses needs
+        trainer = Trainer.__new__(Trainer)  # only what _check_losses and its advice need
         trainer.checkpointer = Checkpointer(out_dir)
+        trainer.cfg, trainer.out, trainer.last_saved = load_config(None, TINY_MODEL), out_dir, None
         values = {"loss_cls": 0.5, "loss_box": float("nan") if rank == 1 else 0.1}
         try:
             trainer._check_losses(7, values, None)

@@ -1,14 +1,15 @@
 """The command-line tools end to end in subprocesses: DDP training + testing with torchrun (2 CPU
 processes, gloo), tools/test.py on a converted torchvision checkpoint, clean user errors."""
 
-import importlib.util
 import json
 import re
 
 import pytest
 import torch
 
-from .conftest import REPO, run_tool, tiny_config, tiny_overrides
+from .conftest import REPO, load_tool, run_tool, tiny_config, tiny_overrides
+
+_tool = load_tool  # the name tests/engine/test_user_errors.py imports from here
 
 
 def images_predicted(log_text: str, desc: str = "test") -> int:
@@ -92,17 +93,9 @@ def test_tools_test_on_a_converted_torchvision_checkpoint(data_root, tmp_path):
     assert "per-category bbox AP" in proc.stderr
 
 
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(
-        f"detkit_tools_{name}", REPO / "tools" / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
-    status = _tool("train").main(  # a tool's main returns its exit status (tools/*.py: tool_main)
+    # a tool's main returns its exit status (tools/*.py: tool_main)
+    status = load_tool("train").main(
         [
             str(REPO / "configs/frcnn_r50_fpn_coco.yaml"),
             f"data.root={tmp_path / 'nowhere'}",
@@ -121,7 +114,7 @@ def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
 
 
 def test_config_and_weights_errors_are_one_clear_line(tmp_path, capsys):
-    status = _tool("train").main([str(REPO / "configs/quickstart.yaml"), "solver.base_lrr=0.1"])
+    status = load_tool("train").main([str(REPO / "configs/quickstart.yaml"), "solver.base_lrr=0.1"])
     assert status == 1
     err = capsys.readouterr().err
     assert (
@@ -129,7 +122,7 @@ def test_config_and_weights_errors_are_one_clear_line(tmp_path, capsys):
         and "did you mean 'solver.base_lr'" in err
         and "Traceback" not in err
     )
-    status = _tool("test").main(
+    status = load_tool("test").main(
         [
             str(REPO / "configs/quickstart.yaml"),
             "--weights",

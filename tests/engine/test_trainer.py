@@ -1,4 +1,5 @@
-"""The training loop on a tiny model: exact resume, corrupt-checkpoint fallback, divergence, outputs."""
+"""The training loop on a tiny model: exact resume, corrupt-checkpoint fallback, divergence (and
+resuming after it), outputs, resuming a finished run."""
 
 import json
 import shutil
@@ -116,6 +117,20 @@ def test_outputs_of_a_run(data_root, tmp_path):
     with pytest.raises(OutputDirInUse, match="--resume"):
         train_main(tiny_config(data_root), output_dir=str(out))
 
+    # --resume on the finished run: it says so and returns its metrics, evaluating nothing again
+    written = (out / "inference" / "coco_results.json").stat().st_mtime_ns
+    again = train_main(
+        tiny_config(data_root, ["solver.accumulate=2", "solver.max_iter=3", "solver.steps=[2]"]),
+        output_dir=str(out),
+        resume=True,
+    )
+    assert again == final["final"]
+    assert (out / "inference" / "coco_results.json").stat().st_mtime_ns == written
+    assert (
+        f"INFO] --resume: the run in {out} is finished (iteration 3 of"
+        in (out / "log.txt").read_text()
+    )
+
 
 def test_non_finite_loss_stops_naming_iteration_and_term(data_root, tmp_path, monkeypatch):
     calls = {"n": 0}
@@ -138,6 +153,52 @@ def test_non_finite_loss_stops_naming_iteration_and_term(data_root, tmp_path, mo
         "model_0000002.pth",
     ]
     assert load_checkpoint(out / "last.pth")["iteration"] == 2
+
+
+@pytest.mark.slow
+def test_non_finite_update_writes_nothing_and_the_advice_resumes(data_root, tmp_path, monkeypatch):
+    """Iteration 3's loss is finite but its gradient is NaN: the run stops at iteration 3 before
+    any file sees the weights, and the resume command it prints continues from iteration 2."""
+    original = Trainer._forward
+
+    def nan_gradient(self, batch):
+        losses = original(self, batch)
+        if self.scheduler.last_iter == 2:  # iteration 3
+            w = self.model.backbone.conv1.weight
+            losses["loss_box"] = losses["loss_box"] + torch.sqrt((w * 0).sum())  # 0, grad NaN
+        return losses
+
+    monkeypatch.setattr(Trainer, "_forward", nan_gradient)
+    out = tmp_path / "run"
+    short = ["solver.checkpoint_period=1", "solver.max_iter=4", "solver.steps=[3]"]
+    with pytest.raises(DivergenceError) as info:  # --resume into an empty folder: a warning
+        train_main(tiny_config(data_root, short), str(out), resume=True)
+    monkeypatch.undo()
+    message = str(info.value)
+    assert message.startswith(
+        "non-finite weights after the update of iteration 3 (its loss was finite): "
+        "1 tensor(s), e.g. ['backbone.conv1.weight']"
+    )
+    assert f"{out / 'last.pth'} (iteration 2) has finite weights" in message
+    assert f"--output-dir {out} --resume solver.base_lr=0.005" in message
+    assert sorted(p.name for p in out.glob("*.pth")) == [
+        "last.pth",
+        "model_0000001.pth",
+        "model_0000002.pth",
+    ]
+    assert all(
+        all(torch.isfinite(t).all() for t in load_weights(p).values()) for p in out.glob("*.pth")
+    )
+    assert "WARNING] --resume: no checkpoint in" in (out / "log.txt").read_text()
+
+    lower = tiny_config(data_root, short + ["solver.base_lr=0.005"])
+    train_main(lower, output_dir=str(out), resume=True)
+    log = (out / "log.txt").read_text()
+    assert f"resumed from {out / 'last.pth'} (iteration 2, " in log
+    assert "continuing at iteration 3 of 4" in log
+    final = load_checkpoint(out / "model_final.pth")
+    assert final["iteration"] == 4 and final["config"]["solver"]["base_lr"] == 0.005
+    assert all(torch.isfinite(t).all() for t in final["model"].values())
 
 
 @pytest.mark.slow

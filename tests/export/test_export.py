@@ -125,6 +125,18 @@ def test_unsupported_parts_are_refused_clearly(tmp_path):
         ExportableDetector(det.model, min_size=128, max_size=256)
 
 
+@pytest.mark.parametrize(
+    "override", ["input.resize_rounding=round", "model.resize_interpolation=pil_bilinear"]
+)
+def test_resize_conventions_the_graph_lacks_are_refused(tmp_path, override):
+    det = Detector.from_checkpoint(
+        str(save_tiny_checkpoint(tmp_path / "d.pth")), overrides=[override]
+    )
+    with pytest.raises(ExportError, match=override.split("=")[0].replace(".", r"\.")):
+        export_torchscript(det, str(tmp_path / "d.pt"))
+    assert not (tmp_path / "d.pt").exists()
+
+
 def test_a_frozen_size_dependent_value_fails_the_export(tmp_path, monkeypatch):
     """The guard: tracing refuses when detkit's code turns a traced size into a Python value. Here
     the RPN's pre-NMS top-k is made to take its eager branch, min(top-k, number of anchors)."""

@@ -1,6 +1,7 @@
 """The one I/O layer: atomic writes keep the old file on failure, and every loader error names the
 file (a missing, a truncated and a non-checkpoint file), through the API and the engine's resume."""
 
+import errno
 import json
 import os
 import re
@@ -18,9 +19,11 @@ from detkit.utils.io import (
     CheckpointError,
     CheckpointMismatch,
     CheckpointNotFound,
+    WriteError,
     atomic_open,
     atomic_save,
     atomic_write_text,
+    ensure_output_dir,
     load_checkpoint,
     load_model_weights,
     write_json,
@@ -64,6 +67,35 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o644 and path.read_text() == "x: 1\n"
 
 
+def test_write_errors_name_the_path_and_the_reason(tmp_path, monkeypatch):
+    """One line a user can act on: the file meant (not the temporary name) and the system's
+    reason; still an OSError with its errno; nothing left behind."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(WriteError, match=re.escape(f"{blocker / 'run'}: Not a directory")):
+        ensure_output_dir(blocker / "run")
+    with pytest.raises(WriteError) as info:
+        write_json({"AP": 1.0}, blocker / "run" / "metrics.json")
+    assert str(info.value) == f"cannot write {blocker / 'run' / 'metrics.json'}: Not a directory"
+    assert info.value.errno == errno.ENOTDIR and isinstance(info.value, DetkitError)
+    assert ensure_output_dir(tmp_path / "new" / "run").is_dir()
+    assert not list((tmp_path / "new" / "run").iterdir())  # the write probe is removed
+
+    path = write_json({"AP": 0.5}, tmp_path / "metrics.json")
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(WriteError) as info:
+        write_json({"AP": 0.7}, path)
+    assert str(info.value) == f"cannot write {path}: No space left on device"
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"AP": 0.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "metrics.json", "new"]
+
+
 def test_json_indent_by_kind(tmp_path):
     assert "\n" in write_json({"a": 1}, tmp_path / "d.json").read_text()
     assert "\n" not in write_json([{"a": 1}, {"a": 2}], tmp_path / "l.json").read_text()
@@ -88,8 +120,13 @@ def test_loader_errors_name_the_file(tmp_path):
     with pytest.raises(CheckpointNotFound, match=re.escape(f"checkpoint not found: {missing}")):
         load_checkpoint(missing)
     truncated = _truncated(tmp_path)
-    with pytest.raises(CheckpointError, match=re.escape(f"cannot read checkpoint {truncated}")):
+    with pytest.raises(
+        CheckpointError, match=re.escape(f"cannot read checkpoint {truncated}")
+    ) as e:
         load_checkpoint(truncated)
+    # torch's first sentence says what failed; its paragraph about miniz is not repeated
+    assert "failed reading zip archive" in str(e.value) and "miniz" not in str(e.value)
+    assert str(e.value).endswith("(the file is truncated or damaged, or is not a checkpoint)")
     listed = _not_a_checkpoint(tmp_path)
     with pytest.raises(
         CheckpointMismatch, match=re.escape(f"{listed} holds a list, not a checkpoint dict")
@@ -145,7 +182,7 @@ def test_engine_resume_errors_name_the_files(tmp_path, caplog):
     c = Checkpointer(tmp_path)
     c.save({"model": {}, "optimizer": {}, "iteration": 2}, 2)
     truncated = _truncated(tmp_path)
-    os.replace(truncated, tmp_path / "last.pth")  # replaces the hard link, keeps the periodic file
+    os.replace(truncated, tmp_path / "last.pth")  # damages last.pth alone
     torch.save([1, 2], tmp_path / "model_0000004.pth")
     state, path = c.load_latest()
     assert state["iteration"] == 2 and path.name == "model_0000002.pth"

@@ -42,6 +42,9 @@ NORMS = ("FrozenBN", "BN", "SyncBN", "GN")
 
 
 def make_norm(name: str, channels: int, gn_groups: int = 32) -> nn.Module:
+    """``BN`` is a plain nn.BatchNorm2d (eps 1e-5): batch statistics while training, its running
+    statistics in eval mode, which is how torchvision evaluates its pretrained v2 detector;
+    ``freeze_module`` turns it into FrozenBN for frozen stages (same function in eval mode)."""
     if name == "FrozenBN":
         return FrozenBatchNorm2d(channels)
     if name == "BN":

@@ -39,17 +39,54 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fn(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> List[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return times
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def measure_side_by_side(
+    fns: Dict[str, Callable[[], object]],
+    mode: str,
+    precision: str,
+    batch: int,
+    device: torch.device,
+    warmup: int,
+    iters: int,
+    min_seconds: float = 0.0,
+) -> List[Row]:
+    """One row per implementation, timed in alternation (a round times each once, the order
+    rotating): a machine that speeds up or slows down during the run (turbo, another process, the
+    allocator warming up) then affects every implementation alike. Each gets at least ``iters``
+    iterations and, when fast, enough more to fill ``min_seconds`` (at most 10x ``iters``): the
+    median of a few fast iterations moves by 10-20% between two runs on a CPU."""
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    peak: Dict[str, float] = {n: float("nan") for n in names}  # NaN: not measured (CPU)
+    rounds = 0
+    while rounds < iters or (
+        min(sum(t) for t in times.values()) < min_seconds and rounds < 10 * iters
+    ):
+        for name in names[rounds % len(names) :] + names[: rounds % len(names)]:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            times[name].append(_timed(fns[name], device))
+            if device.type == "cuda":
+                used = torch.cuda.max_memory_allocated(device) / 2**20
+                peak[name] = used if peak[name] != peak[name] else max(peak[name], used)
+        rounds += 1
+    rows = []
+    for name in names:
+        median = statistics.median(times[name])
+        rows.append(
+            Row(name, mode, precision, batch, 1000 * median / batch, batch / median, peak[name])
+        )
+    return rows
 
 
 def measure(
@@ -61,14 +98,11 @@ def measure(
     device: torch.device,
     warmup: int,
     iters: int,
+    min_seconds: float = 0.0,
 ) -> Row:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    median = statistics.median(time_fn(fn, device, warmup, iters))
-    peak = (
-        torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    )
-    return Row(name, mode, precision, batch, 1000 * median / batch, batch / median, peak)
+    """One implementation alone (the size / batch / proposals sweep)."""
+    fns = {name: fn}
+    return measure_side_by_side(fns, mode, precision, batch, device, warmup, iters, min_seconds)[0]
 
 
 def random_images(
@@ -98,7 +132,9 @@ def random_targets(batch: int, height: int, width: int, num_classes: int, device
 
 def format_table(rows: List[Row]) -> str:
     """The rows as detkit's one plain table (that of the evaluation and training reports)."""
-    headers = ["impl", "mode", "prec", "batch", "ms/img", "img/s", "peak MB", "detkit/ref"]
+    # speedup: detkit's img/s over the compared framework's (> 1: detkit is faster); peak GPU
+    # memory is only measured on CUDA and left empty elsewhere
+    headers = ["impl", "mode", "prec", "batch", "ms/img", "img/s", "peak MB", "detkit speedup"]
     cells = [
         [
             r.impl,
@@ -107,7 +143,7 @@ def format_table(rows: List[Row]) -> str:
             r.batch,
             f"{r.ms_per_image:.2f}",
             f"{r.images_per_s:.2f}",
-            f"{r.peak_mem_mb:.0f}",
+            "" if r.peak_mem_mb != r.peak_mem_mb else f"{r.peak_mem_mb:.0f}",  # NaN: not measured
             f"{r.ratio:.2f}x" if r.ratio is not None else "",
         ]
         for r in rows

@@ -28,6 +28,7 @@ from detkit.benchmark import (
     attach_ratios,
     format_table,
     measure,
+    measure_side_by_side,
     random_images,
     random_targets,
 )
@@ -69,8 +70,14 @@ def parse_args(argv=None):
     p.add_argument(
         "--size", help="HxW of the network input (default 800x1333 on GPU, 320x480 on CPU)"
     )
-    p.add_argument("--iters", type=int, help="timed iterations (default 50 GPU, 3 CPU)")
-    p.add_argument("--warmup", type=int, help="warm-up iterations (default 10 GPU, 1 CPU)")
+    p.add_argument("--iters", type=int, help="timed iterations (default 50 GPU, 5 CPU)")
+    p.add_argument("--warmup", type=int, help="warm-up iterations (default 10 GPU, 2 CPU)")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        help="keep timing a fast model until this many seconds (default 10 CPU, 3 GPU; 0 when "
+        "--iters is given): two runs on an idle machine then agree within a few percent",
+    )
     p.add_argument(
         "--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ..."
     )
@@ -243,21 +250,17 @@ def run_models(args, cfg, device, h, w, warmup, iters) -> list:
                 if args.train
                 else inference_fns(model, tv, images, h, w, cfg, precision, d2)
             )
-            for name, fn in fns.items():
-                with torch.set_grad_enabled(args.train):
-                    rows.append(
-                        measure(
-                            name,
-                            "train" if args.train else "infer",
-                            precision,
-                            batch,
-                            fn,
-                            device,
-                            warmup,
-                            iters,
-                        )
-                    )
-                logger.info("%s", rows[-1])
+            with torch.set_grad_enabled(args.train):
+                rows += measure_side_by_side(
+                    fns,
+                    "train" if args.train else "infer",
+                    precision,
+                    batch,
+                    device,
+                    warmup,
+                    iters,
+                    args.min_seconds,
+                )
     attach_ratios(rows)
     return rows
 
@@ -276,15 +279,33 @@ def run_sweep(args, cfg, device, h, w, warmup, iters) -> list:
     for scale in (0.5, 0.75, 1.0):
         sh, sw = int(h * scale), int(w * scale)
         fn = detkit_fn(model, cfg, 1, sh, sw)
-        rows.append(measure(f"{sh}x{sw}", "size", precision, 1, fn, device, warmup, iters))
+        rows.append(
+            measure(f"{sh}x{sw}", "size", precision, 1, fn, device, warmup, iters, args.min_seconds)
+        )
     for batch in (1, 2, 4, 8):
         fn = detkit_fn(model, cfg, batch, h, w)
-        rows.append(measure(f"batch {batch}", "batch", precision, batch, fn, device, warmup, iters))
+        rows.append(
+            measure(
+                f"batch {batch}",
+                "batch",
+                precision,
+                batch,
+                fn,
+                device,
+                warmup,
+                iters,
+                args.min_seconds,
+            )
+        )
     for topk in (100, 300, 1000):
         topk_cfg = cfg.with_overrides([f"model.rpn.post_nms_topk_test={topk}"])
         m, _ = build_pair(topk_cfg, device, False)
         fn = detkit_fn(m.eval(), topk_cfg, 1, h, w)
-        rows.append(measure(f"{topk} props", "props", precision, 1, fn, device, warmup, iters))
+        rows.append(
+            measure(
+                f"{topk} props", "props", precision, 1, fn, device, warmup, iters, args.min_seconds
+            )
+        )
     return rows
 
 
@@ -313,8 +334,10 @@ def main(argv=None) -> int:
     gpu = device.type == "cuda"
     cfg = load_config(args.config, args.overrides)
     h, w = (int(v) for v in (args.size or ("800x1333" if gpu else "320x480")).split("x"))
-    warmup = args.warmup if args.warmup is not None else (10 if gpu else 1)
-    iters = args.iters or (50 if gpu else 3)
+    warmup = args.warmup if args.warmup is not None else (10 if gpu else 2)
+    if args.min_seconds is None:
+        args.min_seconds = 0.0 if args.iters else (3.0 if gpu else 10.0)
+    iters = args.iters or (50 if gpu else 5)
     if args.loader:
         rows = run_loader(cfg, iters * 5)
     elif args.sweep:

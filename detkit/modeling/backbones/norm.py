@@ -32,7 +32,13 @@ class FrozenBatchNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, shift = self.scale_and_shift()
-        return x * scale.to(x.dtype).reshape(1, -1, 1, 1) + shift.to(x.dtype).reshape(1, -1, 1, 1)
+        out = x * scale.to(x.dtype).reshape(1, -1, 1, 1)
+        if out.requires_grad or torch.jit.is_tracing():
+            return out + shift.to(x.dtype).reshape(1, -1, 1, 1)
+        # inference: add in place, one activation-sized tensor fewer to allocate and fill; the
+        # same two roundings as torchvision's x * scale + shift (a fused batch_norm or FMA would
+        # round once and, measured, move a random-weight detector off torchvision's detections)
+        return out.add_(shift.to(x.dtype).reshape(1, -1, 1, 1))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"

@@ -13,7 +13,7 @@ import math
 import os
 from collections import defaultdict, deque
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from detkit.utils.io import atomic_write_text, write_error
 
@@ -130,11 +130,34 @@ class SmoothedScalars:
         return {k: self.mean(k) for k in self._values}
 
 
+AP_CURVE_KEYS = ("AP", "AP50", "mAP")  # COCO's AP and AP50, VOC's mAP
+
+
+def eval_series(
+    records: List[Dict[str, Any]], metric_keys: Optional[List[str]] = None
+) -> Dict[str, List[Tuple[int, float]]]:
+    """Validation curves from ``metrics.jsonl`` records: ``{key: [(iteration, value), ...]}`` for
+    ``metric_keys`` (default AP, AP50 and VOC's mAP, those present), one point per evaluation in
+    iteration order; an iteration evaluated twice (a resumed run) keeps its last value."""
+    evals = [r for r in records if "split" in r]
+    keys = metric_keys or [k for k in AP_CURVE_KEYS if any(k in r for r in evals)]
+    series = {}
+    for key in keys:
+        points = {
+            int(r["iteration"]): float(r[key])
+            for r in evals
+            if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)
+        }
+        if points:
+            series[key] = sorted(points.items())
+    return series
+
+
 def plot_curves(output_dir: os.PathLike, metric_keys: Optional[List[str]] = None) -> Optional[Path]:
-    """Losses (left) and validation AP (right) against iteration from ``metrics.jsonl`` -> curves.png."""
+    """Losses (left) and validation AP / AP50 at every evaluation (right, on their own axes scaled to
+    the values) against iteration from ``metrics.jsonl`` -> curves.png."""
     records = read_jsonl(Path(output_dir) / METRICS_FILE)
     train = [r for r in records if "total_loss" in r]
-    evals = [r for r in records if "split" in r]
     if not train:
         return None
     import matplotlib
@@ -153,14 +176,26 @@ def plot_curves(output_dir: os.PathLike, metric_keys: Optional[List[str]] = None
         )
     ax_loss.set(xlabel="iteration", ylabel="loss", title="training losses", yscale="log")
     ax_loss.legend(fontsize=8)
-    keys = metric_keys or [k for k in ("AP", "AP50", "AP75", "mAP") if evals and k in evals[-1]]
-    for key in keys:
-        pts = [(r["iteration"], r[key]) for r in evals if isinstance(r.get(key), (int, float))]
-        if pts:
-            ax_ap.plot(*zip(*pts), marker="o", label=key)
-    ax_ap.set(xlabel="iteration", ylabel="AP", title="validation", ylim=(0, 1))
-    if keys and evals:
-        ax_ap.legend(fontsize=8)
+    series = eval_series(records, metric_keys)
+    top = 0.0
+    for (key, pts), style in zip(series.items(), ("o-", "s--", "^-.", "d:")):
+        x, y = zip(*pts)
+        ax_ap.plot(x, y, style, label=f"{key} (last {y[-1]:.3f})", lw=2 if key == "AP" else 1.5)
+        top = max(top, *y)
+    ax_ap.set(
+        xlabel="iteration",
+        ylabel="AP",
+        title="validation, at each evaluation",
+        ylim=(0, min(1.0, max(0.05, top * 1.15))),
+        xlim=(0, max(its[-1], max((p[-1][0] for p in series.values()), default=0)) * 1.02),
+    )
+    ax_ap.grid(alpha=0.3)
+    if series:
+        ax_ap.legend(fontsize=8, loc="lower right")
+    else:
+        ax_ap.text(
+            0.5, 0.5, "no evaluation yet", ha="center", va="center", transform=ax_ap.transAxes
+        )
     fig.tight_layout()
     path = Path(output_dir) / PLOT_FILE
     fig.savefig(path, dpi=100)

@@ -75,7 +75,15 @@ def train_main(cfg, output_dir: Optional[str] = None, resume: bool = False) -> D
     try:
         _log_environment(ctx, cfg)
         run_on_all_ranks(lambda: _check_fresh_output(out, resume), "checking the output folder")
-        if resume and (done := finished_run(out, int(cfg.solver.max_iter))) is not None:
+        if (
+            resume
+            and (
+                done := finished_run(
+                    out, int(cfg.solver.max_iter), float(cfg.solver.max_time_minutes)
+                )
+            )
+            is not None
+        ):
             return done
         if ctx.is_main:
             Checkpointer(out).remove_stale_temporaries()

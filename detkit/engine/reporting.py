@@ -93,6 +93,7 @@ def final_report(
     history: List[Dict[str, Any]],
     best: Optional[Dict[str, Any]],
     max_iter: int,
+    time_budget: Optional[Dict[str, Any]] = None,
 ) -> Path:
     """Log the evaluation history as a table and write ``metrics.json`` (final numbers, per-class AP,
     the best checkpoint's numbers and the history) atomically."""
@@ -107,7 +108,13 @@ def final_report(
             best["iteration"],
         )
     path = write_json(
-        {"iteration": max_iter, "final": metrics, "best": best, "history": history},
+        {
+            "iteration": max_iter,
+            "final": metrics,
+            "best": best,
+            "history": history,
+            **({"time_budget": time_budget} if time_budget else {}),
+        },
         Path(output_dir) / FINAL_METRICS_FILE,
         indent=2,
     )
@@ -115,26 +122,38 @@ def final_report(
     return path
 
 
-def finished_run(output_dir: str, max_iter: int) -> Optional[Dict[str, Any]]:
+def finished_run(
+    output_dir: str, max_iter: int, max_time_minutes: float = 0.0
+) -> Optional[Dict[str, Any]]:
     """For ``--resume``: the final metrics of the run in ``output_dir`` when it already reached
     ``max_iter`` (``model_final.pth`` and ``metrics.json`` are its last files), logged as such; else
     None. Checked before anything is built, so a finished run is neither retrained nor re-evaluated;
-    a larger ``solver.max_iter`` continues it."""
+    a larger ``solver.max_iter`` continues it. A run that ``solver.max_time_minutes`` stopped early
+    is finished while solver.max_iter and solver.max_time_minutes are those it ran with."""
     out = Path(output_dir)
     try:
         report = json.loads((out / FINAL_METRICS_FILE).read_text(encoding="utf-8"))
         done = int(report["iteration"])
     except (OSError, ValueError, KeyError, TypeError):  # none yet, or a torn file: not finished
         return None
-    if done < max_iter or not (out / FINAL).is_file():
+    budget = report.get("time_budget") if isinstance(report, dict) else None
+    stopped_by_budget = (
+        isinstance(budget, dict)
+        and budget.get("solver_max_iter") == max_iter
+        and budget.get("max_time_minutes") == float(max_time_minutes)
+        and done >= int(budget.get("max_iter", max_iter))
+    )
+    if (done < max_iter and not stopped_by_budget) or not (out / FINAL).is_file():
         return None
     logger.info(
-        "--resume: the run in %s is finished (iteration %d of solver.max_iter=%d; %s and %s "
-        "written); nothing to do. To train longer, raise solver.max_iter",
+        "--resume: the run in %s is finished (iteration %d of solver.max_iter=%d%s; %s and %s "
+        "written); nothing to do. To train longer, raise %s",
         out,
         done,
         max_iter,
+        f", stopped by solver.max_time_minutes={max_time_minutes:g}" if done < max_iter else "",
         FINAL,
         FINAL_METRICS_FILE,
+        "solver.max_time_minutes" if done < max_iter else "solver.max_iter",
     )
     return report.get("final") or {}

@@ -95,6 +95,8 @@ def check_solver(cfg) -> None:
     for key in ("max_iter", "ims_per_batch", "accumulate", "checkpoint_period", "log_period"):
         if s[key] < 1:
             problems.append((key, f"must be at least 1, got {s[key]}"))
+    if not s.max_time_minutes >= 0:
+        problems.append(("max_time_minutes", f"must be >= 0 (0 = off), got {s.max_time_minutes}"))
     if problems:
         raise ConfigError(
             "; ".join(
@@ -150,6 +152,17 @@ class WarmupSchedule:
             group["lr"] = lr
         self.last_iter = it
         return lr
+
+    def rescale(self, max_iter: int) -> None:
+        """Shorten (or lengthen) the schedule to ``max_iter`` iterations: the cosine runs over the new
+        length, multistep steps move proportionally (kept within 1..max_iter), so the schedule still
+        ends at its final lr. Warmup is unchanged (it may already be under way)."""
+        max_iter = int(max_iter)
+        if max_iter < 1:
+            raise ValueError(f"max_iter must be at least 1, got {max_iter}")
+        ratio = max_iter / self.max_iter
+        self.steps = [min(max_iter, max(1, round(s * ratio))) for s in self.steps]
+        self.max_iter = max_iter
 
     def state_dict(self) -> Dict:
         return {

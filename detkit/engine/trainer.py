@@ -45,6 +45,10 @@ from .solver import WarmupSchedule, build_optimizer, check_solver, scaled_base_l
 
 logger = logging.getLogger("detkit")
 
+BUDGET_MEASURE_ITERS = (
+    20  # iterations timed before solver.max_time_minutes becomes an iteration count
+)
+
 
 class DivergenceError(DetkitError, FloatingPointError):
     """A loss term (or the gradient norm) became NaN/Inf; raised on every rank at the same iteration."""
@@ -72,6 +76,10 @@ def run_on_all_ranks(fn: Callable[[], Any], what: str) -> Any:
 
 
 class Trainer:
+    _clock = staticmethod(
+        time.perf_counter
+    )  # times iterations (and the time budget); tests fake it
+
     def __init__(self, cfg, output_dir: str, ctx: DistContext, resume: bool = False):
         check_solver(cfg)
         self.cfg, self.out, self.ctx = cfg, Path(output_dir), ctx
@@ -113,6 +121,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.checkpointer = Checkpointer(self.out, keep=s.keep_checkpoints)
         self.start_iter, self.best, self.eval_history = 0, None, []
+        # solver.max_time_minutes: seconds of training so far (evaluation and checkpoints excluded),
+        # and whether the budget has been turned into an iteration count (self.max_iter) yet
+        self.budget_s = float(s.max_time_minutes) * 60.0
+        self.train_seconds, self.budget_applied = 0.0, False
+        self._measure_from: Optional[tuple] = None  # (iteration, train_seconds) where timing began
         self.last_saved: Optional[int] = None  # iteration of the newest checkpoint (last.pth)
         rng = self._resume() if resume else None
         self.ddp = wrap_ddp(self.model, ctx)
@@ -161,6 +174,7 @@ class Trainer:
             },
             "best": self.best,
             "eval_history": self.eval_history,
+            "time_budget": self._budget_state(),
             "config": self.cfg.to_dict(),
             "class_names": self.class_names,
         }
@@ -192,6 +206,7 @@ class Trainer:
         state, path = found
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._resume_budget(state.get("time_budget"))  # before the scheduler: it may shorten it
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.start_iter = self.last_saved = int(state["iteration"])
@@ -215,6 +230,93 @@ class Trainer:
             )
             return None
         return rngs[self.ctx.rank]
+
+    # ------------------------------------------------------------------ time budget
+    def _budget_state(self) -> Dict[str, Any]:
+        s = self.cfg.solver
+        return {
+            "max_time_minutes": float(s.max_time_minutes),
+            "solver_max_iter": int(s.max_iter),
+            "max_iter": self.max_iter,  # the effective one
+            "applied": self.budget_applied,
+            "train_seconds": self.train_seconds,
+        }
+
+    def _resume_budget(self, saved: Optional[Dict[str, Any]]) -> None:
+        """Continue the checkpoint's time budget: its effective max_iter when solver.max_iter and
+        solver.max_time_minutes are unchanged (a resumed run ends where the uninterrupted one would),
+        else the new values, measured again, with the training time already spent counted."""
+        if not saved or self.budget_s <= 0:
+            return
+        self.train_seconds = float(saved.get("train_seconds", 0.0))
+        s = self.cfg.solver
+        same = saved.get("max_time_minutes") == float(s.max_time_minutes) and saved.get(
+            "solver_max_iter"
+        ) == int(s.max_iter)
+        if same and saved.get("applied"):
+            self.budget_applied = True
+            self._set_max_iter(int(saved["max_iter"]))
+        elif saved.get("applied"):
+            logger.warning(
+                "--resume: solver.max_iter / solver.max_time_minutes changed since the checkpoint "
+                "(which stopped at max_iter=%d): the time budget is measured again",
+                int(saved["max_iter"]),
+            )
+
+    def _set_max_iter(self, max_iter: int) -> None:
+        self.max_iter = max_iter
+        if self.scheduler.max_iter != max_iter:
+            self.scheduler.rescale(max_iter)
+
+    def _check_budget(self, it: int, bar=None) -> None:
+        """After iteration ``it``: turn solver.max_time_minutes into an iteration count once the first
+        BUDGET_MEASURE_ITERS iterations are timed (the lr schedule shrinks with it, so it still ends
+        properly); if the budget runs out before that (or the machine slows down later), stop after
+        this iteration. Every rank decides on the same (averaged) times."""
+        if self.budget_s <= 0 or it >= self.max_iter:
+            return
+        if self._measure_from is None:
+            # the first iteration (lazy initialisation) is not a fair sample of the speed
+            self._measure_from = (it, self.train_seconds)
+            measured = 0
+        else:
+            measured = it - self._measure_from[0]
+        spent = self.train_seconds
+        if get_world_size() > 1:
+            t = all_reduce_sum(torch.tensor([spent], dtype=torch.float64))
+            spent = float(t[0]) / get_world_size()
+        new = None
+        if spent >= self.budget_s:
+            new = it
+            why = f"the budget is spent after {spent / 60:.2f} min of training"
+        elif not self.budget_applied and measured >= BUDGET_MEASURE_ITERS - 1:
+            per_iter = (spent - self._measure_from[1]) / measured
+            fits = it + int((self.budget_s - spent) / per_iter) if per_iter > 0 else self.max_iter
+            self.budget_applied = True
+            if fits < self.max_iter:
+                new = max(fits, it)
+                why = f"{per_iter:.3f} s per iteration over iterations {self._measure_from[0] + 1}..{it}"
+            else:
+                logger.info(
+                    "solver.max_time_minutes=%g: all %d iterations fit (%.3f s per iteration)",
+                    self.cfg.solver.max_time_minutes,
+                    self.max_iter,
+                    per_iter,
+                )
+        if new is None:
+            return
+        logger.info(
+            "solver.max_time_minutes=%g: max_iter %d -> %d (%s; lr schedule rescaled to end there)",
+            self.cfg.solver.max_time_minutes,
+            self.max_iter,
+            new,
+            why,
+        )
+        self.budget_applied = True
+        self._set_max_iter(new)
+        if bar is not None:
+            bar.total = new
+            bar.refresh()
 
     # ------------------------------------------------------------------ one iteration
     def _forward(self, batch: List[dict]) -> Dict[str, torch.Tensor]:
@@ -393,12 +495,17 @@ class Trainer:
         )
         try:
             with bar:
-                for it in range(self.start_iter + 1, self.max_iter + 1):
-                    t0 = time.perf_counter()
+                it = self.start_iter
+                while it < self.max_iter:  # the time budget may lower self.max_iter on the way
+                    it += 1
+                    t0 = self._clock()
                     lr = self.scheduler.step(it - 1)
                     values = self.run_step(it, data_iter)
-                    smooth.update(lr=lr, sec_per_iter=time.perf_counter() - t0, **values)
+                    seconds = self._clock() - t0
+                    self.train_seconds += seconds
+                    smooth.update(lr=lr, sec_per_iter=seconds, **values)
                     bar.update(1)
+                    self._check_budget(it, bar)
                     self._after_step(it, smooth, bar)
             del data_iter
             self.loader = None  # stops the loader workers before the final evaluation
@@ -433,7 +540,10 @@ class Trainer:
             "writing model_final.pth",
         )
         if self.ctx.is_main:
-            final_report(self.out, metrics, self.eval_history, self.best, self.max_iter)
+            budget = self._budget_state() if self.budget_s > 0 else None
+            final_report(
+                self.out, metrics, self.eval_history, self.best, self.max_iter, time_budget=budget
+            )
             path = plot_curves(self.out)
             if path:
                 logger.info("loss and AP curves: %s", path)

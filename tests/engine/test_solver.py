@@ -125,3 +125,26 @@ def test_solver_values_are_checked_as_config_errors():
         "(set in command line)",
     ):
         assert part in message
+
+
+def test_rescale_ends_the_schedule_at_its_final_lr():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    cos = WarmupSchedule(opt, base_lr=1.0, max_iter=600, schedule="cosine", warmup_iters=100)
+    cos.rescale(300)
+    assert cos.max_iter == 300 and cos.lr_at(300) == pytest.approx(0.0, abs=1e-12)
+    assert cos.lr_at(150) == pytest.approx(0.5)
+    step = WarmupSchedule(opt, base_lr=1.0, max_iter=100, steps=[60, 80], gamma=0.1)
+    step.rescale(10)
+    assert step.steps == [6, 8] and step.lr_at(10) == pytest.approx(0.01)
+    step.rescale(1)  # steps stay within (0, max_iter]
+    assert step.steps == [1, 1] and step.lr_at(1) == pytest.approx(0.01)
+
+
+def test_negative_time_budget_is_a_config_error():
+    from detkit.config import ConfigError, load_config
+    from detkit.engine.solver import check_solver
+
+    assert load_config(None).solver.max_time_minutes == 0.0
+    check_solver(load_config(None, ["solver.max_time_minutes=7"]))  # an int is a float
+    with pytest.raises(ConfigError, match="solver.max_time_minutes must be >= 0"):
+        check_solver(load_config(None, ["solver.max_time_minutes=-1"]))

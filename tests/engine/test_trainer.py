@@ -224,3 +224,84 @@ def test_evaluation_runs_the_inference_tools_test_runs(data_root, tmp_path, monk
     assert len(predictors) == 1 and isinstance(predictors[0], MultiScaleFlip)
     assert predictors[0].scales == [48, 64] and predictors[0].flip
     assert "AP" in metrics and (tmp_path / "run" / "best.pth").exists()
+
+
+class FakeClock:
+    """Every training iteration takes exactly one (fake) second."""
+
+    def __init__(self, monkeypatch):
+        self.now = 0.0
+        original = Trainer.run_step
+
+        def run_step(trainer, it, data_iter):
+            values = original(trainer, it, data_iter)
+            self.now += 1.0
+            return values
+
+        monkeypatch.setattr(Trainer, "run_step", run_step)
+        monkeypatch.setattr(Trainer, "_clock", staticmethod(lambda: self.now))
+
+
+def test_a_tiny_time_budget_stops_with_the_final_files(data_root, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_config(data_root, ["solver.max_iter=50", "solver.max_time_minutes=1e-6"])
+    metrics = train_main(cfg, output_dir=str(out))
+    assert "AP" in metrics
+    for name in ("model_final.pth", "metrics.json", "curves.png", "last.pth"):
+        assert (out / name).exists(), name
+    final = json.loads((out / "metrics.json").read_text())
+    assert final["iteration"] == 1 and final["time_budget"]["max_iter"] == 1
+    assert load_checkpoint(out / "model_final.pth")["iteration"] == 1
+    assert "solver.max_time_minutes=1e-06: max_iter 50 -> 1 (" in (out / "log.txt").read_text()
+
+
+def test_time_budget_becomes_max_iter_and_resume_keeps_it(data_root, tmp_path, monkeypatch):
+    import detkit.engine.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "BUDGET_MEASURE_ITERS", 3)
+    budget = [
+        "solver.max_iter=40",
+        "solver.steps=[20, 30]",
+        "solver.checkpoint_period=3",
+        f"solver.max_time_minutes={10.5 / 60}",  # 10.5 fake seconds: 10 iterations of 1 s
+    ]
+    cfg = tiny_config(data_root, budget)
+    full = tmp_path / "full"
+    FakeClock(monkeypatch)
+    train_main(cfg, output_dir=str(full))
+    state = load_checkpoint(full / "last.pth")
+    # measured over iterations 2..3 (1 s each): 3 + 7 more fit; steps 20, 30 of 40 -> 5, 8 of 10
+    assert state["iteration"] == 10 and state["time_budget"]["max_iter"] == 10
+    schedule = state["scheduler"]
+    assert schedule["max_iter"] == 10
+    records = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "total_loss" in r]
+    assert train[-1]["iteration"] == 10
+    assert train[-1]["lr"] == pytest.approx(0.01 * 0.1**2)  # the final lr of the rescaled steps
+    assert json.loads((full / "metrics.json").read_text())["iteration"] == 10
+
+    # --resume of the finished run trains nothing more
+    monkeypatch.undo()
+    monkeypatch.setattr(trainer_module, "BUDGET_MEASURE_ITERS", 3)
+    calls = []
+    monkeypatch.setattr(Trainer, "run_step", lambda *a: calls.append(a[1]))
+    train_main(cfg, output_dir=str(full), resume=True)
+    assert calls == []
+
+    # killed after the budget was applied: the resumed run ends at the same iteration
+    monkeypatch.undo()
+    monkeypatch.setattr(trainer_module, "BUDGET_MEASURE_ITERS", 3)
+    killed = tmp_path / "killed"
+    kill_at(monkeypatch, 8)
+    FakeClock(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        train_main(cfg, output_dir=str(killed))
+    assert load_checkpoint(killed / "last.pth")["iteration"] == 6
+    monkeypatch.undo()
+    clock = FakeClock(monkeypatch)
+    clock.now = 100.0  # any offset: only the training time stored in the checkpoint counts
+    train_main(cfg, output_dir=str(killed), resume=True)
+    assert load_checkpoint(killed / "model_final.pth")["iteration"] == 10
+    assert_same_weights(
+        load_weights(killed / "model_final.pth"), load_weights(full / "model_final.pth")
+    )

@@ -5,6 +5,7 @@
     python tools/video.py configs/frcnn_r50_fpn_coco.yaml --weights W.pth --input clip.mp4 --output out.mp4
     python tools/video.py ckpt.pth --input 0                                   # camera 0 (Ctrl-C stops)
     python tools/video.py ckpt.pth --input "frames/*.jpg" --output annotated/  # a glob, a folder or one image
+    python tools/video.py ckpt.pth --input street.jpg --output street_det.jpg  # one image -> one file (+ .jsonl)
     python tools/video.py ckpt.pth --input clip.mp4 test.flip=true test.scales=[600,800]   # test-time switches
 
 Outputs: for a video or camera, the annotated video (mp4v, the source's frame rate and size; with

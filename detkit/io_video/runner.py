@@ -10,7 +10,8 @@ Inference switches of the detector's config (multi-scale, flip, precision; ``tes
 through ``Detector.predictor`` (``detkit.modeling.build.build_predictor``). Output naming: for a
 video or camera, ``output`` is the annotated video (.mp4) and the detections go next to it with the
 suffix ``.jsonl``; for image input, ``output`` is a folder of annotated images with
-``detections.jsonl`` inside.
+``detections.jsonl`` inside, or, for one input image, an image file name (``x.jpg``: the annotated
+image, with ``x.jsonl`` beside it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ from detkit.errors import DetkitError
 
 from .pipeline import Infer, RunStats, run_pipeline
 from .sources import CaptureSource, open_source
-from .writers import ImageFolderWriter, JsonLinesWriter, VideoFileWriter
+from .writers import (
+    IMAGE_EXTENSIONS,
+    ImageFileWriter,
+    ImageFolderWriter,
+    JsonLinesWriter,
+    VideoFileWriter,
+)
 
 logger = logging.getLogger("detkit")
 
@@ -104,7 +111,16 @@ def _outputs(source, spec, output: Optional[str], no_video: bool):
                 f"--output {output} is a .jsonl file: add --no-video, or give a video path/folder"
             )
         return None, JsonLinesWriter(output), output
-    if is_images:
+    if is_images and output.lower().endswith(IMAGE_EXTENSIONS):
+        # --output x.jpg names one file: fine for one image, ambiguous for several
+        if source.total != 1:
+            raise UsageError(
+                f"--output {output} names one image file but the input has {source.total} images; "
+                "give a folder for the annotated images"
+            )
+        jsonl_path = os.path.splitext(output)[0] + ".jsonl"
+        writer = None if no_video else ImageFileWriter(output)
+    elif is_images:
         jsonl_path = os.path.join(output, "detections.jsonl")
         writer = None if no_video else ImageFolderWriter(output)
     else:

@@ -124,6 +124,29 @@ class VideoFileWriter:
             self._writer = None
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class ImageFileWriter:
+    """The one annotated image of a one-image input, written to the path the user named."""
+
+    def __init__(self, path: str):
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create the output folder {folder}: {e}") from None
+        self.path, self.count = path, 0
+
+    def write(self, rgb: np.ndarray, name: Optional[str] = None) -> None:
+        if not cv2.imwrite(self.path, np.ascontiguousarray(rgb[:, :, ::-1])):
+            raise OutputError(f"cannot write image {self.path}")
+        self.count += 1
+
+    def close(self) -> None:
+        pass
+
+
 class ImageFolderWriter:
     """Annotated images under their source file names (a numbered name when two sources share one)."""
 
@@ -137,7 +160,7 @@ class ImageFolderWriter:
     def write(self, rgb: np.ndarray, name: Optional[str] = None) -> None:
         base = os.path.basename(name) if name else f"{self.count:06d}.jpg"
         stem, ext = os.path.splitext(base)
-        if ext.lower() not in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"):
+        if ext.lower() not in IMAGE_EXTENSIONS:
             ext = ".png"  # gif and other formats cv2 cannot write
         out = stem + ext
         if out in self._used:

@@ -180,6 +180,20 @@ def test_image_inputs(tmp_path, ckpt, kind):
         assert r["timestamp"] is None and (r["width"], r["height"]) == (80, 64)
 
 
+def test_output_naming_an_image_file(tmp_path, ckpt, detkit_log):
+    """--output x.jpg with one input image writes that file (and x.jsonl), not a folder x.jpg/;
+    with several input images it is a clear usage error."""
+    paths = write_images(tmp_path / "imgs", 2)
+    out = tmp_path / "result" / "annotated.jpg"
+    args = [str(ckpt), "--output", str(out), "--score-thresh", "0", "--no-progress"]
+    assert video_tool.main(args + ["--input", str(paths[0])]) == 0
+    assert out.is_file() and cv2.imread(str(out)).shape == (64, 80, 3)
+    (record,) = read_jsonl(out.with_suffix(".jsonl"))
+    assert record["file"] == str(paths[0])
+    assert video_tool.main(args + ["--input", str(tmp_path / "imgs")]) == 1
+    assert "names one image file but the input has 2 images" in detkit_log.text
+
+
 def test_camera_with_fake_capture(tmp_path, det):
     cap = FakeCapture(num_frames=12, size=(64, 48), fps=30, live=True)
     result = detect_source(

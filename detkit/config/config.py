@@ -442,6 +442,6 @@ def load_config(
     else:
         raise TypeError(f"load_config expects a path, a dict or None, got {type(path_or_dict)}")
     data, origins = _merge_layers(layers + _override_layers(overrides))
-    if source_file:
-        logger.info("config: loaded %s", source_file)
+    if source_file:  # the tools log the run's config once (engine.launch); matching scans many
+        logger.debug("config: loaded %s", source_file)
     return Config._wrap(data, "", source_file, origins)

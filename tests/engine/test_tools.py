@@ -9,8 +9,6 @@ import torch
 
 from .conftest import REPO, load_tool, run_tool, tiny_config, tiny_overrides
 
-_tool = load_tool  # the name tests/engine/test_user_errors.py imports from here
-
 
 def images_predicted(log_text: str, desc: str = "test") -> int:
     return sum(int(n) for n in re.findall(rf"{desc}: (\d+) images in", log_text))

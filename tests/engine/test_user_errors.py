@@ -17,8 +17,7 @@ from detkit.modeling import build_model
 from detkit.modeling.build import check_backbone_init
 from detkit.utils.io import atomic_save
 
-from .conftest import REPO, tiny_config
-from .test_tools import _tool
+from .conftest import REPO, load_tool, tiny_config
 
 
 def error_lines(err: str) -> list:
@@ -44,7 +43,7 @@ def broken_data(data_root, tmp_path):
 def test_training_on_a_missing_image_is_one_line(broken_data, tmp_path, capsys, workers):
     root, cfg_file = broken_data
     args = [str(cfg_file), f"data.num_workers={workers}", "--output-dir", str(tmp_path / "out")]
-    assert _tool("train").main(args) == 1
+    assert load_tool("train").main(args) == 1
     (line,) = error_lines(capsys.readouterr().err)
     ann_file = root / "train" / "annotations.json"
     assert f"ImageReadError: image file not found: {root}/train/JPEGImages/" in line
@@ -61,7 +60,7 @@ def test_testing_on_a_truncated_image_is_one_line(broken_data, tmp_path, capsys,
     weights = tmp_path / "model.pth"
     atomic_save({"model": model.state_dict(), "config": cfg.to_dict()}, weights)
     args = [str(cfg_file), "--weights", str(weights), f"data.num_workers={workers}"]
-    assert _tool("test").main(args + ["--output-dir", str(tmp_path / "test")]) == 1
+    assert load_tool("test").main(args + ["--output-dir", str(tmp_path / "test")]) == 1
     (line,) = error_lines(capsys.readouterr().err)
     image = root / "val" / "JPEGImages" / "000003.jpg"
     assert f"ImageReadError: cannot decode image file {image} (truncated or corrupted?)" in line
@@ -77,7 +76,7 @@ def test_frozen_bn_training_without_weights_is_refused(data_root, tmp_path, caps
     tiny_config(data_root, ["model.backbone.norm=FrozenBN", "model.backbone.freeze_at=2"]).dump(
         cfg_file
     )
-    assert _tool("train").main([str(cfg_file), "--output-dir", str(tmp_path / "out")]) == 1
+    assert load_tool("train").main([str(cfg_file), "--output-dir", str(tmp_path / "out")]) == 1
     (line,) = error_lines(capsys.readouterr().err)
     assert f"ConfigError: config key 'model.backbone.norm' ({cfg_file})" in line
     for hint in (
@@ -118,7 +117,7 @@ def test_video_device_cuda_without_cuda_is_one_line(monkeypatch, tmp_path, capsy
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     args = ["missing.pth", "--input", str(tmp_path), "--device", "cuda"]
-    assert _tool("video").main(args) == 1
+    assert load_tool("video").main(args) == 1
     (line,) = error_lines(capsys.readouterr().err)
     assert "DeviceError: --device='cuda' asks for CUDA, but this machine has no usable CUDA" in line
 
@@ -145,7 +144,7 @@ def _rank_main(rank: int, port: int, out: str, nowhere: str) -> None:
         LOCAL_WORLD_SIZE=str(WORLD),
     )
     torch.set_num_threads(1)
-    train = _tool("train")
+    train = load_tool("train")
     config = str(REPO / "configs" / "frcnn_r50_fpn_coco.yaml")
     report = {}
     for case, args in {

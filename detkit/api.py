@@ -4,6 +4,15 @@ from detkit import Detector
 det = Detector.from_checkpoint("output/last.pth", device="cuda")
 results = det.predict(["street.jpg"])          # or RGB uint8 HxWx3 numpy arrays
 results[0]["boxes"], results[0]["scores"], results[0]["labels"], results[0]["names"]
+
+det = Detector.from_checkpoint("output/last.pth", backend="onnxruntime")   # CPU inference
+
+Two backends give the same outputs (``detkit.export.runtime``): ``eager`` (the default: the PyTorch
+model, CPU or GPU, every test-time option) and ``onnxruntime`` (the model exported once to ONNX,
+cached next to the checkpoint, run by onnxruntime on the CPU in float32 at the config's single test
+size; needs ``pip install 'detkit[export]'``). What the onnxruntime graph cannot do (test.scales,
+test.flip, test.precision=bf16/fp16, refinement, detectron2's resize conventions, a GPU) is refused
+with a ``BackendError`` when the Detector is built.
 """
 
 from __future__ import annotations
@@ -15,8 +24,8 @@ import numpy as np
 import torch
 
 from .config import Config, load_config
+from .export.runtime import check_backend, make_predictor
 from .modeling import build_model
-from .modeling.build import build_predictor
 from .structures.resize import resize_scale, resize_size
 from .utils.device import resolve_device
 from .utils.io import load_checkpoint, load_model_weights
@@ -36,11 +45,23 @@ class Detector:
 
     ``device``: "cpu" (the default), "cuda", "cuda:1"... or "auto" (CUDA when available); asking
     for CUDA on a machine without it is a ``DeviceError`` naming the option.
+    ``backend``: "eager" or "onnxruntime" (see the module docstring); checked here, so an option the
+    backend cannot run fails before anything is exported. ``weights``: the file the model's tensors
+    came from (the onnxruntime backend caches its graph next to it).
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: Config, device: str = "cpu"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: Config,
+        device: str = "cpu",
+        backend: str = "eager",
+        weights: Optional[str] = None,
+    ):
         self.cfg = cfg
         self.device = resolve_device(device, option="device")
+        check_backend(cfg, backend, self.device)
+        self.backend, self.weights = backend, weights
         self.model = model.to(self.device).eval()
         self._predictor: Optional[torch.nn.Module] = None
 
@@ -55,6 +76,7 @@ class Detector:
         weights: Optional[str] = None,
         device: str = "cpu",
         overrides: Sequence[str] = (),
+        backend: str = "eager",
     ) -> "Detector":
         """Build from a config file/object; ``weights`` is a detkit checkpoint, a converted state
         dict or a detectron2 zoo file (converted in memory, with COCO's or VOC's class names)."""
@@ -67,11 +89,11 @@ class Detector:
         model = build_model(cfg, class_names=ckpt.get("class_names"))
         if weights:
             load_model_weights(model, weights, strict=True, checkpoint=ckpt)
-        return cls(model, cfg, device)
+        return cls(model, cfg, device, backend=backend, weights=weights and str(weights))
 
     @classmethod
     def from_checkpoint(
-        cls, path: str, device: str = "cpu", overrides: Sequence[str] = ()
+        cls, path: str, device: str = "cpu", overrides: Sequence[str] = (), backend: str = "eager"
     ) -> "Detector":
         """Rebuild the model from the config stored in the checkpoint (no config file needed)."""
         ckpt = load_checkpoint(path, require=("model", "config"), what=_DETKIT_CHECKPOINT)
@@ -80,7 +102,7 @@ class Detector:
         )
         model = build_model(cfg, class_names=ckpt.get("class_names"))
         load_model_weights(model, path, strict=True, checkpoint=ckpt)
-        return cls(model, cfg, device)
+        return cls(model, cfg, device, backend=backend, weights=str(path))
 
     def sample(self, image: ImageLike, min_size: Optional[int] = None) -> dict:
         """A test sample: the original image as a (3, H, W) uint8 tensor plus the size to resize it
@@ -107,10 +129,17 @@ class Detector:
 
     @property
     def predictor(self) -> torch.nn.Module:
-        """The model as the config tests it (``build_predictor``, as tools/test.py and the trainer's
-        evaluation): test.scales/test.flip augmentation, test.precision autocast."""
+        """The model as the config tests it, built once by ``make_predictor`` for this backend:
+        eager = ``build_predictor`` (as the trainer's evaluation: test.scales/test.flip
+        augmentation, test.precision autocast) on ``self.model`` made inference-only in place by
+        ``optimize_for_inference`` (frozen BN folded into the convolutions and channels_last on
+        the CPU: same results up to float rounding; test.fuse_bn=false and
+        test.memory_format=contiguous keep the model as built); onnxruntime = the cached ONNX graph (exported on
+        first use)."""
         if self._predictor is None:
-            self._predictor = build_predictor(self.model, self.cfg).eval()
+            self._predictor = make_predictor(
+                self.model, self.cfg, self.backend, weights=self.weights
+            ).eval()
         return self._predictor
 
     @torch.no_grad()

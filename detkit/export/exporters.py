@@ -11,6 +11,10 @@ the file accepts any image size, and ``_trace`` fails the export if one got froz
   float32 [N, 4], ``scores`` float32 [N], ``labels`` int64 [N]. Runs in onnxruntime (CPU or GPU);
   needs the optional extra ``pip install detkit[export]`` (onnx, onnxruntime) only to export/check.
 
+Both writers are atomic (``detkit.utils.io``): a failed export leaves no file. ``graph_module`` and
+``onnx_bytes`` are the pieces ``runtime`` (the onnxruntime backend) exports with, from a model and
+its config rather than a ``Detector``.
+
 Class names are stored with the file: in TorchScript as the ``class_names`` attribute (a list of
 strings, also in the ``extra_files`` entry ``class_names.json``), in ONNX as the metadata entry
 ``class_names`` (a JSON list).
@@ -19,15 +23,17 @@ strings, also in the ``extra_files`` entry ``class_names.json``), in ONNX as the
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import os
 import warnings
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
+from ..utils.io import atomic_open, atomic_write_bytes
 from .traceable import ExportableDetector, ExportError
 
 logger = logging.getLogger("detkit")
@@ -39,34 +45,44 @@ MIN_OPSET = (
 
 def exportable(det) -> ExportableDetector:
     """The export graph of a ``Detector`` (its model on CPU, its config's test sizes)."""
-    t = det.cfg.test
+    model = (
+        det.model if det.device.type == "cpu" else copy.deepcopy(det.model).cpu()
+    )  # leave det as it is
+    return graph_module(model, det.cfg)
+
+
+def graph_module(model, cfg) -> ExportableDetector:
+    """The export graph of a CPU ``model`` built from ``cfg`` (one pass at input.min_size_test)."""
     # the graph computes the resized size as floor(side * scale) and resizes the normalised tensor
     # bilinearly; detectron2's conventions (rounded size, PIL on the uint8 image) are not in it
-    unsupported = {
-        "input.resize_rounding": (det.cfg.input.resize_rounding, "floor"),
-        "model.resize_interpolation": (det.cfg.model.resize_interpolation, "tensor_bilinear"),
-    }
-    for key, (value, supported) in unsupported.items():
-        if value != supported:
-            raise ExportError(
-                f"{key}={value} cannot be exported (the exported graph resizes with "
-                f"{key}={supported}); export with {key}={supported} or run the model in PyTorch"
-            )
+    for key, value, supported in unsupported_resize(cfg)[:1]:
+        raise ExportError(
+            f"{key}={value} cannot be exported (the exported graph resizes with "
+            f"{key}={supported}); export with {key}={supported} or run the model in PyTorch"
+        )
+    t = cfg.test
     if t.scales or t.flip:
         logger.warning(
             "test-time augmentation (test.scales=%s, test.flip=%s) is not exported: the exported model "
             "runs one pass at input.min_size_test=%s",
             list(t.scales),
             t.flip,
-            det.cfg.input.min_size_test,
+            cfg.input.min_size_test,
         )
-    model = (
-        det.model if det.device.type == "cpu" else copy.deepcopy(det.model).cpu()
-    )  # leave det as it is
     model.eval()
     return ExportableDetector(
-        model, min_size=det.cfg.input.min_size_test, max_size=det.cfg.input.max_size_test
+        model, min_size=cfg.input.min_size_test, max_size=cfg.input.max_size_test
     ).eval()
+
+
+def unsupported_resize(cfg) -> List[Tuple[str, str, str]]:
+    """(key, value, the value the graph has) for each resize convention of ``cfg`` the exported
+    graph does not contain."""
+    supported = {
+        "input.resize_rounding": (cfg.input.resize_rounding, "floor"),
+        "model.resize_interpolation": (cfg.model.resize_interpolation, "tensor_bilinear"),
+    }
+    return [(k, str(v), ok) for k, (v, ok) in supported.items() if v != ok]
 
 
 def example_image(height: int = 240, width: int = 320, seed: int = 0) -> torch.Tensor:
@@ -106,7 +122,8 @@ def export_torchscript(det, path: str, example: Optional[torch.Tensor] = None) -
     names = json.dumps(module.class_names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.save is deprecated"
-        torch.jit.save(traced, path, _extra_files={"class_names.json": names})
+        with atomic_open(path, "wb") as f:
+            torch.jit.save(traced, f, _extra_files={"class_names.json": names})
     logger.info(
         "wrote TorchScript model %s (input: uint8 (3, H, W) RGB; outputs: boxes, scores, labels)",
         path,
@@ -125,6 +142,25 @@ def load_torchscript(path: str) -> Tuple[torch.jit.ScriptModule, List[str]]:
 
 
 def export_onnx(det, path: str, opset: int = 17, example: Optional[torch.Tensor] = None) -> str:
+    """Write ``det``'s graph as an ONNX file (atomically: a failed export leaves no file)."""
+    atomic_write_bytes(onnx_bytes(exportable(det), opset=opset, example=example), path)
+    logger.info(
+        "wrote ONNX model %s (opset %d; input 'image' uint8 [3, height, width] RGB; outputs boxes, scores, "
+        "labels)",
+        path,
+        opset,
+    )
+    return path
+
+
+def onnx_bytes(
+    module: ExportableDetector,
+    opset: int = 17,
+    example: Optional[torch.Tensor] = None,
+    metadata: Optional[Dict[str, str]] = None,
+) -> bytes:
+    """The serialised, checked ONNX model of ``module``; its metadata holds ``class_names`` (a JSON
+    list) and the entries of ``metadata``."""
     if opset < MIN_OPSET:
         raise ExportError(
             f"opset {opset} is too old: detkit's ONNX export needs opset >= {MIN_OPSET}"
@@ -137,11 +173,11 @@ def export_onnx(det, path: str, opset: int = 17, example: Optional[torch.Tensor]
         ) from None
     import torchvision  # noqa: F401  (registers the ONNX symbolics of nms / roi_align / roi_pool)
 
-    module = exportable(det)
     image = example if example is not None else example_image()
     _trace(
         module, image
     )  # fails early, with a clear message, if anything size-dependent gets frozen
+    buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript-based exporter is chosen on purpose (torchvision registers its nms/roi_align
         # symbolics for it); its deprecation notices are not actionable for the user
@@ -151,7 +187,7 @@ def export_onnx(det, path: str, opset: int = 17, example: Optional[torch.Tensor]
         torch.onnx.export(
             module,
             (image,),
-            path,
+            buffer,
             dynamo=False,
             opset_version=opset,
             input_names=["image"],
@@ -163,29 +199,25 @@ def export_onnx(det, path: str, opset: int = 17, example: Optional[torch.Tensor]
                 "labels": {0: "detections"},
             },
         )
-    model = onnx.load(path)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "class_names", json.dumps(module.class_names)
+    model = onnx.load_from_string(buffer.getvalue())
+    entries = {"class_names": json.dumps(module.class_names), **(metadata or {})}
+    for key, value in entries.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.checker.check_model(model)
-    onnx.save(model, path)
-    logger.info(
-        "wrote ONNX model %s (opset %d; input 'image' uint8 [3, height, width] RGB; outputs boxes, scores, "
-        "labels)",
-        path,
-        opset,
-    )
-    return path
+    return model.SerializeToString()
 
 
 class OnnxDetector:
-    """Runs an exported ONNX file with onnxruntime: ``OnnxDetector(path)(image) -> dict`` of numpy arrays."""
+    """Runs an exported ONNX file with onnxruntime: ``OnnxDetector(path)(image) -> dict`` of numpy
+    arrays. The session is ``runtime.ort_session``'s (full graph optimisation, physical cores)."""
 
     def __init__(self, path: str, providers: Optional[List[str]] = None):
-        import onnxruntime as ort
+        from .runtime import ort_session
 
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ONNX model not found: {path}")
-        self.session = ort.InferenceSession(path, providers=providers or ["CPUExecutionProvider"])
+        self.session = ort_session(path, providers=providers)
         meta = self.session.get_modelmeta().custom_metadata_map
         self.class_names = json.loads(meta.get("class_names", "[]"))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator, Optional, Tuple
+
 import torch
 from torch import nn
 
@@ -78,26 +80,69 @@ def freeze_module(module: nn.Module) -> None:
             freeze_module(child)
 
 
+def fixed_affine(norm: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(scale, shift)`` of a norm that is a fixed per-channel affine map (frozen BN; BN and SyncBN
+    in eval mode, which use their running statistics), computed as its own forward does; None for
+    any other module (GroupNorm depends on the input, BN in training mode on the batch)."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        return norm.scale_and_shift()
+    if (
+        isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm))
+        and not norm.training
+        and norm.running_var is not None
+    ):
+        scale = (norm.running_var + norm.eps).rsqrt()
+        if norm.weight is not None:
+            scale = norm.weight * scale
+        shift = -norm.running_mean * scale
+        return scale, shift if norm.bias is None else norm.bias + shift
+    return None
+
+
+def _conv_norm_candidates(module: nn.Module) -> Iterator[Tuple[dict, str, dict, str]]:
+    """``(conv holder, conv key, norm holder, norm key)`` for every place where a norm may directly
+    follow a convolution: two consecutive children of a module (``conv1``/``bn1``, the Sequential
+    of a shortcut), or entry i of a ModuleList ``<x>norms`` and entry i of its sibling ``<x>convs``
+    (the FPN's ``lateral_norms``/``output_norms``, ConvFCHead's ``norms``)."""
+    for parent in list(module.modules()):
+        children = parent._modules
+        names = list(children)
+        for a, b in zip(names, names[1:]):
+            yield children, a, children, b
+        for name, convs in children.items():
+            norms = (
+                children.get(name[: -len("convs")] + "norms") if name.endswith("convs") else None
+            )
+            if isinstance(convs, nn.ModuleList) and isinstance(norms, nn.ModuleList):
+                for i in range(min(len(convs), len(norms))):
+                    yield convs._modules, str(i), norms._modules, str(i)
+
+
 @torch.no_grad()
 def fuse_frozen_bn(module: nn.Module) -> int:
-    """Fold every FrozenBatchNorm2d that directly follows a bias-free Conv2d into that convolution
-    (w' = w * scale, b' = shift) and replace the norm with Identity. Frozen BN is a per-channel
-    affine map, so the result is the same function with one elementwise pass less per norm -- which
-    bf16/channels_last cannot remove on their own. Inference only (the fused weights are trainable
-    parameters again). Returns the number of folded norms."""
+    """Fold every norm that is a fixed affine map (``fixed_affine``: frozen BN, BN/SyncBN in eval
+    mode) into the Conv2d it directly follows (w' = w * scale, b' = b * scale + shift) and replace the
+    norm with Identity. The result is the same function up to float rounding, with one
+    elementwise pass less per norm -- which bf16/channels_last cannot remove on their own. Inference
+    only: the norms are gone (training again would train the convolutions unnormalised). Which
+    norm follows which convolution is read from the module structure (see
+    ``_conv_norm_candidates``). Returns the number of folded norms."""
     count = 0
-    for parent in list(module.modules()):
-        names = list(parent._modules)
-        for prev_name, name in zip(names, names[1:]):
-            conv, norm = parent._modules[prev_name], parent._modules[name]
-            if (
-                isinstance(conv, nn.Conv2d)
-                and isinstance(norm, FrozenBatchNorm2d)
-                and conv.bias is None
-            ):
-                scale, shift = norm.scale_and_shift()
-                conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
-                conv.bias = nn.Parameter(shift.clone())
-                parent._modules[name] = nn.Identity()
-                count += 1
+    for conv_holder, conv_key, norm_holder, norm_key in _conv_norm_candidates(module):
+        conv, norm = conv_holder[conv_key], norm_holder[norm_key]
+        if (
+            not isinstance(conv, nn.Conv2d)
+            or getattr(norm, "num_features", None) != conv.out_channels
+        ):
+            continue
+        affine = fixed_affine(norm)
+        if affine is None:
+            continue
+        scale, shift = affine
+        if conv.bias is not None:
+            shift = conv.bias * scale + shift
+        conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+        conv.bias = nn.Parameter(shift.detach().clone(), requires_grad=conv.weight.requires_grad)
+        norm_holder[norm_key] = nn.Identity()
+        count += 1
     return count

@@ -1,0 +1,291 @@
+"""The onnxruntime backend: same detections as eager, a graph cache keyed by what changes the
+graph, and a clear refusal of every option the exported graph does not contain."""
+
+import logging
+import os
+import re
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from detkit import Detector
+from detkit.export import runtime
+from detkit.export.runtime import (
+    BackendError,
+    OnnxRuntimePredictor,
+    check_backend,
+    graph_key,
+    make_predictor,
+    physical_cores,
+)
+from detkit.utils.io import WriteError
+from tests.conftest import TINY_C4, tiny_config
+from tests.export.test_export import SIZES, smooth_image
+from tests.video.helpers import save_tiny_checkpoint
+
+pytest.importorskip("onnx", reason="optional extra detkit[export] (onnx) not installed")
+pytest.importorskip(
+    "onnxruntime", reason="optional extra detkit[export] (onnxruntime) not installed"
+)
+
+ORT = "onnxruntime"
+
+
+@pytest.fixture(autouse=True)
+def _no_home_cache(tmp_path, monkeypatch):
+    """Nothing a test exports lands in ~/.cache: the cache folder is the test's own."""
+    monkeypatch.setenv("DETKIT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def fpn(tmp_path_factory):
+    """(checkpoint, eager Detector, onnxruntime Detector with its graph exported)."""
+    ckpt = save_tiny_checkpoint(tmp_path_factory.mktemp("fpn") / "m.pth")
+    ort = Detector.from_checkpoint(str(ckpt), backend=ORT)
+    assert ort.predictor.backend == ORT  # exports once, next to the checkpoint
+    return ckpt, Detector.from_checkpoint(str(ckpt)), ort
+
+
+def copy_checkpoint(ckpt, folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    return shutil.copy(ckpt, folder / ckpt.name)
+
+
+def graphs(folder):
+    return sorted(p.name for p in folder.glob("*.onnx"))
+
+
+def assert_same_detections(eager, ort, images):
+    total = 0
+    for image in images:
+        a, b = eager.predict([image])[0], ort.predict([image])[0]
+        assert len(a["boxes"]) == len(b["boxes"]), image.shape
+        assert b["boxes"].dtype == np.float32 and b["labels"].dtype == np.int64
+        np.testing.assert_array_equal(a["labels"], b["labels"])
+        assert a["names"] == b["names"]
+        np.testing.assert_allclose(a["boxes"], b["boxes"], rtol=0, atol=1e-3)
+        np.testing.assert_allclose(a["scores"], b["scores"], rtol=0, atol=1e-5)
+        total += len(a["boxes"])
+    assert total > 0  # the comparison is not vacuous
+
+
+# ---------------------------------------------------------------------------------------------
+# same outputs as eager
+
+
+def test_fpn_onnxruntime_equals_eager_at_several_sizes(fpn):
+    _, eager, ort = fpn
+    assert ort.predictor.backend == ORT and eager.predictor.backend == "eager"
+    assert_same_detections(eager, ort, [smooth_image(h, w, i) for i, (h, w) in enumerate(SIZES)])
+
+
+def test_c4_onnxruntime_equals_eager(tmp_path):
+    extra = ["model.rpn.post_nms_topk_test=64"]  # res5 runs per RoI: fewer proposals, faster
+    ckpt = save_tiny_checkpoint(tmp_path / "c4.pth", extra, base=TINY_C4)
+    eager = Detector.from_checkpoint(str(ckpt))
+    ort = Detector.from_checkpoint(str(ckpt), backend=ORT)
+    assert_same_detections(
+        eager, ort, [smooth_image(h, w, i) for i, (h, w) in enumerate(SIZES[:2])]
+    )
+
+
+def test_predictor_is_a_parameterless_module(fpn):
+    _, eager, ort = fpn
+    p = ort.predictor
+    assert isinstance(p, OnnxRuntimePredictor) and isinstance(p, torch.nn.Module)
+    assert list(p.parameters()) == [] and p.class_names == eager.class_names
+    assert p.path.endswith(".onnx") and os.path.isfile(p.path)
+    assert p.train().training and not p.eval().training
+    out = p([ort.sample(smooth_image(120, 90, 0))])[0]
+    assert set(out) == {"boxes", "scores", "labels"}
+    assert all(isinstance(v, torch.Tensor) for v in out.values())
+
+
+def test_record_size_is_the_one_boxes_map_to(fpn):
+    """Eager maps boxes to the sample's "height"/"width"; so does the onnxruntime predictor."""
+    _, eager, ort = fpn
+    image = smooth_image(240, 320, 3)
+    outs = []
+    for det in (eager, ort):
+        sample = det.sample(image)
+        sample["height"], sample["width"] = 480, 960  # e.g. a record of the full-size image
+        outs.append(det.predictor([sample])[0])
+    assert len(outs[0]["boxes"]) > 0
+    torch.testing.assert_close(outs[1]["boxes"], outs[0]["boxes"], rtol=0, atol=2e-3)
+
+
+def test_a_sample_at_another_size_is_refused(fpn):
+    _, _, ort = fpn
+    sample = ort.sample(smooth_image(240, 320, 0), min_size=100)  # a multi-scale pass would
+    with pytest.raises(BackendError, match=r"input\.min_size_test=128"):
+        ort.predictor([sample])
+    resized = {"image": sample["image"], "height": 240, "width": 320}  # no size/scale
+    with pytest.raises(BackendError, match="original"):
+        ort.predictor([resized])
+
+
+# ---------------------------------------------------------------------------------------------
+# the graph cache
+
+
+def test_second_construction_reuses_the_cached_file(fpn, monkeypatch):
+    ckpt, _, first = fpn
+    path = first.predictor.path
+    assert os.path.dirname(path) == str(ckpt.parent) and path.startswith(str(ckpt) + ".")
+    mtime = os.stat(path).st_mtime_ns
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again although the cached graph fits")
+
+    monkeypatch.setattr(runtime, "onnx_bytes", no_export)
+    again = Detector.from_checkpoint(str(ckpt), backend=ORT).predictor
+    assert again.path == path and os.stat(path).st_mtime_ns == mtime
+    # from_config with the same weights is the same graph: same file
+    cfg = tiny_config()
+    assert Detector.from_config(cfg, weights=str(ckpt), backend=ORT).predictor.path == path
+
+
+def test_key_follows_weights_and_graph_config_only(fpn):
+    _, eager, _ = fpn
+    model, cfg = eager.model, eager.cfg
+    key = graph_key(model, cfg)
+    assert graph_key(model, cfg) == key
+    # keys outside the graph (where outputs go, the training schedule) keep the file
+    assert (
+        graph_key(model, cfg.with_overrides(["output_dir=elsewhere", "solver.max_iter=7"])) == key
+    )
+    assert graph_key(model, cfg.with_overrides(["model.roi_heads.score_thresh_test=0.2"])) != key
+    assert graph_key(model, cfg.with_overrides(["input.min_size_test=96"])) != key
+    assert graph_key(model, cfg, opset=18) != key
+    changed = Detector.from_checkpoint(str(fpn[0])).model
+    with torch.no_grad():
+        changed.roi_heads.predictor.cls_score.bias[0] += 1e-6
+    assert graph_key(changed, cfg) != key
+
+
+def test_truncated_cache_file_is_rebuilt_and_older_graphs_removed(fpn, tmp_path, caplog):
+    ckpt, _, first = fpn
+    ckpt = copy_checkpoint(ckpt, tmp_path / "run")
+    name = os.path.basename(first.predictor.path)
+    data = open(first.predictor.path, "rb").read()
+    (tmp_path / "run" / name).write_bytes(data[: len(data) // 3])
+    stale = tmp_path / "run" / "m.pth.0123456789abcdef.onnx"
+    stale.write_bytes(b"an older export")
+    with caplog.at_level(logging.INFO, logger="detkit"):
+        det = Detector.from_checkpoint(str(ckpt), backend=ORT)
+        assert det.predictor.backend == ORT
+    assert any(r.levelno == logging.WARNING and name in r.getMessage() for r in caplog.records)
+    assert any("no cached graph for these" in r.getMessage() for r in caplog.records)
+    assert graphs(tmp_path / "run") == [name]  # rebuilt in place, the older one gone, no temp file
+    assert (tmp_path / "run" / name).stat().st_size > len(data) // 2
+    assert len(det.predict([smooth_image(240, 320, 0)])[0]["boxes"]) > 0
+
+
+def test_unwritable_checkpoint_folder_falls_back_to_the_cache_folder(fpn, tmp_path, monkeypatch):
+    ckpt, _, first = fpn
+    ckpt = copy_checkpoint(ckpt, tmp_path / "readonly")
+    os.chmod(tmp_path / "readonly", 0o555)
+    try:
+        if os.access(tmp_path / "readonly", os.W_OK):
+            pytest.skip("chmod does not stop this user (root) from writing")
+        exported = open(first.predictor.path, "rb").read()
+        monkeypatch.setattr(runtime, "onnx_bytes", lambda *a, **k: exported)
+        path = Detector.from_checkpoint(str(ckpt), backend=ORT).predictor.path
+    finally:
+        os.chmod(tmp_path / "readonly", 0o755)
+    assert os.path.dirname(path) == str(tmp_path / "cache")
+    assert graphs(tmp_path / "readonly") == []
+
+
+def test_failed_write_next_to_weights_falls_back_to_the_cache_folder(fpn, tmp_path, monkeypatch):
+    """The same fallback when the folder looks writable but the write fails (works as root)."""
+    ckpt, _, first = fpn
+    ckpt = copy_checkpoint(ckpt, tmp_path / "full")
+    exported = open(first.predictor.path, "rb").read()
+    monkeypatch.setattr(runtime, "onnx_bytes", lambda *a, **k: exported)
+    write = runtime.atomic_write_bytes
+
+    def disk_full_there(data, path):
+        if path.parent == tmp_path / "full":
+            raise WriteError(f"cannot write {path}: No space left on device")
+        return write(data, path)
+
+    monkeypatch.setattr(runtime, "atomic_write_bytes", disk_full_there)
+    path = Detector.from_checkpoint(str(ckpt), backend=ORT).predictor.path
+    assert os.path.dirname(path) == str(tmp_path / "cache")
+    assert graphs(tmp_path / "full") == [] and list((tmp_path / "full").iterdir()) == [ckpt]
+    # found there next time, without exporting
+    monkeypatch.setattr(runtime, "onnx_bytes", None)
+    assert Detector.from_checkpoint(str(ckpt), backend=ORT).predictor.path == path
+
+
+def test_no_weights_file_caches_in_the_cache_folder(fpn, tmp_path, monkeypatch):
+    exported = open(fpn[2].predictor.path, "rb").read()
+    monkeypatch.setattr(runtime, "onnx_bytes", lambda *a, **k: exported)
+    path = Detector.from_config(tiny_config(), backend=ORT).predictor.path
+    assert os.path.dirname(path) == str(tmp_path / "cache")
+    assert os.path.basename(path).startswith("model.")
+
+
+# ---------------------------------------------------------------------------------------------
+# what the backend refuses
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "test.scales=[96,128]",
+        "test.flip=true",
+        "test.precision=bf16",
+        "test.precision=fp16",
+        "model.roi_heads.refine_iterations=1",
+        "input.resize_rounding=round",
+        "model.resize_interpolation=pil_bilinear",
+    ],
+)
+def test_options_the_graph_lacks_are_refused(tmp_path, override):
+    ckpt = save_tiny_checkpoint(tmp_path / "r.pth")
+    shown = override.replace(",", ", ")  # lists print as [96, 128]
+    with pytest.raises(BackendError, match=rf"{re.escape(shown)} \(.*: set "):
+        Detector.from_checkpoint(str(ckpt), overrides=[override], backend=ORT)
+    assert graphs(tmp_path) == []  # refused before anything is exported
+    check_backend(tiny_config(override), "eager", "cpu")  # eager runs all of them
+
+
+def test_gpu_unknown_backend_and_missing_package_are_refused(monkeypatch):
+    cfg = tiny_config()
+    with pytest.raises(BackendError, match=r"device=cuda.*use device=cpu"):
+        check_backend(cfg, ORT, "cuda")
+    with pytest.raises(
+        BackendError, match=r"unknown backend 'tensorrt'; valid: eager, onnxruntime"
+    ):
+        check_backend(cfg, "tensorrt", "cpu")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    with pytest.raises(BackendError, match=r"pip install 'detkit\[export\]'"):
+        Detector.from_config(cfg, backend=ORT)
+    Detector.from_config(cfg)  # eager needs no extra
+
+
+def test_eager_predictor_is_build_predictor(tmp_path):
+    cfg = tiny_config("test.flip=true")
+    from detkit.modeling import build_model
+    from detkit.modeling.tta import MultiScaleFlip
+
+    predictor = make_predictor(build_model(cfg), cfg)
+    assert isinstance(predictor, MultiScaleFlip) and predictor.backend == "eager"
+
+
+def test_physical_cores_counts_cores_not_hyperthreads(tmp_path, monkeypatch):
+    blocks = [
+        f"processor\t: {cpu}\nphysical id\t: {cpu // 4}\ncore id\t\t: {cpu % 2}\n"
+        for cpu in range(8)
+    ]  # 2 sockets x 2 cores x 2 threads
+    (tmp_path / "cpuinfo").write_text("\n".join(blocks))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert physical_cores(str(tmp_path / "cpuinfo")) == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 4})
+    assert physical_cores(str(tmp_path / "cpuinfo")) == 2  # 0 and 2 share core (0, 0)
+    assert physical_cores(str(tmp_path / "missing")) == 3  # no cpuinfo: the allowed CPUs

@@ -3,13 +3,17 @@
 Timing rule: warm-up iterations first, then every iteration is timed with the device synchronised
 before and after; the table reports the median. Both models get the same weights and the same
 input tensors in the same run. Precision is the timed function's business: detkit inference runs
-through ``build_predictor`` (as tools/test.py), everything else under
+through ``make_predictor`` (as tools/test.py), everything else under
 ``detkit.modeling.precision.autocast``.
+
+On a CPU the times also depend on what else runs: ``OtherProcesses`` measures how much CPU other
+processes took while timing, so that a run on a busy machine says so.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -32,6 +36,7 @@ class Row:
     images_per_s: float
     peak_mem_mb: float
     ratio: Optional[float] = None
+    iterations: int = 0  # timed iterations behind the median
 
 
 def sync(device: torch.device) -> None:
@@ -60,7 +65,7 @@ def measure_side_by_side(
     """One row per implementation, timed in alternation (a round times each once, the order
     rotating): a machine that speeds up or slows down during the run (turbo, another process, the
     allocator warming up) then affects every implementation alike. Each gets at least ``iters``
-    iterations and, when fast, enough more to fill ``min_seconds`` (at most 10x ``iters``): the
+    iterations and, when fast, enough more to fill ``min_seconds`` (at most 100x ``iters``): the
     median of a few fast iterations moves by 10-20% between two runs on a CPU."""
     names = list(fns)
     for name in names:
@@ -70,7 +75,7 @@ def measure_side_by_side(
     peak: Dict[str, float] = {n: float("nan") for n in names}  # NaN: not measured (CPU)
     rounds = 0
     while rounds < iters or (
-        min(sum(t) for t in times.values()) < min_seconds and rounds < 10 * iters
+        min(sum(t) for t in times.values()) < min_seconds and rounds < 100 * iters
     ):
         for name in names[rounds % len(names) :] + names[: rounds % len(names)]:
             if device.type == "cuda":
@@ -84,9 +89,77 @@ def measure_side_by_side(
     for name in names:
         median = statistics.median(times[name])
         rows.append(
-            Row(name, mode, precision, batch, 1000 * median / batch, batch / median, peak[name])
+            Row(
+                name,
+                mode,
+                precision,
+                batch,
+                1000 * median / batch,
+                batch / median,
+                peak[name],
+                iterations=len(times[name]),
+            )
         )
     return rows
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for the next allocation instead of handing it back to the
+    system (``mallopt``: a fixed 32 MiB mmap threshold, the largest glibc allows, and a 1 GiB trim
+    threshold). By default glibc adjusts its thresholds as the process runs and may return and
+    re-fault the per-image buffers on every image: measured on the quick-start model (2-core VM,
+    320x480, idle), 4,800-5,000 minor page faults per image and a median of 115-122 ms by default,
+    0-15 faults and 99-113 ms with this (busy machine: 1,000-5,500 faults per image by default,
+    varying between processes); peak memory the same. Returns False where there is no glibc
+    ``mallopt`` (macOS, musl: nothing to do)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
+
+
+class OtherProcesses:
+    """``with OtherProcesses() as other: ...`` then ``other.cores``: the CPU cores that other
+    processes kept busy meanwhile, on average (all busy time of /proc/stat minus this process's
+    own CPU time; None where /proc/stat does not exist). Two runs of one benchmark agree only
+    when this is near 0: on 2 cores one busy core elsewhere slows detkit's 2 threads by 30-50%."""
+
+    cores: Optional[float] = None
+
+    def __enter__(self) -> "OtherProcesses":
+        self._start = (_busy_seconds(), _own_seconds(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy0, own0, t0 = self._start
+        busy1, wall = _busy_seconds(), time.perf_counter() - t0
+        if busy0 is not None and busy1 is not None and wall > 0:
+            self.cores = max(0.0, (busy1 - busy0 - (_own_seconds() - own0)) / wall)
+
+
+def _busy_seconds() -> Optional[float]:
+    """CPU seconds all processes have spent (every core, not idle/iowait) since boot."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def measure(
@@ -152,10 +225,12 @@ def format_table(rows: List[Row]) -> str:
 
 
 def attach_ratios(rows: List[Row]) -> None:
-    """detkit img/s divided by the compared framework's (torchvision or detectron2) img/s, on the
-    detkit row of the same mode/precision/batch."""
-    ref: Dict[tuple, Row] = {(r.mode, r.precision, r.batch): r for r in rows if r.impl != "detkit"}
+    """Each detkit row's img/s (``detkit`` or ``detkit (<backend>)``) divided by the compared
+    framework's (torchvision or detectron2) img/s in the same mode/precision/batch."""
+    ref: Dict[tuple, Row] = {
+        (r.mode, r.precision, r.batch): r for r in rows if not r.impl.startswith("detkit")
+    }
     for r in rows:
         other = ref.get((r.mode, r.precision, r.batch))
-        if r.impl == "detkit" and other is not None:
+        if r.impl.startswith("detkit") and other is not None:
             r.ratio = r.images_per_s / other.images_per_s

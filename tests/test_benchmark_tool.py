@@ -2,6 +2,8 @@
 
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -82,3 +84,52 @@ def test_benchmark_sweep_table(capsys):
     )
     out = capsys.readouterr().out
     assert "size" in out and "batch 8" in out and "1000 props" in out
+
+
+def test_benchmark_backends_side_by_side(capsys):
+    pytest.importorskip("onnxruntime")
+    import benchmark
+
+    args = [str(ROOT / "configs/quickstart.yaml"), "--size", "64x96", "--iters", "2"]
+    assert benchmark.main(args + ["--warmup", "1", "--backend", "eager,onnxruntime"]) == 0
+    captured = capsys.readouterr()
+    rows = _rows(captured.out)
+    assert [r[:3] for r in rows[1:]] == [
+        ["detkit (eager)", "infer", "fp32"],
+        ["detkit (onnxruntime)", "infer", "fp32"],
+    ]
+    assert all(float(r[4]) > 0 for r in rows[1:])  # ms/img of each
+
+
+def test_benchmark_backend_errors_are_one_line(capsys):
+    import benchmark
+
+    args = [str(ROOT / "configs/quickstart.yaml"), "--size", "64x96", "--iters", "1"]
+    assert benchmark.main(args + ["--backend", "bogus"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [x for x in err.splitlines() if "ERROR" in x]
+    assert (
+        "BackendError: unknown backend 'bogus' (backend= / --backend); valid: eager, onnxruntime"
+        in line
+    )
+    assert benchmark.main(args + ["--backend", "eager,onnxruntime", "--train"]) == 1
+    assert "only inference has backends" in capsys.readouterr().err
+    pytest.importorskip("onnxruntime")
+    assert benchmark.main(args + ["--backend", "onnxruntime", "--precision", "fp32,bf16"]) == 1
+    assert "test.precision=bf16 (the graph computes in float32" in capsys.readouterr().err
+
+
+def test_speedup_is_each_detkit_row_over_the_compared_framework():
+    from detkit.benchmark import Row, attach_ratios, format_table
+
+    rows = [
+        Row("detkit (eager)", "infer", "fp32", 1, 100.0, 10.0, float("nan")),
+        Row("detkit (onnxruntime)", "infer", "fp32", 1, 50.0, 20.0, float("nan")),
+        Row("torchvision", "infer", "fp32", 1, 200.0, 5.0, float("nan")),
+        Row("detkit (eager)", "infer", "bf16", 1, 100.0, 10.0, float("nan")),  # no peer: no ratio
+    ]
+    attach_ratios(rows)
+    assert [r.ratio for r in rows] == [2.0, 4.0, None, None]
+    cells = _rows(format_table(rows))
+    assert [r[-1] for r in cells[1:]] == ["2.00x", "4.00x", "", ""]

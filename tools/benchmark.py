@@ -6,9 +6,13 @@
     python tools/benchmark.py configs/frcnn_r101_coco.yaml --batch-sizes 1 --precision bf16
     python tools/benchmark.py configs/quickstart.yaml --loader           # data-loader img/s
     python tools/benchmark.py configs/frcnn_r50_fpn_coco.yaml --sweep    # time vs size, batch, proposals
+    python tools/benchmark.py configs/frcnn_r50_fpn_coco.yaml --device cpu --size 800x1216 \
+        --backend eager,onnxruntime --compare torchvision     # detkit's CPU backends vs torchvision
 
 On CPU the defaults shrink (320x480 inputs, few iterations) so CI can smoke-test the tool.
-Prints a table: ms per image, img/s, peak GPU memory and the detkit/torchvision img/s ratio.
+Prints a table: ms per image, img/s, peak GPU memory and each detkit row's img/s over the compared
+framework's. Inputs are network-sized: no implementation resizes them (for the onnxruntime backend
+the model is exported with input.min_size_test / max_size_test equal to the input's sides).
 """
 
 from __future__ import annotations
@@ -16,7 +20,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import List
+
+# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning, as in tools/train.py,
+# test.py and video.py, so the benchmark times what the tools run. Measured on the 2-core VM
+# (quick-start model, 320x480): idle, spinning threads are ~25% faster and steadier (median 75-80 ms
+# against 98-108); beside one other busy process, spinning is 2x (GOMP_SPINCOUNT=20000) to 9x
+# (libgomp's default spin) slower than sleeping (140-170 ms). OMP_WAIT_POLICY=ACTIVE in the
+# environment spins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # this checkout's detkit, also without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,17 +38,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 
 from detkit.benchmark import (
+    OtherProcesses,
     Row,
     attach_ratios,
     format_table,
+    keep_freed_memory,
     measure,
     measure_side_by_side,
     random_images,
     random_targets,
 )
 from detkit.config import load_config
+from detkit.export.runtime import BACKENDS, BackendError, check_backend, make_predictor
 from detkit.modeling import build_model
-from detkit.modeling.build import build_predictor
 from detkit.modeling.precision import autocast
 from detkit.modeling.weights import torchvision_detector_to_detkit
 from detkit.utils.cli import tool_main, tool_parser
@@ -60,6 +76,12 @@ def parse_args(argv=None):
         ),
         help="folder holding a detectron2 checkout as detectron2/ (its package and model-zoo "
         "configs; not shipped with detkit) for --compare detectron2 (default $DETKIT_REFERENCE)",
+    )
+    p.add_argument(
+        "--backend",
+        default="eager",
+        help="comma list of detkit inference backends to time side by side: eager (PyTorch; the "
+        "default), onnxruntime (the exported graph; pip install 'detkit[export]')",
     )
     p.add_argument("--batch-sizes", default="1")
     p.add_argument("--precision", default="fp32", help="comma list of fp32, bf16, fp16")
@@ -180,12 +202,17 @@ def under_autocast(fn, device, precision: str):
     return run
 
 
-def inference_fns(model, tv, images, h, w, cfg, precision: str, d2=None):
-    """detkit through the predictor tools/test.py builds (test.* of the config, test.precision set
-    to ``precision``); torchvision or detectron2 under the same autocast helper."""
-    samples = [{"image": im, "height": h, "width": w} for im in images]
-    predictor = build_predictor(model, cfg.with_overrides([f"test.precision={precision}"]))
-    fns = {"detkit": lambda: predictor(samples)}
+def inference_fns(tv, images, h, w, precision: str, predictors: dict, d2=None):
+    """detkit through the predictors tools/test.py builds (``make_predictor``: one per backend, with
+    the config's test.*), torchvision or detectron2 under the same autocast helper."""
+    samples = [{"image": im, "height": h, "width": w} for im in images]  # network-sized already
+    # the onnxruntime graph resizes every input (here at scale 1: it was exported at these sides)
+    # and checks that the sample asks for that size
+    sized = [dict(s, size=(h, w), scale=1.0) for s in samples]
+    fns = {
+        name: (lambda p=p, x=(samples if p.backend == "eager" else sized): p(x))
+        for name, p in predictors.items()
+    }
     if d2 is not None:  # detectron2 eats BGR float images (detkit flips RGB inside the model)
         bgr = [{"image": im.flip(0).float(), "height": h, "width": w} for im in images]
         fns["detectron2"] = under_autocast(lambda: d2(bgr), images[0].device, precision)
@@ -194,6 +221,34 @@ def inference_fns(model, tv, images, h, w, cfg, precision: str, d2=None):
         device = images[0].device
         fns["torchvision"] = under_autocast(lambda: tv(floats), device, precision)
     return fns
+
+
+def parse_backends(args, cfg, device) -> List[str]:
+    """The --backend list, each checked with every --precision before anything is built or timed:
+    an unknown backend or a setting one cannot run is a one-line error (``check_backend``)."""
+    backends = list(dict.fromkeys(b.strip() for b in args.backend.split(",") if b.strip()))
+    if not backends:
+        raise BackendError(f"--backend is empty; give a comma list of {', '.join(BACKENDS)}")
+    if backends != ["eager"] and (args.train or args.sweep or args.loader):
+        raise BackendError(
+            f"--backend {args.backend}: only inference has backends; --train, --sweep and "
+            "--loader time the eager model (drop --backend or those options)"
+        )
+    for backend in backends:
+        for precision in args.precision.split(","):
+            check_backend(cfg.with_overrides([f"test.precision={precision}"]), backend, device)
+    return backends
+
+
+def detkit_predictors(model, cfg, backends, precision: str, cache_dir: str) -> dict:
+    """Row name -> predictor of ``model`` (the same weights for every backend); the row is plain
+    "detkit" when the eager backend alone is timed."""
+    cfg = cfg.with_overrides([f"test.precision={precision}"])
+    out = {}
+    for backend in backends:
+        name = "detkit" if backends == ["eager"] else f"detkit ({backend})"
+        out[name] = make_predictor(model, cfg, backend, cache_dir=cache_dir)
+    return out
 
 
 def train_fns(model, tv, images, h, w, num_classes, device, precision: str):
@@ -228,7 +283,12 @@ def train_fns(model, tv, images, h, w, num_classes, device, precision: str):
     return fns
 
 
-def run_models(args, cfg, device, h, w, warmup, iters) -> list:
+def run_models(args, cfg, device, h, w, warmup, iters, backends: List[str]) -> list:
+    # the onnxruntime graph resizes to input.min/max_size_test: with the input's own sides it runs at
+    # scale 1, as the eager model and torchvision do on these network-sized inputs
+    cfg = cfg.with_overrides(
+        [f"input.min_size_test={min(h, w)}", f"input.max_size_test={max(h, w)}"]
+    )
     model, tv = build_pair(cfg, device, args.compare == "torchvision", (h, w))
     d2 = detectron2_twin(args, model, device) if args.compare == "detectron2" else None
     if args.train and d2 is not None:
@@ -242,25 +302,31 @@ def run_models(args, cfg, device, h, w, warmup, iters) -> list:
         if args.channels_last:
             m.to(memory_format=torch.channels_last)
     rows = []
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
-        images = load_images(args, batch, h, w, device)
-        for precision in args.precision.split(","):
-            fns = (
-                train_fns(model, tv, images, h, w, cfg.model.num_classes, device, precision)
-                if args.train
-                else inference_fns(model, tv, images, h, w, cfg, precision, d2)
-            )
-            with torch.set_grad_enabled(args.train):
-                rows += measure_side_by_side(
-                    fns,
-                    "train" if args.train else "infer",
-                    precision,
-                    batch,
-                    device,
-                    warmup,
-                    iters,
-                    args.min_seconds,
+    precisions = args.precision.split(",")
+    with tempfile.TemporaryDirectory(prefix="detkit-benchmark-") as cache_dir:  # exported graphs
+        predictors = {
+            p: {} if args.train else detkit_predictors(model, cfg, backends, p, cache_dir)
+            for p in precisions
+        }
+        for batch in [int(b) for b in args.batch_sizes.split(",")]:
+            images = load_images(args, batch, h, w, device)
+            for precision in precisions:
+                fns = (
+                    train_fns(model, tv, images, h, w, cfg.model.num_classes, device, precision)
+                    if args.train
+                    else inference_fns(tv, images, h, w, precision, predictors[precision], d2)
                 )
+                with torch.set_grad_enabled(args.train):
+                    rows += measure_side_by_side(
+                        fns,
+                        "train" if args.train else "infer",
+                        precision,
+                        batch,
+                        device,
+                        warmup,
+                        iters,
+                        args.min_seconds,
+                    )
     attach_ratios(rows)
     return rows
 
@@ -274,7 +340,8 @@ def run_sweep(args, cfg, device, h, w, warmup, iters) -> list:
 
     def detkit_fn(m, c, batch, sh, sw):
         images = random_images(batch, sh, sw, device)
-        return inference_fns(m, None, images, sh, sw, c, precision)["detkit"]
+        predictor = make_predictor(m, c.with_overrides([f"test.precision={precision}"]))
+        return inference_fns(None, images, sh, sw, precision, {"detkit": predictor})["detkit"]
 
     for scale in (0.5, 0.75, 1.0):
         sh, sw = int(h * scale), int(w * scale)
@@ -323,13 +390,24 @@ def run_loader(cfg, iters: int) -> list:
         n += len(next(loader))
     dt = time.perf_counter() - t0
     return [
-        Row("loader", "data", "-", cfg.solver.ims_per_batch, 1000 * dt / n, n / dt, float("nan"))
+        Row(
+            "loader",
+            "data",
+            "-",
+            cfg.solver.ims_per_batch,
+            1000 * dt / n,
+            n / dt,
+            float("nan"),
+            iterations=iters,
+        )
     ]
 
 
 @tool_main
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not keep_freed_memory():
+        logger.info("no glibc mallopt: memory freed between iterations may go back to the system")
     device = resolve_device(args.device, option="--device")
     gpu = device.type == "cuda"
     cfg = load_config(args.config, args.overrides)
@@ -338,16 +416,30 @@ def main(argv=None) -> int:
     if args.min_seconds is None:
         args.min_seconds = 0.0 if args.iters else (3.0 if gpu else 10.0)
     iters = args.iters or (50 if gpu else 5)
-    if args.loader:
-        rows = run_loader(cfg, iters * 5)
-    elif args.sweep:
-        rows = run_sweep(args, cfg, device, h, w, warmup, iters)
-    else:
-        rows = run_models(args, cfg, device, h, w, warmup, iters)
+    backends = parse_backends(args, cfg, device)
+    with OtherProcesses() as other:
+        if args.loader:
+            rows = run_loader(cfg, iters * 5)
+        elif args.sweep:
+            rows = run_sweep(args, cfg, device, h, w, warmup, iters)
+        else:
+            rows = run_models(args, cfg, device, h, w, warmup, iters, backends)
     where = torch.cuda.get_device_name(device) if gpu else f"CPU ({os.cpu_count()} cores)"
-    table = format_table(rows)
-    print(f"device: {where}, input {h}x{w}, median of {iters} iterations after {warmup} warm-up")
-    print(table)  # the table is the tool's output (stdout, so it can be redirected)
+    counts = sorted({r.iterations for r in rows if r.iterations})
+    n = f"{counts[0]}" if len(counts) < 2 else f"{counts[0]}-{counts[-1]}"
+    busy = "" if other.cores is None else f"; other processes kept {other.cores:.1f} cores busy"
+    print(
+        f"device: {where}, input {h}x{w}; each row: median of {n or iters} timed iterations after "
+        f"{warmup} warm-up, implementations in alternation{busy}"
+    )
+    print(format_table(rows))  # the table is the tool's output (stdout, so it can be redirected)
+    if not gpu and other.cores is not None and other.cores > 0.25:
+        logger.warning(
+            "other processes kept %.1f of %d CPU cores busy while timing: times on a busy CPU "
+            "differ between runs (compare the rows of one run: they were timed in alternation)",
+            other.cores,
+            os.cpu_count(),
+        )
     return 0
 
 

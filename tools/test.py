@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """Evaluate weights on the test split: ``tools/test.py CONFIG --weights W [key=value ...] [--output-dir D]``.
 
+    python tools/test.py configs/quickstart.yaml --weights output/quickstart/model_final.pth
+    python tools/test.py configs/quickstart.yaml --weights output/quickstart/model_final.pth \
+        --backend onnxruntime     # the exported graph in onnxruntime (CPU; cached next to the weights)
+
 Writes the raw detections (``coco_results.json`` for COCO-style data, ``results.json`` otherwise) and
 ``metrics.json`` to the output folder and logs the COCO table with per-category AP (or VOC mAP).
 ``--weights`` takes a detkit checkpoint (``model_final.pth``, ``best.pth``, ``last.pth``, one from
@@ -36,6 +40,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--output-dir", default=None, help="where results go (default: <output_dir>/test)"
     )
+    parser.add_argument(
+        "--backend",
+        default="eager",
+        help="eager (PyTorch: every test.* option; the default) or onnxruntime (the model exported "
+        "to ONNX once, cached next to the weights; CPU, one pass, float32; needs "
+        "pip install 'detkit[export]')",
+    )
     return parser.parse_intermixed_args(argv)  # overrides may come after the options
 
 
@@ -46,7 +57,7 @@ def main(argv=None) -> None:
     from detkit.engine import evaluate_main
 
     cfg = load_config(args.config, args.overrides)
-    evaluate_main(cfg, args.weights, output_dir=args.output_dir)
+    evaluate_main(cfg, args.weights, output_dir=args.output_dir, backend=args.backend)
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@
     python tools/video.py ckpt.pth --input "frames/*.jpg" --output annotated/  # a glob, a folder or one image
     python tools/video.py ckpt.pth --input street.jpg --output street_det.jpg  # one image -> one file (+ .jsonl)
     python tools/video.py ckpt.pth --input clip.mp4 test.flip=true test.scales=[600,800]   # test-time switches
+    python tools/video.py ckpt.pth --input clip.mp4 --backend onnxruntime      # CPU: the exported graph
 
 Outputs: for a video or camera, the annotated video (mp4v, the source's frame rate and size; with
 --every N, fps / N) and ``<output>.jsonl`` beside it; for images, annotated images in the output
 folder plus ``detections.jsonl``. One JSON record per processed frame: ``frame``, ``timestamp`` (s),
 ``width``, ``height``, ``boxes`` (XYXY pixels), ``scores``, ``labels``, ``names`` (and ``file`` for
 images); see detkit/io_video/writers.py. At the end it logs frames/s for the whole pipeline
-(decode + model + draw + write) and for the model alone. Exit status 130 after Ctrl-C (the outputs
+(decode + model + draw + write) and for the model alone, with the backend. Exit status 130 after Ctrl-C (the outputs
 are complete up to the last frame written).
 """
 
@@ -21,8 +22,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+
+# Before torch loads OpenMP, as tools/train.py and tools/test.py: idle OpenMP threads sleep instead
+# of spinning (spinning threads run several times slower as soon as another process wants a core).
+# OMP_WAIT_POLICY=ACTIVE in the environment restores spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # this checkout's detkit, also without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -57,6 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"
     )
+    p.add_argument(
+        "--backend",
+        default="eager",
+        help="eager (PyTorch: every test.* option; the default) or onnxruntime (the model exported "
+        "to ONNX once, cached next to the checkpoint; CPU, one pass, float32; needs "
+        "pip install 'detkit[export]')",
+    )
     p.add_argument("--no-video", action="store_true", help="write the JSON lines only")
     p.add_argument(
         "--threads",
@@ -78,11 +92,17 @@ def build_detector(args):
     device = resolve_device(args.device, option="--device")
     if args.model.endswith((".yaml", ".yml")):
         return Detector.from_config(
-            args.model, weights=args.weights, device=device, overrides=args.overrides
+            args.model,
+            weights=args.weights,
+            device=device,
+            overrides=args.overrides,
+            backend=args.backend,
         )
     if args.weights:
         raise SystemExit("--weights is for a config; a checkpoint already holds its weights")
-    return Detector.from_checkpoint(args.model, device=device, overrides=args.overrides)
+    return Detector.from_checkpoint(
+        args.model, device=device, overrides=args.overrides, backend=args.backend
+    )
 
 
 @tool_main
@@ -122,6 +142,7 @@ def main(argv=None) -> int:
                 "pipeline_fps": s.pipeline_fps,
                 "model_fps": s.model_fps,
                 "device": str(det.device),
+                "backend": s.backend,
                 "input": str(args.input),
             },
             args.stats_json,

@@ -19,7 +19,8 @@ from detkit.data import build_test_loader
 from detkit.errors import DetkitError
 from detkit.evaluation import build_evaluator
 from detkit.evaluation.common import write_json
-from detkit.modeling.build import build_model, build_predictor
+from detkit.export.runtime import check_backend, make_predictor
+from detkit.modeling.build import build_model
 from detkit.utils.io import ensure_output_dir
 from detkit.utils.logger import setup_logging
 
@@ -126,8 +127,11 @@ class _RecordingEvaluator:
         return self.evaluator.evaluate()
 
 
-def evaluate_main(cfg, weights: str, output_dir: Optional[str] = None) -> Dict[str, Any]:
-    """Predict the test split with ``weights``, evaluate, write results and metrics; returns them."""
+def evaluate_main(
+    cfg, weights: str, output_dir: Optional[str] = None, backend: str = "eager"
+) -> Dict[str, Any]:
+    """Predict the test split with ``weights`` through ``backend`` (``detkit.export.runtime``:
+    eager or onnxruntime), evaluate, write results and metrics; returns them."""
     if not os.path.isfile(weights):
         raise CheckpointError(f"checkpoint not found: {weights}")
     out = Path(output_dir or Path(cfg.output_dir) / "test").absolute()
@@ -136,6 +140,10 @@ def evaluate_main(cfg, weights: str, output_dir: Optional[str] = None) -> Dict[s
     ctx = init_distributed()
     try:
         _log_environment(ctx, cfg)
+        # before the dataset is built: a backend that cannot run this config fails in one line now
+        run_on_all_ranks(
+            lambda: check_backend(cfg, backend, ctx.device), "checking the inference backend"
+        )
         dataset = build_dataset_main_first(cfg, "test", ctx)
         model = build_model(cfg, list(dataset.class_names)).to(ctx.device)
         extra = load_model_weights(model, weights, strict=True)
@@ -151,19 +159,10 @@ def evaluate_main(cfg, weights: str, output_dir: Optional[str] = None) -> Dict[s
         )
         recorder = _RecordingEvaluator(evaluator) if dataset.evaluator_type != "coco" else evaluator
         loader = build_test_loader(cfg, dataset, ctx.rank, ctx.world_size)
-        # the inference the trainer's evaluation runs: multi-scale / flip testing when test.scales /
-        # test.flip ask, autocast per test.precision
-        predictor = build_predictor(model, cfg)
-        if cfg.test.scales or cfg.test.flip:
-            logger.info(
-                "test-time augmentation: scales %s, flip %s, merge %s",
-                list(cfg.test.scales) or [cfg.input.min_size_test],
-                cfg.test.flip,
-                cfg.test.merge,
-            )
-        logger.info(
-            "test precision: %s", getattr(predictor, "precision", "fp32")
-        )  # AutocastPredictor's
+        # the inference the trainer's evaluation runs (eager: multi-scale / flip testing when
+        # test.scales / test.flip ask, autocast per test.precision), or the exported graph
+        predictor = make_predictor(model, cfg, backend, weights=weights)
+        _log_predictor(predictor, cfg)
         metrics = run_inference(predictor, loader, recorder, desc="test")
         if recorder is not evaluator:
             results = [r for part in all_gather_objects(recorder.results) for r in part]
@@ -172,6 +171,23 @@ def evaluate_main(cfg, weights: str, output_dir: Optional[str] = None) -> Dict[s
         return metrics
     finally:
         cleanup_distributed()
+
+
+def _log_predictor(predictor, cfg) -> None:
+    """One line on what runs the test: the backend (the graph file for onnxruntime), and for the
+    eager backend its test-time augmentation and precision."""
+    if predictor.backend != "eager":
+        logger.info("backend: %s (graph %s)", predictor.backend, predictor.path)
+        return
+    if cfg.test.scales or cfg.test.flip:
+        logger.info(
+            "test-time augmentation: scales %s, flip %s, merge %s",
+            list(cfg.test.scales) or [cfg.input.min_size_test],
+            cfg.test.flip,
+            cfg.test.merge,
+        )
+    # AutocastPredictor's precision
+    logger.info("backend: eager; test precision: %s", getattr(predictor, "precision", "fp32"))
 
 
 __all__ = ["LAST", "OutputDirInUse", "evaluate_main", "train_main"]

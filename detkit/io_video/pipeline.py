@@ -39,6 +39,7 @@ class RunStats:
     model_s: float = 0.0  # time inside the model calls (main thread)
     decode_s: float = 0.0  # time decoding (reader thread)
     output_s: float = 0.0  # time drawing and writing (output thread)
+    backend: str = "eager"  # what ran the model (detkit.export.runtime.BACKENDS)
 
     @property
     def pipeline_fps(self) -> float:
@@ -51,8 +52,9 @@ class RunStats:
     def summary(self) -> str:
         n = max(self.frames, 1)
         return (
-            f"{self.frames} frames in {self.wall_s:.1f} s: {self.pipeline_fps:.2f} frames/s for the whole pipeline "
-            f"(decode + model + draw + write), {self.model_fps:.2f} frames/s model only; per frame: decode "
+            f"{self.frames} frames in {self.wall_s:.1f} s, backend {self.backend}: "
+            f"{self.pipeline_fps:.2f} frames/s for the whole pipeline (decode + model + draw + "
+            f"write), {self.model_fps:.2f} frames/s model only; per frame: decode "
             f"{1000 * self.decode_s / n:.1f} ms, model {1000 * self.model_s / n:.1f} ms, draw + write "
             f"{1000 * self.output_s / n:.1f} ms; {self.skipped} corrupt frame(s) skipped"
         )
@@ -203,13 +205,15 @@ def run_pipeline(
     score_thresh: float = 0.0,
     keep_labels: Optional[Sequence[int]] = None,
     progress: bool = True,
+    backend: str = "eager",
 ) -> RunStats:
     """Detect on every frame of ``source``; returns the counts and timings (also logged).
 
     ``infer`` maps a list of RGB frames to one detection dict (numpy boxes/scores/labels) per frame.
     ``writer`` (a video or image-folder writer) and ``jsonl`` may be None. The writers are closed here.
+    ``backend`` names what ``infer`` runs, for the stats and the final log line.
     """
-    stats = RunStats()
+    stats = RunStats(backend=backend)
     reader = FrameReader(source, max_queue=max(4, 3 * batch_size))
     output = OutputWriter(writer, jsonl, class_names, max_queue=max(4, 3 * batch_size))
     bar = tqdm(

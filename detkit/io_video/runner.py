@@ -179,5 +179,6 @@ def detect_source(
         score_thresh=score_thresh,
         keep_labels=keep,
         progress=progress,
+        backend=det.backend,
     )
     return RunResult(stats, None if writer is None else media, jsonl.path)

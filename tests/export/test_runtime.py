@@ -260,7 +260,8 @@ def test_gpu_unknown_backend_and_missing_package_are_refused(monkeypatch):
     with pytest.raises(BackendError, match=r"device=cuda.*use device=cpu"):
         check_backend(cfg, ORT, "cuda")
     with pytest.raises(
-        BackendError, match=r"unknown backend 'tensorrt'; valid: eager, onnxruntime"
+        BackendError,
+        match=r"unknown backend 'tensorrt' \(backend= / --backend\); valid: eager, onnxruntime",
     ):
         check_backend(cfg, "tensorrt", "cpu")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError

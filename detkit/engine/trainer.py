@@ -107,6 +107,7 @@ class Trainer:
             momentum=s.momentum,
             weight_decay=s.weight_decay,
             weight_decay_norm=s.weight_decay_norm,
+            optimizer=s.optimizer,
         )
         self.scheduler = WarmupSchedule(
             self.optimizer,

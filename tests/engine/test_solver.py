@@ -107,6 +107,47 @@ def test_optimizer_uses_the_groups():
     assert all(g["momentum"] == 0.9 for g in opt.param_groups)
 
 
+def test_adamw_decays_decoupled_and_only_the_decay_group():
+    net = Net()
+    opt = build_optimizer(
+        net,
+        base_lr=0.01,
+        momentum=0.9,
+        weight_decay=0.05,
+        weight_decay_norm=0.0,
+        optimizer="AdamW",
+    )
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["fused"]  # the one-pass kernel on CPU (4-5x faster than the default)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    before = {k: v.detach().clone() for k, v in net.named_parameters()}
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    # a zero gradient moves nothing but the decay group, which shrinks by exactly lr * wd (an L2
+    # penalty added to the gradient would instead move it by ~lr after Adam's normalisation)
+    torch.testing.assert_close(net.conv.weight, before["conv.weight"] * (1 - 0.01 * 0.05))
+    torch.testing.assert_close(net.fc.weight, before["fc.weight"] * (1 - 0.01 * 0.05))
+    for name in ("conv.bias", "gn.weight", "gn.bias", "bn.weight", "bn.bias"):
+        assert torch.equal(dict(net.named_parameters())[name], before[name]), name
+
+
+def test_unknown_optimizer_is_rejected():
+    from detkit.config import ConfigError, load_config
+    from detkit.engine.solver import check_solver
+
+    with pytest.raises(ValueError, match="solver.optimizer must be one of SGD, AdamW; got 'Adam'"):
+        build_optimizer(
+            Net(), base_lr=0.1, momentum=0.9, weight_decay=0, weight_decay_norm=0, optimizer="Adam"
+        )
+    check_solver(load_config(None, ["solver.optimizer=AdamW"]))
+    with pytest.raises(
+        ConfigError,
+        match=r"solver.optimizer must be SGD or AdamW, got 'adam' \(set in command line\)",
+    ):
+        check_solver(load_config(None, ["solver.optimizer=adam"]))
+
+
 def test_solver_values_are_checked_as_config_errors():
     from detkit.config import ConfigError, load_config
     from detkit.engine.solver import check_solver

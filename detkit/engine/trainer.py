@@ -45,9 +45,10 @@ from .solver import WarmupSchedule, build_optimizer, check_solver, scaled_base_l
 
 logger = logging.getLogger("detkit")
 
-BUDGET_MEASURE_ITERS = (
-    20  # iterations timed before solver.max_time_minutes becomes an iteration count
-)
+# solver.max_time_minutes becomes an iteration count after the first 20 timed iterations, and is
+# measured again 100 iterations later at the steady speed (the first ones include the process warming
+# up, often 20-30% slower): the second estimate may raise max_iter again, up to solver.max_iter
+BUDGET_MEASURE_ITERS = (20, 120)
 
 
 class DivergenceError(DetkitError, FloatingPointError):
@@ -125,8 +126,9 @@ class Trainer:
         # solver.max_time_minutes: seconds of training so far (evaluation and checkpoints excluded),
         # and whether the budget has been turned into an iteration count (self.max_iter) yet
         self.budget_s = float(s.max_time_minutes) * 60.0
-        self.train_seconds, self.budget_applied = 0.0, False
+        self.train_seconds, self.budget_stage = 0.0, 0
         self._measure_from: Optional[tuple] = None  # (iteration, train_seconds) where timing began
+        self._stage_from: Optional[tuple] = None  # the same, where the first measurement was made
         self.last_saved: Optional[int] = None  # iteration of the newest checkpoint (last.pth)
         rng = self._resume() if resume else None
         self.ddp = wrap_ddp(self.model, ctx)
@@ -239,7 +241,8 @@ class Trainer:
             "max_time_minutes": float(s.max_time_minutes),
             "solver_max_iter": int(s.max_iter),
             "max_iter": self.max_iter,  # the effective one
-            "applied": self.budget_applied,
+            "applied": self.budget_stage > 0,
+            "stage": self.budget_stage,  # measurements made (of len(BUDGET_MEASURE_ITERS))
             "train_seconds": self.train_seconds,
         }
 
@@ -255,7 +258,8 @@ class Trainer:
             "solver_max_iter"
         ) == int(s.max_iter)
         if same and saved.get("applied"):
-            self.budget_applied = True
+            # a checkpoint between the two measurements keeps the first and measures the second again
+            self.budget_stage = int(saved.get("stage", len(BUDGET_MEASURE_ITERS)))
             self._set_max_iter(int(saved["max_iter"]))
         elif saved.get("applied"):
             logger.warning(
@@ -271,38 +275,46 @@ class Trainer:
 
     def _check_budget(self, it: int, bar=None) -> None:
         """After iteration ``it``: turn solver.max_time_minutes into an iteration count once the first
-        BUDGET_MEASURE_ITERS iterations are timed (the lr schedule shrinks with it, so it still ends
-        properly); if the budget runs out before that (or the machine slows down later), stop after
-        this iteration. Every rank decides on the same (averaged) times."""
+        BUDGET_MEASURE_ITERS[0] iterations are timed, and again at BUDGET_MEASURE_ITERS[1] from the
+        iterations since (the steady speed; it may raise max_iter up to solver.max_iter). The lr
+        schedule is rescaled each time, so it still ends properly. If the budget runs out (or the
+        machine slows down later), stop after this iteration. Every rank decides on the same
+        (averaged) times."""
         if self.budget_s <= 0 or it >= self.max_iter:
             return
-        if self._measure_from is None:
-            # the first iteration (lazy initialisation) is not a fair sample of the speed
-            self._measure_from = (it, self.train_seconds)
-            measured = 0
-        else:
-            measured = it - self._measure_from[0]
         spent = self.train_seconds
         if get_world_size() > 1:
             t = all_reduce_sum(torch.tensor([spent], dtype=torch.float64))
             spent = float(t[0]) / get_world_size()
+        if self._measure_from is None:
+            # the first iteration (lazy initialisation; after --resume, the first one again) is not a
+            # fair sample of the speed
+            self._measure_from = (it, spent)
+        first = self._measure_from[0]
         new = None
+        stage = self.budget_stage
         if spent >= self.budget_s:
             new = it
             why = f"the budget is spent after {spent / 60:.2f} min of training"
-        elif not self.budget_applied and measured >= BUDGET_MEASURE_ITERS - 1:
-            per_iter = (spent - self._measure_from[1]) / measured
-            fits = it + int((self.budget_s - spent) / per_iter) if per_iter > 0 else self.max_iter
-            self.budget_applied = True
-            if fits < self.max_iter:
-                new = max(fits, it)
-                why = f"{per_iter:.3f} s per iteration over iterations {self._measure_from[0] + 1}..{it}"
+        elif stage < len(BUDGET_MEASURE_ITERS) and it - first >= BUDGET_MEASURE_ITERS[stage] - 1:
+            since_it, since_s = self._measure_from
+            if stage > 0 and self._stage_from is not None:
+                since_it, since_s = self._stage_from  # the second measurement: the steady speed
+            per_iter = (spent - since_s) / max(it - since_it, 1)
+            self.budget_stage, self._stage_from = stage + 1, (it, spent)
+            limit = int(self.cfg.solver.max_iter)
+            fits = it + int((self.budget_s - spent) / per_iter) if per_iter > 0 else limit
+            fits = max(min(fits, limit), it)
+            span = f"{per_iter:.3f} s per iteration over iterations {since_it + 1}..{it}"
+            if fits != self.max_iter:
+                new, why = fits, span
             else:
                 logger.info(
-                    "solver.max_time_minutes=%g: all %d iterations fit (%.3f s per iteration)",
+                    "solver.max_time_minutes=%g: max_iter %d %s (%s)",
                     self.cfg.solver.max_time_minutes,
                     self.max_iter,
-                    per_iter,
+                    "kept" if fits < limit else "fits",
+                    span,
                 )
         if new is None:
             return
@@ -313,7 +325,7 @@ class Trainer:
             new,
             why,
         )
-        self.budget_applied = True
+        self.budget_stage = max(self.budget_stage, 1)
         self._set_max_iter(new)
         if bar is not None:
             bar.total = new

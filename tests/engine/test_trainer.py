@@ -227,19 +227,47 @@ def test_evaluation_runs_the_inference_tools_test_runs(data_root, tmp_path, monk
 
 
 class FakeClock:
-    """Every training iteration takes exactly one (fake) second."""
+    """Every training iteration takes exactly one (fake) second, or ``seconds(iteration)``."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, seconds=lambda it: 1.0):
         self.now = 0.0
         original = Trainer.run_step
 
         def run_step(trainer, it, data_iter):
             values = original(trainer, it, data_iter)
-            self.now += 1.0
+            self.now += seconds(it)
             return values
 
         monkeypatch.setattr(Trainer, "run_step", run_step)
         monkeypatch.setattr(Trainer, "_clock", staticmethod(lambda: self.now))
+
+
+def test_time_budget_measured_again_at_the_steady_speed(data_root, tmp_path, monkeypatch):
+    import detkit.engine.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "BUDGET_MEASURE_ITERS", (3, 6))
+    cfg = tiny_config(
+        data_root,
+        [
+            "solver.max_iter=40",
+            "solver.lr_schedule=cosine",
+            "solver.checkpoint_period=100",
+            f"solver.max_time_minutes={20.5 / 60}",
+        ],
+    )
+    out = tmp_path / "run"
+    # a slow start (2 s per iteration up to 3), then 1 s: the first estimate (iterations 2..3)
+    # leaves 14.5 s -> 3 + 7 = 10 iterations; measured again over 4..6 (1 s each) after 9 s spent:
+    # 6 + 11 = 17
+    FakeClock(monkeypatch, seconds=lambda it: 2.0 if it <= 3 else 1.0)
+    train_main(cfg, output_dir=str(out))
+    log = (out / "log.txt").read_text()
+    assert "max_iter 40 -> 10 (2.000 s per iteration over iterations 2..3;" in log
+    assert "max_iter 10 -> 17 (1.000 s per iteration over iterations 4..6;" in log
+    final = json.loads((out / "metrics.json").read_text())
+    assert final["iteration"] == 17 and final["time_budget"]["stage"] == 2
+    state = load_checkpoint(out / "last.pth")
+    assert state["scheduler"]["max_iter"] == 17
 
 
 def test_a_tiny_time_budget_stops_with_the_final_files(data_root, tmp_path):
@@ -258,7 +286,7 @@ def test_a_tiny_time_budget_stops_with_the_final_files(data_root, tmp_path):
 def test_time_budget_becomes_max_iter_and_resume_keeps_it(data_root, tmp_path, monkeypatch):
     import detkit.engine.trainer as trainer_module
 
-    monkeypatch.setattr(trainer_module, "BUDGET_MEASURE_ITERS", 3)
+    monkeypatch.setattr(trainer_module, "BUDGET_MEASURE_ITERS", (3, 6))
     budget = [
         "solver.max_iter=40",
         "solver.steps=[20, 30]",
@@ -270,7 +298,8 @@ def test_time_budget_becomes_max_iter_and_resume_keeps_it(data_root, tmp_path, m
     FakeClock(monkeypatch)
     train_main(cfg, output_dir=str(full))
     state = load_checkpoint(full / "last.pth")
-    # measured over iterations 2..3 (1 s each): 3 + 7 more fit; steps 20, 30 of 40 -> 5, 8 of 10
+    # measured over iterations 2..3 (1 s each): 3 + 7 more fit; steps 20, 30 of 40 -> 5, 8 of 10;
+    # measured again over 4..6: the same speed, max_iter kept
     assert state["iteration"] == 10 and state["time_budget"]["max_iter"] == 10
     schedule = state["scheduler"]
     assert schedule["max_iter"] == 10
@@ -282,7 +311,7 @@ def test_time_budget_becomes_max_iter_and_resume_keeps_it(data_root, tmp_path, m
 
     # --resume of the finished run trains nothing more
     monkeypatch.undo()
-    monkeypatch.setattr(trainer_module, "BUDGET_MEASURE_ITERS", 3)
+    monkeypatch.setattr(trainer_module, "BUDGET_MEASURE_ITERS", (3, 6))
     calls = []
     monkeypatch.setattr(Trainer, "run_step", lambda *a: calls.append(a[1]))
     train_main(cfg, output_dir=str(full), resume=True)
@@ -290,7 +319,7 @@ def test_time_budget_becomes_max_iter_and_resume_keeps_it(data_root, tmp_path, m
 
     # killed after the budget was applied: the resumed run ends at the same iteration
     monkeypatch.undo()
-    monkeypatch.setattr(trainer_module, "BUDGET_MEASURE_ITERS", 3)
+    monkeypatch.setattr(trainer_module, "BUDGET_MEASURE_ITERS", (3, 6))
     killed = tmp_path / "killed"
     kill_at(monkeypatch, 8)
     FakeClock(monkeypatch)

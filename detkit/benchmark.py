@@ -103,30 +103,6 @@ def measure_side_by_side(
     return rows
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc keep freed memory for the next allocation instead of handing it back to the
-    system (``mallopt``: a fixed 32 MiB mmap threshold, the largest glibc allows, and a 1 GiB trim
-    threshold). By default glibc adjusts its thresholds as the process runs and may return and
-    re-fault the per-image buffers on every image: measured on the quick-start model (2-core VM,
-    320x480, idle), 4,800-5,000 minor page faults per image and a median of 115-122 ms by default,
-    0-15 faults and 99-113 ms with this (busy machine: 1,000-5,500 faults per image by default,
-    varying between processes); peak memory the same. Returns False where there is no glibc
-    ``mallopt`` (macOS, musl: nothing to do)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None else None
-    except (OSError, AttributeError):
-        return False
-    if mallopt is None:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 1 << 30))
-
-
 class OtherProcesses:
     """``with OtherProcesses() as other: ...`` then ``other.cores``: the CPU cores that other
     processes kept busy meanwhile, on average (all busy time of /proc/stat minus this process's

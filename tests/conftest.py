@@ -75,6 +75,25 @@ def tiny_cfg():
     return tiny_config
 
 
+def error_lines(err: str) -> list:
+    """The ERROR lines of a tool's stderr, after checking it printed no traceback."""
+    assert "Traceback" not in err and "Caught" not in err, err[-3000:]
+    return [line for line in err.splitlines() if "ERROR" in line]
+
+
+@pytest.fixture
+def detkit_log(caplog):
+    """caplog that also sees the ``detkit`` logger (INFO and above) after a tool's setup_logging
+    stopped its propagation."""
+    import logging
+
+    logger = logging.getLogger("detkit")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="detkit")
+    yield caplog
+    logger.removeHandler(caplog.handler)
+
+
 @pytest.fixture(autouse=True)
 def restore_detkit_logger():
     """A tool's main, train_main and evaluate_main attach handlers to the ``detkit`` logger (and

@@ -24,16 +24,12 @@ import tempfile
 from pathlib import Path
 from typing import List
 
-# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning, as in tools/train.py,
-# test.py and video.py, so the benchmark times what the tools run. Measured on the 2-core VM
-# (quick-start model, 320x480): idle, spinning threads are ~25% faster and steadier (median 75-80 ms
-# against 98-108); beside one other busy process, spinning is 2x (GOMP_SPINCOUNT=20000) to 9x
-# (libgomp's default spin) slower than sleeping (140-170 ms). OMP_WAIT_POLICY=ACTIVE in the
-# environment spins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 # this checkout's detkit, also without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detkit.utils.process import prepare_inference_process
+
+prepare_inference_process()  # first, before torch loads OpenMP (see detkit/utils/process.py)
 
 import torch
 
@@ -42,7 +38,6 @@ from detkit.benchmark import (
     Row,
     attach_ratios,
     format_table,
-    keep_freed_memory,
     measure,
     measure_side_by_side,
     random_images,
@@ -406,8 +401,6 @@ def run_loader(cfg, iters: int) -> list:
 @tool_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if not keep_freed_memory():
-        logger.info("no glibc mallopt: memory freed between iterations may go back to the system")
     device = resolve_device(args.device, option="--device")
     gpu = device.type == "cuda"
     cfg = load_config(args.config, args.overrides)

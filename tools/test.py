@@ -15,17 +15,15 @@ tools/test.py ...`` (every image is predicted exactly once).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-# Before torch loads OpenMP: idle OpenMP threads sleep instead of spinning. Measured on 2 cores, a
-# spinning thread pool runs 5-7x slower as soon as any other process wants a core, for 15% speed
-# when the machine is otherwise idle. OMP_WAIT_POLICY=ACTIVE in the environment restores spinning.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 # this checkout's detkit, also without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detkit.utils.process import prepare_inference_process
+
+prepare_inference_process()  # first, before torch loads OpenMP (see detkit/utils/process.py)
 
 from detkit.utils.cli import tool_main, tool_parser
 

@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
-# Before torch loads OpenMP, as tools/train.py and tools/test.py: idle OpenMP threads sleep instead
-# of spinning (spinning threads run several times slower as soon as another process wants a core).
-# OMP_WAIT_POLICY=ACTIVE in the environment restores spinning.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 # this checkout's detkit, also without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detkit.utils.process import prepare_inference_process
+
+prepare_inference_process()  # first, before torch loads OpenMP (see detkit/utils/process.py)
 
 from detkit.utils.cli import tool_main, tool_parser
 
@@ -75,7 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--threads",
         type=int,
-        help="torch CPU threads (default: torch's choice; 1 is often fastest on a small, busy CPU)",
+        help="CPU threads of either backend (default: torch's choice, the physical cores for "
+        "onnxruntime; 1 is often fastest on a small, busy CPU)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(

@@ -248,13 +248,14 @@ def _log_threads(threads: int) -> None:
 
 def ort_session(model: Union[str, os.PathLike, bytes], providers: Optional[List[str]] = None):
     """An onnxruntime session for an ONNX file or its bytes: ORT_ENABLE_ALL, sequential execution,
-    one intra-op thread per physical core, threads that sleep when idle."""
+    one intra-op thread per physical core (fewer when torch.set_num_threads asked for fewer: one
+    thread setting for both backends), threads that sleep when idle."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = physical_cores()
+    options.intra_op_num_threads = max(1, min(physical_cores(), torch.get_num_threads()))
     # idle threads sleep instead of spinning (as OMP_WAIT_POLICY=PASSIVE for torch): measured on 2
     # cores, ~6% slower on an idle machine, ~40% faster beside one other busy process
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -8,6 +8,7 @@ import torch
 
 from detkit.modeling import build_model
 from detkit.utils.io import atomic_save
+from tests.conftest import error_lines
 
 from .conftest import load_tool, tiny_config
 
@@ -43,11 +44,6 @@ def matched(results: list, others: list) -> float:
         )
 
     return sum(twin(r) for r in results) / len(results)
-
-
-def error_lines(err: str) -> list:
-    assert "Traceback" not in err, err[-3000:]
-    return [line for line in err.splitlines() if "ERROR" in line]
 
 
 def test_onnxruntime_backend_gives_the_eager_metrics(tiny_run, tmp_path):

@@ -16,13 +16,9 @@ from detkit.config import ConfigError
 from detkit.modeling import build_model
 from detkit.modeling.build import check_backbone_init
 from detkit.utils.io import atomic_save
+from tests.conftest import error_lines
 
 from .conftest import REPO, load_tool, tiny_config
-
-
-def error_lines(err: str) -> list:
-    assert "Traceback" not in err and "Caught" not in err, err[-3000:]
-    return [line for line in err.splitlines() if "ERROR" in line]
 
 
 @pytest.fixture

@@ -290,3 +290,34 @@ def test_physical_cores_counts_cores_not_hyperthreads(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 4})
     assert physical_cores(str(tmp_path / "cpuinfo")) == 2  # 0 and 2 share core (0, 0)
     assert physical_cores(str(tmp_path / "missing")) == 3  # no cpuinfo: the allowed CPUs
+
+
+def test_onnxruntime_threads_follow_torch_set_num_threads(monkeypatch):
+    """One thread setting for both backends (tools/video.py --threads): onnxruntime uses the
+    physical cores, or fewer when torch was told fewer."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnx import TensorProto, helper
+
+    from detkit.export import runtime
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    data = onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data.ir_version = 8
+    data = data.SerializeToString()
+    monkeypatch.setattr(runtime, "physical_cores", lambda: 4)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        session = runtime.ort_session(data)
+        assert session.get_session_options().intra_op_num_threads == 1
+        torch.set_num_threads(8)
+        session = runtime.ort_session(data)
+        assert session.get_session_options().intra_op_num_threads == 4
+    finally:
+        torch.set_num_threads(threads)

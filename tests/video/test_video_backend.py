@@ -2,10 +2,10 @@
 name their backend, and a backend that cannot run the model is one error line."""
 
 import json
-import logging
 
 import pytest
 
+from tests.conftest import error_lines
 from tests.video.helpers import FAST, load_tool, reference_video, save_tiny_checkpoint
 
 video_tool = load_tool("video")
@@ -14,16 +14,6 @@ video_tool = load_tool("video")
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return save_tiny_checkpoint(tmp_path_factory.mktemp("video_backend") / "tiny.pth", FAST)
-
-
-@pytest.fixture
-def detkit_log(caplog):
-    """caplog that also sees the ``detkit`` logger after the tool's setup_logging."""
-    logger = logging.getLogger("detkit")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="detkit")
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def run_video(ckpt, tmp_path, backend: str, *extra: str) -> int:
@@ -99,13 +89,13 @@ def test_backend_that_cannot_run_the_model_is_one_line(tmp_path, ckpt, capsys):
     assert run_video(ckpt, tmp_path, "bogus") == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    (line,) = [x for x in err.splitlines() if "ERROR" in x]
+    (line,) = error_lines(err)
     assert (
         "BackendError: unknown backend 'bogus' (backend= / --backend); valid: eager, onnxruntime"
         in line
     )
     pytest.importorskip("onnxruntime")
     assert run_video(ckpt, tmp_path, "onnxruntime", "test.flip=true") == 1
-    (line,) = [x for x in capsys.readouterr().err.splitlines() if "ERROR" in x]
+    (line,) = error_lines(capsys.readouterr().err)
     assert "test.flip=true (flip testing" in line
     assert not (tmp_path / "onnxruntime.jsonl").exists()  # refused before any frame was read

@@ -1,7 +1,6 @@
 """tools/video.py and detkit.io_video: every input kind, the JSON-lines schema, corrupt frames, Ctrl-C."""
 
 import json
-import logging
 from pathlib import Path
 
 import cv2
@@ -46,16 +45,6 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def det(ckpt):
     return Detector.from_checkpoint(str(ckpt))
-
-
-@pytest.fixture
-def detkit_log(caplog):
-    """caplog that also sees the ``detkit`` logger after a tool's setup_logging stopped its propagation."""
-    logger = logging.getLogger("detkit")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.WARNING, logger="detkit")
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def read_jsonl(path):

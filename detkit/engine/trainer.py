@@ -207,6 +207,14 @@ class Trainer:
             logger.warning("--resume: no checkpoint in %s; starting from scratch", self.out)
             return None
         state, path = found
+        saved_opt = (state.get("config") or {}).get("solver", {}).get("optimizer", "SGD")
+        if str(saved_opt) != str(self.cfg.solver.optimizer):
+            raise ConfigError(
+                f"--resume: {path} was trained with solver.optimizer={saved_opt}, this run asks "
+                f"for {self.cfg.solver.optimizer}: its optimizer state cannot continue; resume with "
+                f"solver.optimizer={saved_opt}, or start a new run (another --output-dir) with "
+                "model.weights pointing at the checkpoint"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self._resume_budget(state.get("time_budget"))  # before the scheduler: it may shorten it

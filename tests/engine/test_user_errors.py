@@ -108,6 +108,23 @@ def test_which_frozen_bn_configs_may_train(data_root, extra, refused):
         check_backbone_init(cfg)
 
 
+# ---------------------------------------------------------------- resume with another optimizer
+def test_resume_with_another_optimizer_is_one_line(data_root, tmp_path, capsys):
+    cfg_file, out = tmp_path / "sgd.yaml", tmp_path / "out"
+    tiny_config(
+        data_root, ["solver.max_iter=2", "solver.steps=[1]", "solver.checkpoint_period=1"]
+    ).dump(cfg_file)
+    assert load_tool("train").main([str(cfg_file), "--output-dir", str(out)]) == 0
+    capsys.readouterr()
+    args = [str(cfg_file), "solver.max_iter=4", "solver.optimizer=AdamW", "--resume"]
+    assert load_tool("train").main(args + ["--output-dir", str(out)]) == 1
+    (line,) = error_lines(capsys.readouterr().err)
+    assert (
+        f"ConfigError: --resume: {out / 'last.pth'} was trained with solver.optimizer=SGD" in line
+    )
+    assert "this run asks for AdamW" in line and "resume with solver.optimizer=SGD" in line
+
+
 # ---------------------------------------------------------------- devices
 def test_video_device_cuda_without_cuda_is_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -1,7 +1,10 @@
 """Side-by-side timing of detkit and torchvision (inference, training step, data loading).
 
 Timing rule: warm-up iterations first, then every iteration is timed with the device synchronised
-before and after; the table reports the median. Both models get the same weights and the same
+before and after; the table reports the median and the 10th percentile (p10). On a shared machine
+(a cloud VM) the CPU's speed may wander by tens of percent within seconds: the median then moves
+between two runs, while p10 (the speed when nothing interfered) repeats. ``Row.drift`` says how far
+the medians of the run's four quarters were apart. Both models get the same weights and the same
 input tensors in the same run. Precision is the timed function's business: detkit inference runs
 through ``make_predictor`` (as tools/test.py), everything else under
 ``detkit.modeling.precision.autocast``.
@@ -37,6 +40,29 @@ class Row:
     peak_mem_mb: float
     ratio: Optional[float] = None
     iterations: int = 0  # timed iterations behind the median
+    p10_ms_per_image: float = float(
+        "nan"
+    )  # 10th percentile of the per-image times (NaN: not timed)
+    drift: float = 0.0  # (slowest / fastest) - 1 over the medians of the timed iterations' quarters
+
+
+def percentile(values: List[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, interpolated between the two nearest ranks."""
+    v = sorted(values)
+    pos = q * (len(v) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def drift(times: List[float], parts: int = 4) -> float:
+    """How much the speed wandered while timing: the medians of ``parts`` consecutive slices of
+    ``times``, (slowest / fastest) - 1; 0 for fewer than 2 iterations per slice."""
+    n = len(times) // parts
+    if n < 2:
+        return 0.0
+    medians = [statistics.median(times[i * n : (i + 1) * n]) for i in range(parts)]
+    return max(medians) / min(medians) - 1
 
 
 def sync(device: torch.device) -> None:
@@ -98,6 +124,8 @@ def measure_side_by_side(
                 batch / median,
                 peak[name],
                 iterations=len(times[name]),
+                p10_ms_per_image=1000 * percentile(times[name], 0.1) / batch,
+                drift=drift(times[name]),
             )
         )
     return rows
@@ -183,7 +211,17 @@ def format_table(rows: List[Row]) -> str:
     """The rows as detkit's one plain table (that of the evaluation and training reports)."""
     # speedup: detkit's img/s over the compared framework's (> 1: detkit is faster); peak GPU
     # memory is only measured on CUDA and left empty elsewhere
-    headers = ["impl", "mode", "prec", "batch", "ms/img", "img/s", "peak MB", "detkit speedup"]
+    headers = [
+        "impl",
+        "mode",
+        "prec",
+        "batch",
+        "ms/img",
+        "p10 ms/img",
+        "img/s",
+        "peak MB",
+        "detkit speedup",
+    ]
     cells = [
         [
             r.impl,
@@ -191,6 +229,7 @@ def format_table(rows: List[Row]) -> str:
             r.precision,
             r.batch,
             f"{r.ms_per_image:.2f}",
+            "" if r.p10_ms_per_image != r.p10_ms_per_image else f"{r.p10_ms_per_image:.2f}",
             f"{r.images_per_s:.2f}",
             "" if r.peak_mem_mb != r.peak_mem_mb else f"{r.peak_mem_mb:.0f}",  # NaN: not measured
             f"{r.ratio:.2f}x" if r.ratio is not None else "",

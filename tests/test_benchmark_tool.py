@@ -3,6 +3,7 @@
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import ROOT, error_lines
 
@@ -131,3 +132,24 @@ def test_speedup_is_each_detkit_row_over_the_compared_framework():
     assert [r.ratio for r in rows] == [2.0, 4.0, None, None]
     cells = _rows(format_table(rows))
     assert [r[-1] for r in cells[1:]] == ["2.00x", "4.00x", "", ""]
+
+
+def test_p10_and_drift_of_the_timed_iterations(monkeypatch):
+    """The table's p10 column and the drift that makes the tool warn: a machine that slows down
+    halfway shows as the quarters' medians apart, while p10 stays the undisturbed speed."""
+    import itertools
+
+    from detkit import benchmark as bm
+
+    assert bm.percentile([4.0, 1.0, 3.0, 2.0, 5.0], 0.1) == pytest.approx(1.4)
+    assert bm.drift([1.0] * 8) == 0.0 and bm.drift([1.0, 1.0, 1.0]) == 0.0
+    steady_then_slow = [0.1] * 20 + [0.15] * 20
+    assert bm.drift(steady_then_slow) == pytest.approx(0.5)
+    clock = itertools.cycle(steady_then_slow)
+    monkeypatch.setattr(bm, "_timed", lambda fn, device: next(clock))
+    (row,) = bm.measure_side_by_side(
+        {"x": lambda: None}, "infer", "fp32", 2, torch.device("cpu"), warmup=0, iters=40
+    )
+    assert row.ms_per_image == pytest.approx(62.5) and row.p10_ms_per_image == pytest.approx(50)
+    assert row.drift == pytest.approx(0.5) and row.iterations == 40
+    assert "p10 ms/img" in bm.format_table([row]) and "50.00" in bm.format_table([row])

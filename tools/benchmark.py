@@ -422,10 +422,19 @@ def main(argv=None) -> int:
     n = f"{counts[0]}" if len(counts) < 2 else f"{counts[0]}-{counts[-1]}"
     busy = "" if other.cores is None else f"; other processes kept {other.cores:.1f} cores busy"
     print(
-        f"device: {where}, input {h}x{w}; each row: median of {n or iters} timed iterations after "
-        f"{warmup} warm-up, implementations in alternation{busy}"
+        f"device: {where}, input {h}x{w}; each row: median and 10th percentile of {n or iters} "
+        f"timed iterations after {warmup} warm-up, implementations in alternation{busy}"
     )
     print(format_table(rows))  # the table is the tool's output (stdout, so it can be redirected)
+    wandered = [r for r in rows if r.drift > 0.1]
+    if wandered:
+        logger.warning(
+            "the machine's speed changed while timing (the medians of the run's quarters differ "
+            "by %s%s): another run's medians may differ by as much; p10 repeats better, and the "
+            "speedup column compares implementations timed in alternation",
+            ", ".join(f"{r.drift:.0%} ({r.impl})" for r in wandered[:3]),
+            "" if other.cores is None or other.cores > 0.25 else ", no other process busy",
+        )
     if not gpu and other.cores is not None and other.cores > 0.25:
         logger.warning(
             "other processes kept %.1f of %d CPU cores busy while timing: times on a busy CPU "

@@ -38,15 +38,17 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import DetkitError
 from ..modeling.build import build_predictor, optimize_for_inference
+from ..modeling.parallel import ParallelImages, resolve_parallel_images
 from ..structures.resize import resize_scale, resize_size
 from ..utils.io import WriteError, atomic_write_bytes
 from .exporters import graph_module, onnx_bytes, unsupported_resize
@@ -130,19 +132,23 @@ def make_predictor(
 ) -> nn.Module:
     """The predictor of ``backend`` (see the module docstring). ``weights``: the file the model's
     tensors came from (the cached graph goes next to it); ``cache_dir`` overrides $DETKIT_CACHE."""
-    check_backend(cfg, backend, next(model.parameters()).device)
+    device = next(model.parameters()).device
+    check_backend(cfg, backend, device)
+    images = resolve_parallel_images(cfg, device)  # checked before anything is built
     if backend == "eager":  # folded BN, channels_last on the CPU: test.fuse_bn / memory_format
         predictor = build_predictor(optimize_for_inference(model, cfg), cfg)
         predictor.backend = "eager"
-        return predictor
-    path, session = cached_graph(model, cfg, weights=weights, cache_dir=cache_dir)
-    return OnnxRuntimePredictor(
-        session,
-        path,
-        min_size=cfg.input.min_size_test,
-        max_size=cfg.input.max_size_test,
-        class_names=model.class_names,
-    )
+    else:
+        path, session = cached_graph(model, cfg, weights=weights, cache_dir=cache_dir)
+        predictor = OnnxRuntimePredictor(
+            session,
+            path,
+            min_size=cfg.input.min_size_test,
+            max_size=cfg.input.max_size_test,
+            class_names=model.class_names,
+        )
+    # the images of one call side by side on the CPU (test.parallel_images); one image: unchanged
+    return ParallelImages(predictor, images) if images > 1 else predictor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,15 +165,29 @@ class OnnxRuntimePredictor(nn.Module):
     def __init__(self, session, path: Union[str, Path], *, min_size, max_size, class_names):
         super().__init__()
         self.session, self.path = session, str(path)
+        self._sessions: Dict[int, Any] = {}  # further sessions of the graph, by thread count
+        self._lock = threading.Lock()
         self.min_size, self.max_size = int(min_size), int(max_size)
         self.class_names = list(class_names)
 
     def forward(self, batch: List[dict]) -> List[Dict[str, Tensor]]:
         return [self._predict(sample) for sample in batch]
 
+    def _session(self):
+        """The session for the calling thread's thread setting (``session_threads``): the one
+        built with the predictor, or another session of the same graph made once per thread count
+        (``ParallelImages`` runs images side by side with one thread each)."""
+        threads = session_threads()
+        if threads == self.session.get_session_options().intra_op_num_threads:
+            return self.session
+        with self._lock:
+            if threads not in self._sessions:
+                self._sessions[threads] = ort_session(self.path, threads=threads)
+            return self._sessions[threads]
+
     def _predict(self, sample: dict) -> Dict[str, Tensor]:
         image = self._check(sample)
-        boxes, scores, labels = self.session.run(None, {"image": image.numpy()})
+        boxes, scores, labels = self._session().run(None, {"image": image.numpy()})
         boxes = torch.from_numpy(boxes)
         h, w = image.shape[-2:]
         height, width = int(sample.get("height", h)), int(sample.get("width", w))
@@ -246,7 +266,17 @@ def _log_threads(threads: int) -> None:
     )
 
 
-def ort_session(model: Union[str, os.PathLike, bytes], providers: Optional[List[str]] = None):
+def session_threads() -> int:
+    """onnxruntime's intra-op threads for a session made now: the physical cores, or fewer when
+    torch's thread setting (of this thread: ``ParallelImages`` workers use fewer) asks for fewer."""
+    return max(1, min(physical_cores(), torch.get_num_threads()))
+
+
+def ort_session(
+    model: Union[str, os.PathLike, bytes],
+    providers: Optional[List[str]] = None,
+    threads: Optional[int] = None,
+):
     """An onnxruntime session for an ONNX file or its bytes: ORT_ENABLE_ALL, sequential execution,
     one intra-op thread per physical core (fewer when torch.set_num_threads asked for fewer: one
     thread setting for both backends), threads that sleep when idle."""
@@ -255,7 +285,7 @@ def ort_session(model: Union[str, os.PathLike, bytes], providers: Optional[List[
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = max(1, min(physical_cores(), torch.get_num_threads()))
+    options.intra_op_num_threads = threads or session_threads()
     # idle threads sleep instead of spinning (as OMP_WAIT_POLICY=PASSIVE for torch): measured on 2
     # cores, ~6% slower on an idle machine, ~40% faster beside one other busy process
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -21,6 +21,7 @@ from detkit.export.runtime import (
     make_predictor,
     physical_cores,
 )
+from detkit.modeling.parallel import ParallelImages
 from detkit.utils.io import WriteError
 from tests.conftest import TINY_C4, tiny_config
 from tests.export.test_export import SIZES, smooth_image
@@ -92,9 +93,14 @@ def test_c4_onnxruntime_equals_eager(tmp_path):
     )
 
 
+def unwrap(predictor):
+    """The backend's own predictor inside ParallelImages (test.parallel_images on the CPU)."""
+    return predictor.predictor if isinstance(predictor, ParallelImages) else predictor
+
+
 def test_predictor_is_a_parameterless_module(fpn):
     _, eager, ort = fpn
-    p = ort.predictor
+    p = unwrap(ort.predictor)
     assert isinstance(p, OnnxRuntimePredictor) and isinstance(p, torch.nn.Module)
     assert list(p.parameters()) == [] and p.class_names == eager.class_names
     assert p.path.endswith(".onnx") and os.path.isfile(p.path)
@@ -276,7 +282,9 @@ def test_eager_predictor_is_build_predictor(tmp_path):
     from detkit.modeling.tta import MultiScaleFlip
 
     predictor = make_predictor(build_model(cfg), cfg)
-    assert isinstance(predictor, MultiScaleFlip) and predictor.backend == "eager"
+    assert isinstance(unwrap(predictor), MultiScaleFlip) and predictor.backend == "eager"
+    one = make_predictor(build_model(cfg), tiny_config("test.flip=true", "test.parallel_images=1"))
+    assert isinstance(one, MultiScaleFlip)  # test.parallel_images=1: nothing around it
 
 
 def test_physical_cores_counts_cores_not_hyperthreads(tmp_path, monkeypatch):

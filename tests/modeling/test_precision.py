@@ -86,7 +86,7 @@ def test_fp32_is_the_model_itself_and_tta_is_wrapped_inside_autocast():
 
 
 def test_detector_predict_uses_the_configured_predictor():
-    det = Detector(tiny().eval(), cfg(*TINY_FPN, "test.flip=true"))
+    det = Detector(tiny().eval(), cfg(*TINY_FPN, "test.flip=true", "test.parallel_images=1"))
     assert isinstance(det.predictor, MultiScaleFlip)
     image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
     out = det.predict(image)[0]

@@ -58,7 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--classes", help="comma-separated class names to keep, e.g. person,car")
     p.add_argument("--every", type=int, default=1, help="process every N-th frame (1)")
     p.add_argument("--max-frames", type=int, help="stop after this many processed frames")
-    p.add_argument("--batch-size", type=int, default=1, help="frames per model call (1)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        help="frames per model call (default: on the CPU as many as test.parallel_images runs side "
+        "by side, the physical cores; 1 on a GPU; 1 gives the lowest latency for a camera)",
+    )
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"
     )
@@ -116,6 +121,11 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     det = build_detector(args)
+    if args.batch_size is None:
+        from detkit.modeling.parallel import resolve_parallel_images
+
+        args.batch_size = resolve_parallel_images(det.cfg, det.device)
+        logger.info("--batch-size %d (frames side by side: test.parallel_images)", args.batch_size)
     result = detect_source(  # SourceError, OutputError, UsageError: user errors, exit 1
         det,
         args.input,
@@ -142,6 +152,7 @@ def main(argv=None) -> int:
                 "model_fps": s.model_fps,
                 "device": str(det.device),
                 "backend": s.backend,
+                "batch_size": args.batch_size,
                 "input": str(args.input),
             },
             args.stats_json,

@@ -261,9 +261,7 @@ def physical_cores(cpuinfo: str = "/proc/cpuinfo") -> int:
 
 @functools.lru_cache(maxsize=None)
 def _log_threads(threads: int) -> None:
-    logger.info(
-        "onnxruntime: %d intra-op threads (physical cores), full graph optimisation", threads
-    )
+    logger.info("onnxruntime session: %d intra-op thread(s), full graph optimisation", threads)
 
 
 def session_threads() -> int:

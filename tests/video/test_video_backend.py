@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from detkit.export.runtime import physical_cores
 from tests.conftest import error_lines
 from tests.video.helpers import FAST, load_tool, reference_video, save_tiny_checkpoint
 
@@ -78,6 +79,8 @@ def test_onnxruntime_writes_the_eager_records(tmp_path, ckpt, detkit_log):
     for backend in ("eager", "onnxruntime"):
         stats = json.loads((tmp_path / f"{backend}_stats.json").read_text())
         assert stats["backend"] == backend and stats["frames"] == 12
+        # the default --batch-size on the CPU: the frames test.parallel_images runs side by side
+        assert stats["batch_size"] == min(physical_cores(), 8)
     final = [r.getMessage() for r in detkit_log.records if "frames/s for the whole" in r.message]
     assert [("backend eager" in m, "backend onnxruntime" in m) for m in final] == [
         (True, False),

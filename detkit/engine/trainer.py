@@ -127,6 +127,8 @@ class Trainer:
         # and whether the budget has been turned into an iteration count (self.max_iter) yet
         self.budget_s = float(s.max_time_minutes) * 60.0
         self.train_seconds, self.budget_stage = 0.0, 0
+        self.eval_seconds, self.evals = 0.0, 0  # periodic evaluations: they count too
+        self.sec_per_iter: Optional[float] = None  # the newest measured training speed
         self._measure_from: Optional[tuple] = None  # (iteration, train_seconds) where timing began
         self._stage_from: Optional[tuple] = None  # the same, where the first measurement was made
         self.last_saved: Optional[int] = None  # iteration of the newest checkpoint (last.pth)
@@ -252,15 +254,20 @@ class Trainer:
             "applied": self.budget_stage > 0,
             "stage": self.budget_stage,  # measurements made (of len(BUDGET_MEASURE_ITERS))
             "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,  # of the periodic evaluations
+            "evals": self.evals,
+            "sec_per_iter": self.sec_per_iter,
         }
 
     def _resume_budget(self, saved: Optional[Dict[str, Any]]) -> None:
         """Continue the checkpoint's time budget: its effective max_iter when solver.max_iter and
         solver.max_time_minutes are unchanged (a resumed run ends where the uninterrupted one would),
-        else the new values, measured again, with the training time already spent counted."""
+        else the new values, measured again, with the time already spent counted."""
         if not saved or self.budget_s <= 0:
             return
         self.train_seconds = float(saved.get("train_seconds", 0.0))
+        self.eval_seconds = float(saved.get("eval_seconds", 0.0))
+        self.evals = int(saved.get("evals", 0))
         s = self.cfg.solver
         same = saved.get("max_time_minutes") == float(s.max_time_minutes) and saved.get(
             "solver_max_iter"
@@ -268,6 +275,7 @@ class Trainer:
         if same and saved.get("applied"):
             # a checkpoint between the two measurements keeps the first and measures the second again
             self.budget_stage = int(saved.get("stage", len(BUDGET_MEASURE_ITERS)))
+            self.sec_per_iter = saved.get("sec_per_iter")
             self._set_max_iter(int(saved["max_iter"]))
         elif saved.get("applied"):
             logger.warning(
@@ -281,51 +289,33 @@ class Trainer:
         if self.scheduler.max_iter != max_iter:
             self.scheduler.rescale(max_iter)
 
-    def _check_budget(self, it: int, bar=None) -> None:
-        """After iteration ``it``: turn solver.max_time_minutes into an iteration count once the first
-        BUDGET_MEASURE_ITERS[0] iterations are timed, and again at BUDGET_MEASURE_ITERS[1] from the
-        iterations since (the steady speed; it may raise max_iter up to solver.max_iter). The lr
-        schedule is rescaled each time, so it still ends properly. If the budget runs out (or the
-        machine slows down later), stop after this iteration. Every rank decides on the same
-        (averaged) times."""
-        if self.budget_s <= 0 or it >= self.max_iter:
-            return
-        spent = self.train_seconds
+    def _seconds(self) -> tuple:
+        """(training seconds, periodic-evaluation seconds), averaged over the ranks: every rank
+        takes the same decisions."""
+        spent = torch.tensor([self.train_seconds, self.eval_seconds], dtype=torch.float64)
         if get_world_size() > 1:
-            t = all_reduce_sum(torch.tensor([spent], dtype=torch.float64))
-            spent = float(t[0]) / get_world_size()
-        if self._measure_from is None:
-            # the first iteration (lazy initialisation; after --resume, the first one again) is not a
-            # fair sample of the speed
-            self._measure_from = (it, spent)
-        first = self._measure_from[0]
-        new = None
-        stage = self.budget_stage
-        if spent >= self.budget_s:
-            new = it
-            why = f"the budget is spent after {spent / 60:.2f} min of training"
-        elif stage < len(BUDGET_MEASURE_ITERS) and it - first >= BUDGET_MEASURE_ITERS[stage] - 1:
-            since_it, since_s = self._measure_from
-            if stage > 0 and self._stage_from is not None:
-                since_it, since_s = self._stage_from  # the second measurement: the steady speed
-            per_iter = (spent - since_s) / max(it - since_it, 1)
-            self.budget_stage, self._stage_from = stage + 1, (it, spent)
-            limit = int(self.cfg.solver.max_iter)
-            fits = it + int((self.budget_s - spent) / per_iter) if per_iter > 0 else limit
-            fits = max(min(fits, limit), it)
-            span = f"{per_iter:.3f} s per iteration over iterations {since_it + 1}..{it}"
-            if fits != self.max_iter:
-                new, why = fits, span
+            spent = all_reduce_sum(spent) / get_world_size()
+        return float(spent[0]), float(spent[1])
+
+    def _fits(self, it: int, spent: float, per_iter: float, eval_s: float) -> int:
+        """The largest max_iter in [it, solver.max_iter] whose remaining iterations, periodic
+        evaluations and final evaluation fit in what is left of the budget after ``spent``."""
+        limit, period = int(self.cfg.solver.max_iter), int(self.cfg.solver.eval_period)
+
+        def cost(n: int) -> float:
+            evals = (n - 1) // period - it // period if period > 0 and n > it else 0
+            return spent + (n - it) * per_iter + eval_s * (max(evals, 0) + 1)
+
+        lo, hi = it, max(limit, it)
+        while lo < hi:  # cost grows with n: the last n that fits
+            mid = (lo + hi + 1) // 2
+            if cost(mid) <= self.budget_s:
+                lo = mid
             else:
-                logger.info(
-                    "solver.max_time_minutes=%g: max_iter %d %s (%s)",
-                    self.cfg.solver.max_time_minutes,
-                    self.max_iter,
-                    "kept" if fits < limit else "fits",
-                    span,
-                )
-        if new is None:
-            return
+                hi = mid - 1
+        return lo
+
+    def _apply_budget(self, new: int, why: str, bar=None) -> None:
         logger.info(
             "solver.max_time_minutes=%g: max_iter %d -> %d (%s; lr schedule rescaled to end there)",
             self.cfg.solver.max_time_minutes,
@@ -338,6 +328,60 @@ class Trainer:
         if bar is not None:
             bar.total = new
             bar.refresh()
+
+    def _check_budget(self, it: int, bar=None) -> None:
+        """After iteration ``it``: turn solver.max_time_minutes into an iteration count once the first
+        BUDGET_MEASURE_ITERS[0] iterations are timed, and again at BUDGET_MEASURE_ITERS[1] from the
+        iterations since (the steady speed; it may raise max_iter up to solver.max_iter). The periodic
+        and final evaluations count too, once the first has been timed (``_budget_after_eval``). The
+        lr schedule is rescaled each time, so it still ends properly. If the budget runs out (or the
+        machine slows down later), stop after this iteration."""
+        if self.budget_s <= 0 or it >= self.max_iter:
+            return
+        train_s, eval_s = self._seconds()
+        if self._measure_from is None:
+            # the first iteration (lazy initialisation; after --resume, the first one again) is not a
+            # fair sample of the speed
+            self._measure_from = (it, train_s)
+        first, stage = self._measure_from[0], self.budget_stage
+        if train_s + eval_s >= self.budget_s:
+            minutes = (train_s + eval_s) / 60
+            self._apply_budget(it, f"the budget is spent after {minutes:.2f} min", bar)
+        elif stage < len(BUDGET_MEASURE_ITERS) and it - first >= BUDGET_MEASURE_ITERS[stage] - 1:
+            since_it, since_s = self._measure_from
+            if stage > 0 and self._stage_from is not None:
+                since_it, since_s = self._stage_from  # the second measurement: the steady speed
+            per_iter = (train_s - since_s) / max(it - since_it, 1)
+            self.budget_stage, self._stage_from = stage + 1, (it, train_s)
+            self.sec_per_iter = per_iter
+            per_eval = eval_s / self.evals if self.evals else 0.0
+            fits = self._fits(it, train_s + eval_s, per_iter, per_eval)
+            span = f"{per_iter:.3f} s per iteration over iterations {since_it + 1}..{it}"
+            if fits != self.max_iter:
+                self._apply_budget(fits, span, bar)
+            else:
+                logger.info(
+                    "solver.max_time_minutes=%g: max_iter %d %s (%s)",
+                    self.cfg.solver.max_time_minutes,
+                    self.max_iter,
+                    "kept" if fits < int(self.cfg.solver.max_iter) else "fits",
+                    span,
+                )
+
+    def _budget_after_eval(self, it: int, seconds: float, bar=None) -> None:
+        """A periodic evaluation took ``seconds``: count it, and fit max_iter again with the
+        evaluations still to come (and the final one) at that cost."""
+        if self.budget_s <= 0:
+            return
+        self.eval_seconds += seconds
+        self.evals += 1
+        if self.sec_per_iter is None or it >= self.max_iter:
+            return
+        train_s, eval_s = self._seconds()
+        per_eval = eval_s / self.evals
+        fits = self._fits(it, train_s + eval_s, self.sec_per_iter, per_eval)
+        if fits != self.max_iter:
+            self._apply_budget(fits, f"{per_eval:.1f} s per evaluation", bar)
 
     # ------------------------------------------------------------------ one iteration
     def _forward(self, batch: List[dict]) -> Dict[str, torch.Tensor]:
@@ -549,7 +593,9 @@ class Trainer:
             self.writer.write(it, record, prefix="train/")
             log_step(it, self.max_iter, record)
         if s.eval_period > 0 and it % s.eval_period == 0 and it < self.max_iter:
+            t0 = self._clock()
             self.evaluate(it)
+            self._budget_after_eval(it, self._clock() - t0, bar)
         if it % s.checkpoint_period == 0 and it < self.max_iter:
             self.save_checkpoint(it)
 

@@ -270,6 +270,41 @@ def test_time_budget_measured_again_at_the_steady_speed(data_root, tmp_path, mon
     assert state["scheduler"]["max_iter"] == 17
 
 
+def test_time_budget_counts_the_evaluations(data_root, tmp_path, monkeypatch):
+    import detkit.engine.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "BUDGET_MEASURE_ITERS", (3, 6))
+    cfg = tiny_config(
+        data_root,
+        [
+            "solver.max_iter=40",
+            "solver.lr_schedule=cosine",
+            "solver.checkpoint_period=100",
+            "solver.eval_period=5",
+            f"solver.max_time_minutes={30.5 / 60}",
+        ],
+    )
+    out = tmp_path / "run"
+    clock = FakeClock(monkeypatch)  # 1 s per iteration; every evaluation takes 4 s
+    evaluate = Trainer.evaluate
+
+    def slow_evaluate(trainer, iteration, final=False):
+        clock.now += 4.0
+        return evaluate(trainer, iteration, final=final)
+
+    monkeypatch.setattr(Trainer, "evaluate", slow_evaluate)
+    train_main(cfg, output_dir=str(out))
+    log = (out / "log.txt").read_text()
+    # iteration 3: 30 iterations fit (no evaluation timed yet); after the one at 5 (4 s): 9 s spent,
+    # and 15 = 9 + 10 iterations + the evaluation at 10 + the final one (27 s) fits, 16 does not
+    assert "max_iter 40 -> 30 (1.000 s per iteration over iterations 2..3;" in log
+    assert "max_iter 30 -> 15 (4.0 s per evaluation;" in log
+    final = json.loads((out / "metrics.json").read_text())
+    assert final["iteration"] == 15
+    assert final["time_budget"]["evals"] == 2 and final["time_budget"]["eval_seconds"] == 8.0
+    assert clock.now <= 30.5  # training and every evaluation, the final one included
+
+
 def test_a_tiny_time_budget_stops_with_the_final_files(data_root, tmp_path):
     out = tmp_path / "run"
     cfg = tiny_config(data_root, ["solver.max_iter=50", "solver.max_time_minutes=1e-6"])

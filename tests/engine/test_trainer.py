@@ -242,19 +242,22 @@ class FakeClock:
         monkeypatch.setattr(Trainer, "_clock", staticmethod(lambda: self.now))
 
 
-def test_time_budget_measured_again_at_the_steady_speed(data_root, tmp_path, monkeypatch):
+def budget_config(data_root, monkeypatch, seconds: float, *extra: str):
+    """40 cosine iterations under a budget of ``seconds``, measured after iterations 3 and 6."""
     import detkit.engine.trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "BUDGET_MEASURE_ITERS", (3, 6))
-    cfg = tiny_config(
-        data_root,
-        [
-            "solver.max_iter=40",
-            "solver.lr_schedule=cosine",
-            "solver.checkpoint_period=100",
-            f"solver.max_time_minutes={20.5 / 60}",
-        ],
-    )
+    budget = [
+        "solver.max_iter=40",
+        "solver.lr_schedule=cosine",
+        "solver.checkpoint_period=100",
+        f"solver.max_time_minutes={seconds / 60}",
+    ]
+    return tiny_config(data_root, budget + list(extra))
+
+
+def test_time_budget_measured_again_at_the_steady_speed(data_root, tmp_path, monkeypatch):
+    cfg = budget_config(data_root, monkeypatch, 20.5)
     out = tmp_path / "run"
     # a slow start (2 s per iteration up to 3), then 1 s: the first estimate (iterations 2..3)
     # leaves 14.5 s -> 3 + 7 = 10 iterations; measured again over 4..6 (1 s each) after 9 s spent:
@@ -271,19 +274,7 @@ def test_time_budget_measured_again_at_the_steady_speed(data_root, tmp_path, mon
 
 
 def test_time_budget_counts_the_evaluations(data_root, tmp_path, monkeypatch):
-    import detkit.engine.trainer as trainer_module
-
-    monkeypatch.setattr(trainer_module, "BUDGET_MEASURE_ITERS", (3, 6))
-    cfg = tiny_config(
-        data_root,
-        [
-            "solver.max_iter=40",
-            "solver.lr_schedule=cosine",
-            "solver.checkpoint_period=100",
-            "solver.eval_period=5",
-            f"solver.max_time_minutes={30.5 / 60}",
-        ],
-    )
+    cfg = budget_config(data_root, monkeypatch, 30.5, "solver.eval_period=5")
     out = tmp_path / "run"
     clock = FakeClock(monkeypatch)  # 1 s per iteration; every evaluation takes 4 s
     evaluate = Trainer.evaluate

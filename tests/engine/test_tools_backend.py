@@ -107,3 +107,29 @@ def test_unusable_backend_is_one_line_before_the_dataset(
     (line,) = error_lines(capsys.readouterr().err)
     assert message in line
     assert not missing.exists()  # the synthetic test set was never generated
+
+
+def test_test_tool_batches_images_side_by_side_when_unset(tiny_run, tmp_path):
+    """tools/test.py on the CPU: with test.ims_per_batch left unset, batches of as many images as
+    test.parallel_images runs side by side; the same metrics as one image at a time."""
+    import yaml
+
+    cfg_file, weights = tiny_run
+    raw = yaml.safe_load(cfg_file.read_text())
+    del raw["test"]["ims_per_batch"]  # as in configs/*.yaml: left to defaults.yaml
+    unset = tmp_path / "unset.yaml"
+    unset.write_text(yaml.safe_dump(raw))
+    test = load_tool("test")
+    metrics, logs = {}, {}
+    for name, extra in (("side_by_side", []), ("one_at_a_time", ["test.ims_per_batch=1"])):
+        out = tmp_path / name
+        args = [str(unset), "test.parallel_images=2", *extra, "--weights", str(weights)]
+        assert test.main(args + ["--output-dir", str(out)]) == 0
+        metrics[name] = json.loads((out / "metrics.json").read_text())
+        logs[name] = (out / "log.txt").read_text()
+    assert "test.ims_per_batch=2: that many images side by side" in logs["side_by_side"]
+    assert "images side by side" not in logs["one_at_a_time"]  # set: kept
+    for key in ("AP", "AP50", "AP75", "AR100"):
+        assert metrics["side_by_side"][key] == pytest.approx(
+            metrics["one_at_a_time"][key], abs=1e-6
+        )

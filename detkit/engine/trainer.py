@@ -82,6 +82,7 @@ class Trainer:
     )  # times iterations (and the time budget); tests fake it
 
     def __init__(self, cfg, output_dir: str, ctx: DistContext, resume: bool = False):
+        started = self._clock()  # building the datasets (generation included) counts in the budget
         check_solver(cfg)
         self.cfg, self.out, self.ctx = cfg, Path(output_dir), ctx
         s = cfg.solver
@@ -128,6 +129,7 @@ class Trainer:
         self.budget_s = float(s.max_time_minutes) * 60.0
         self.train_seconds, self.budget_stage = 0.0, 0
         self.eval_seconds, self.evals = 0.0, 0  # periodic evaluations: they count too
+        self.setup_seconds = 0.0  # building the datasets and the model (this process and earlier)
         self.sec_per_iter: Optional[float] = None  # the newest measured training speed
         self._measure_from: Optional[tuple] = None  # (iteration, train_seconds) where timing began
         self._stage_from: Optional[tuple] = None  # the same, where the first measurement was made
@@ -143,7 +145,9 @@ class Trainer:
         else:
             seed_all(s.seed + ctx.rank)  # ranks draw different RPN/RoI samples
         self._eval_sets: Dict[str, Any] = {}
+        self._build_seconds = 0.0  # of the evaluation datasets, counted as setup
         self.writer: Optional[EventWriter] = None
+        self.setup_seconds += self._clock() - started
 
     @staticmethod
     def _micro_batch_size(total: int, accumulate: int, world_size: int) -> int:
@@ -255,6 +259,7 @@ class Trainer:
             "stage": self.budget_stage,  # measurements made (of len(BUDGET_MEASURE_ITERS))
             "train_seconds": self.train_seconds,
             "eval_seconds": self.eval_seconds,  # of the periodic evaluations
+            "setup_seconds": self.setup_seconds,  # building datasets and model
             "evals": self.evals,
             "sec_per_iter": self.sec_per_iter,
         }
@@ -267,6 +272,7 @@ class Trainer:
             return
         self.train_seconds = float(saved.get("train_seconds", 0.0))
         self.eval_seconds = float(saved.get("eval_seconds", 0.0))
+        self.setup_seconds += float(saved.get("setup_seconds", 0.0))
         self.evals = int(saved.get("evals", 0))
         s = self.cfg.solver
         same = saved.get("max_time_minutes") == float(s.max_time_minutes) and saved.get(
@@ -290,12 +296,14 @@ class Trainer:
             self.scheduler.rescale(max_iter)
 
     def _seconds(self) -> tuple:
-        """(training seconds, periodic-evaluation seconds), averaged over the ranks: every rank
-        takes the same decisions."""
-        spent = torch.tensor([self.train_seconds, self.eval_seconds], dtype=torch.float64)
+        """(training, periodic-evaluation, setup) seconds, averaged over the ranks: every rank takes
+        the same decisions."""
+        spent = torch.tensor(
+            [self.train_seconds, self.eval_seconds, self.setup_seconds], dtype=torch.float64
+        )
         if get_world_size() > 1:
             spent = all_reduce_sum(spent) / get_world_size()
-        return float(spent[0]), float(spent[1])
+        return tuple(float(v) for v in spent)
 
     def _fits(self, it: int, spent: float, per_iter: float, eval_s: float) -> int:
         """The largest max_iter in [it, solver.max_iter] whose remaining iterations, periodic
@@ -332,20 +340,21 @@ class Trainer:
     def _check_budget(self, it: int, bar=None) -> None:
         """After iteration ``it``: turn solver.max_time_minutes into an iteration count once the first
         BUDGET_MEASURE_ITERS[0] iterations are timed, and again at BUDGET_MEASURE_ITERS[1] from the
-        iterations since (the steady speed; it may raise max_iter up to solver.max_iter). The periodic
-        and final evaluations count too, once the first has been timed (``_budget_after_eval``). The
+        iterations since (the steady speed; it may raise max_iter up to solver.max_iter). Building the
+        datasets counts, and the periodic and final evaluations once the first has been timed
+        (``_budget_after_eval``). The
         lr schedule is rescaled each time, so it still ends properly. If the budget runs out (or the
         machine slows down later), stop after this iteration."""
         if self.budget_s <= 0 or it >= self.max_iter:
             return
-        train_s, eval_s = self._seconds()
+        train_s, eval_s, setup_s = self._seconds()
         if self._measure_from is None:
             # the first iteration (lazy initialisation; after --resume, the first one again) is not a
             # fair sample of the speed
             self._measure_from = (it, train_s)
         first, stage = self._measure_from[0], self.budget_stage
-        if train_s + eval_s >= self.budget_s:
-            minutes = (train_s + eval_s) / 60
+        if train_s + eval_s + setup_s >= self.budget_s:
+            minutes = (train_s + eval_s + setup_s) / 60
             self._apply_budget(it, f"the budget is spent after {minutes:.2f} min", bar)
         elif stage < len(BUDGET_MEASURE_ITERS) and it - first >= BUDGET_MEASURE_ITERS[stage] - 1:
             since_it, since_s = self._measure_from
@@ -355,7 +364,7 @@ class Trainer:
             self.budget_stage, self._stage_from = stage + 1, (it, train_s)
             self.sec_per_iter = per_iter
             per_eval = eval_s / self.evals if self.evals else 0.0
-            fits = self._fits(it, train_s + eval_s, per_iter, per_eval)
+            fits = self._fits(it, train_s + eval_s + setup_s, per_iter, per_eval)
             span = f"{per_iter:.3f} s per iteration over iterations {since_it + 1}..{it}"
             if fits != self.max_iter:
                 self._apply_budget(fits, span, bar)
@@ -377,9 +386,9 @@ class Trainer:
         self.evals += 1
         if self.sec_per_iter is None or it >= self.max_iter:
             return
-        train_s, eval_s = self._seconds()
+        train_s, eval_s, setup_s = self._seconds()
         per_eval = eval_s / self.evals
-        fits = self._fits(it, train_s + eval_s, self.sec_per_iter, per_eval)
+        fits = self._fits(it, train_s + eval_s + setup_s, self.sec_per_iter, per_eval)
         if fits != self.max_iter:
             self._apply_budget(fits, f"{per_eval:.1f} s per evaluation", bar)
 
@@ -500,7 +509,9 @@ class Trainer:
             logger.info("no data.val.datasets (nor data.test) configured: skipping evaluation")
             return None
         if split not in self._eval_sets:
+            t0 = self._clock()
             self._eval_sets[split] = build_dataset_main_first(self.cfg, split, self.ctx)
+            self._build_seconds += self._clock() - t0
         dataset = self._eval_sets[split]
         out = str(self.out / "inference") if final and self.ctx.is_main else None
         evaluator = build_evaluator(dataset, output_dir=out, engine=self.cfg.test.evaluator_engine)
@@ -593,9 +604,11 @@ class Trainer:
             self.writer.write(it, record, prefix="train/")
             log_step(it, self.max_iter, record)
         if s.eval_period > 0 and it % s.eval_period == 0 and it < self.max_iter:
-            t0 = self._clock()
+            t0, built = self._clock(), self._build_seconds
             self.evaluate(it)
-            self._budget_after_eval(it, self._clock() - t0, bar)
+            build = self._build_seconds - built  # the first evaluation builds its dataset
+            self.setup_seconds += build
+            self._budget_after_eval(it, self._clock() - t0 - build, bar)
         if it % s.checkpoint_period == 0 and it < self.max_iter:
             self.save_checkpoint(it)
 

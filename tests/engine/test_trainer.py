@@ -296,6 +296,30 @@ def test_time_budget_counts_the_evaluations(data_root, tmp_path, monkeypatch):
     assert clock.now <= 30.5  # training and every evaluation, the final one included
 
 
+def test_time_budget_counts_building_the_datasets(data_root, tmp_path, monkeypatch):
+    import detkit.engine.trainer as trainer_module
+
+    cfg = budget_config(data_root, monkeypatch, 20.5)
+    clock = FakeClock(monkeypatch)  # 1 s per iteration; building the training set takes 5 s
+    build = trainer_module.build_dataset_main_first
+
+    def slow_build(cfg, split, ctx):
+        clock.now += 5.0 if split == "train" else 0.0
+        return build(cfg, split, ctx)
+
+    monkeypatch.setattr(trainer_module, "build_dataset_main_first", slow_build)
+    out = tmp_path / "run"
+    train_main(cfg, output_dir=str(out))
+    # iteration 3: 3 s of training + 5 s of setup spent, 12 more iterations fit -> 15 (20 without
+    # the setup counted)
+    assert (
+        "max_iter 40 -> 15 (1.000 s per iteration over iterations 2..3;"
+        in (out / "log.txt").read_text()
+    )
+    final = json.loads((out / "metrics.json").read_text())
+    assert final["iteration"] == 15 and final["time_budget"]["setup_seconds"] == 5.0
+
+
 def test_a_tiny_time_budget_stops_with_the_final_files(data_root, tmp_path):
     out = tmp_path / "run"
     cfg = tiny_config(data_root, ["solver.max_iter=50", "solver.max_time_minutes=1e-6"])

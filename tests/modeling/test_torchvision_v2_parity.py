@@ -139,8 +139,17 @@ def test_v2_matches_torchvision_one_image_and_batch(converted, photos):
         refs = [tv([to_tv(img)])[0] for img in photos]
         refs_batch = tv([to_tv(img) for img in photos])
     outs = [det.predict([img])[0] for img in photos]
-    outs_batch = det.predict(photos, batch_size=len(photos))
-    for mode, r, o in (("single", refs, outs), ("batch", refs_batch, outs_batch)):
+    # several images per call on the CPU run side by side (test.parallel_images), each alone:
+    # torchvision's one-image detections, whatever the batch
+    outs_side_by_side = det.predict(photos, batch_size=len(photos))
+    # one padded batch through the network: torchvision's batch
+    batched = Detector(det.model, det.cfg.with_overrides(["test.parallel_images=1"]))
+    outs_batch = batched.predict(photos, batch_size=len(photos))
+    for mode, r, o in (
+        ("single", refs, outs),
+        ("side by side", refs, outs_side_by_side),
+        ("batch", refs_batch, outs_batch),
+    ):
         matched, total = 0.0, 0
         for ref, out, img in zip(r, o, photos):
             frac, n = _check(ref, out, img)

@@ -15,14 +15,13 @@ from typing import Any, Dict, List, Optional
 import torch
 
 import detkit
-from detkit.config.config import DEFAULTS
 from detkit.data import build_test_loader
 from detkit.errors import DetkitError
 from detkit.evaluation import build_evaluator
 from detkit.evaluation.common import write_json
 from detkit.export.runtime import check_backend, make_predictor
 from detkit.modeling.build import build_model
-from detkit.modeling.parallel import ParallelImages
+from detkit.modeling.parallel import batch_side_by_side
 from detkit.utils.io import ensure_output_dir
 from detkit.utils.logger import setup_logging
 
@@ -164,14 +163,13 @@ def evaluate_main(
         # test.scales / test.flip ask, autocast per test.precision), or the exported graph
         predictor = make_predictor(model, cfg, backend, weights=weights)
         _log_predictor(predictor, cfg)
-        if isinstance(predictor, ParallelImages) and cfg.origin("test.ims_per_batch") == DEFAULTS:
-            # batches of as many images as run side by side (same results, more images/s)
-            cfg = cfg.with_overrides([f"test.ims_per_batch={predictor.images}"])
+        batched = batch_side_by_side(cfg, predictor)
+        if batched is not cfg:
             logger.info(
                 "test.ims_per_batch=%d: that many images side by side (test.parallel_images)",
-                predictor.images,
+                batched.test.ims_per_batch,
             )
-        loader = build_test_loader(cfg, dataset, ctx.rank, ctx.world_size)
+        loader = build_test_loader(batched, dataset, ctx.rank, ctx.world_size)
         metrics = run_inference(predictor, loader, recorder, desc="test")
         if recorder is not evaluator:
             results = [r for part in all_gather_objects(recorder.results) for r in part]

@@ -25,6 +25,7 @@ from detkit.data import build_dataset, build_test_loader, build_train_loader
 from detkit.errors import DetkitError
 from detkit.evaluation import build_evaluator
 from detkit.modeling.build import build_model, build_predictor, check_backbone_init
+from detkit.modeling.parallel import ParallelImages, batch_side_by_side, resolve_parallel_images
 from detkit.modeling.precision import autocast, training_precision
 from detkit.utils.rng import get_rng_state, preserve_rng, seed_all, set_rng_state
 
@@ -515,10 +516,14 @@ class Trainer:
         dataset = self._eval_sets[split]
         out = str(self.out / "inference") if final and self.ctx.is_main else None
         evaluator = build_evaluator(dataset, output_dir=out, engine=self.cfg.test.evaluator_engine)
-        loader = build_test_loader(self.cfg, dataset, self.ctx.rank, self.ctx.world_size)
-        # the inference tools/test.py runs (test.scales/flip, test.precision), so that best.pth is
-        # the checkpoint that tests best
+        # the inference tools/test.py runs (test.scales/flip, test.precision; on the CPU images side
+        # by side, one process), so that best.pth is the checkpoint that tests best
         predictor = build_predictor(self.model, self.cfg)
+        images = resolve_parallel_images(self.cfg, self.ctx.device)
+        if images > 1 and self.ctx.world_size == 1:
+            predictor = ParallelImages(predictor, images)
+        cfg = batch_side_by_side(self.cfg, predictor)
+        loader = build_test_loader(cfg, dataset, self.ctx.rank, self.ctx.world_size)
         with preserve_rng():  # evaluating must not change the training run that follows
             metrics = run_inference(
                 predictor, loader, evaluator, desc=f"eval {split} @ {iteration}"

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from detkit.config import ConfigError
+from detkit.config.config import DEFAULTS
 
 
 def resolve_parallel_images(cfg, device: torch.device, cores: Optional[int] = None) -> int:
@@ -42,6 +43,15 @@ def resolve_parallel_images(cfg, device: torch.device, cores: Optional[int] = No
             f"'{value}' is not auto or an integer >= 1 (1 = one image at a time)"
         )
     return int(value)
+
+
+def batch_side_by_side(cfg, predictor: nn.Module):
+    """``cfg`` with test.ims_per_batch = the images ``predictor`` runs side by side, when it is a
+    ``ParallelImages`` and test.ims_per_batch was left to defaults.yaml (tools/test.py and the
+    trainer's evaluation on the CPU); else ``cfg`` itself. Same results, more images per second."""
+    if not isinstance(predictor, ParallelImages) or cfg.origin("test.ims_per_batch") != DEFAULTS:
+        return cfg
+    return cfg.with_overrides([f"test.ims_per_batch={predictor.images}"])
 
 
 class ParallelImages(nn.Module):

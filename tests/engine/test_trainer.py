@@ -206,13 +206,15 @@ def test_evaluation_runs_the_inference_tools_test_runs(data_root, tmp_path, monk
     """best.pth is chosen by the predictor tools/test.py builds (here multi-scale + flip testing),
     not by the bare model."""
     import detkit.engine.trainer as trainer_module
+    from detkit.modeling.parallel import ParallelImages, resolve_parallel_images
     from detkit.modeling.tta import MultiScaleFlip
 
-    predictors = []
+    predictors, batches = [], []
     real = trainer_module.run_inference
 
     def spy(model, loader, evaluator, **kw):
         predictors.append(model)
+        batches.append(loader.batch_sampler.batch_size)
         return real(model, loader, evaluator, **kw)
 
     monkeypatch.setattr(trainer_module, "run_inference", spy)
@@ -221,8 +223,13 @@ def test_evaluation_runs_the_inference_tools_test_runs(data_root, tmp_path, monk
         ["solver.max_iter=1", "solver.steps=[1]", "test.scales=[48,64]", "test.flip=true"],
     )
     metrics = train_main(cfg, output_dir=str(tmp_path / "run"))
-    assert len(predictors) == 1 and isinstance(predictors[0], MultiScaleFlip)
-    assert predictors[0].scales == [48, 64] and predictors[0].flip
+    (predictor,) = predictors
+    images = resolve_parallel_images(cfg, torch.device("cpu"))
+    if images > 1:  # on the CPU, as tools/test.py: images side by side, batches of that many
+        assert isinstance(predictor, ParallelImages) and batches == [images]
+        predictor = predictor.predictor
+    assert isinstance(predictor, MultiScaleFlip)
+    assert predictor.scales == [48, 64] and predictor.flip
     assert "AP" in metrics and (tmp_path / "run" / "best.pth").exists()
 
 

@@ -125,15 +125,15 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
         self.checkpointer = Checkpointer(self.out, keep=s.keep_checkpoints)
         self.start_iter, self.best, self.eval_history = 0, None, []
-        # solver.max_time_minutes: seconds of training so far (evaluation and checkpoints excluded),
-        # and whether the budget has been turned into an iteration count (self.max_iter) yet
+        # solver.max_time_minutes: seconds spent so far on training steps, periodic evaluations and
+        # setup, and how many times the speed has been measured (self.max_iter set from it)
         self.budget_s = float(s.max_time_minutes) * 60.0
         self.train_seconds, self.budget_stage = 0.0, 0
         self.eval_seconds, self.evals = 0.0, 0  # periodic evaluations: they count too
         self.setup_seconds = 0.0  # building the datasets and the model (this process and earlier)
         self.sec_per_iter: Optional[float] = None  # the newest measured training speed
-        self._measure_from: Optional[tuple] = None  # (iteration, train_seconds) where timing began
-        self._stage_from: Optional[tuple] = None  # the same, where the first measurement was made
+        self._first_it: Optional[int] = None  # the first iteration this process timed
+        self._since: Optional[tuple] = None  # (iteration, train_seconds) the next speed starts from
         self.last_saved: Optional[int] = None  # iteration of the newest checkpoint (last.pth)
         rng = self._resume() if resume else None
         self.ddp = wrap_ddp(self.model, ctx)
@@ -146,7 +146,6 @@ class Trainer:
         else:
             seed_all(s.seed + ctx.rank)  # ranks draw different RPN/RoI samples
         self._eval_sets: Dict[str, Any] = {}
-        self._build_seconds = 0.0  # of the evaluation datasets, counted as setup
         self.writer: Optional[EventWriter] = None
         self.setup_seconds += self._clock() - started
 
@@ -343,26 +342,27 @@ class Trainer:
         BUDGET_MEASURE_ITERS[0] iterations are timed, and again at BUDGET_MEASURE_ITERS[1] from the
         iterations since (the steady speed; it may raise max_iter up to solver.max_iter). Building the
         datasets counts, and the periodic and final evaluations once the first has been timed
-        (``_budget_after_eval``). The
-        lr schedule is rescaled each time, so it still ends properly. If the budget runs out (or the
-        machine slows down later), stop after this iteration."""
+        (``_budget_after_eval``). The lr schedule is rescaled each time, so it still ends properly.
+        If the budget runs out (or the machine slows down later), stop after this iteration."""
         if self.budget_s <= 0 or it >= self.max_iter:
             return
         train_s, eval_s, setup_s = self._seconds()
-        if self._measure_from is None:
+        if self._since is None:
             # the first iteration (lazy initialisation; after --resume, the first one again) is not a
             # fair sample of the speed
-            self._measure_from = (it, train_s)
-        first, stage = self._measure_from[0], self.budget_stage
+            self._first_it, self._since = it, (it, train_s)
+        stage = self.budget_stage
         if train_s + eval_s + setup_s >= self.budget_s:
             minutes = (train_s + eval_s + setup_s) / 60
             self._apply_budget(it, f"the budget is spent after {minutes:.2f} min", bar)
-        elif stage < len(BUDGET_MEASURE_ITERS) and it - first >= BUDGET_MEASURE_ITERS[stage] - 1:
-            since_it, since_s = self._measure_from
-            if stage > 0 and self._stage_from is not None:
-                since_it, since_s = self._stage_from  # the second measurement: the steady speed
+        elif (
+            stage < len(BUDGET_MEASURE_ITERS)
+            and it - self._first_it >= BUDGET_MEASURE_ITERS[stage] - 1
+        ):
+            # the speed since the previous measurement (the second one: the steady speed)
+            since_it, since_s = self._since
             per_iter = (train_s - since_s) / max(it - since_it, 1)
-            self.budget_stage, self._stage_from = stage + 1, (it, train_s)
+            self.budget_stage, self._since = stage + 1, (it, train_s)
             self.sec_per_iter = per_iter
             per_eval = eval_s / self.evals if self.evals else 0.0
             fits = self._fits(it, train_s + eval_s + setup_s, per_iter, per_eval)
@@ -512,7 +512,7 @@ class Trainer:
         if split not in self._eval_sets:
             t0 = self._clock()
             self._eval_sets[split] = build_dataset_main_first(self.cfg, split, self.ctx)
-            self._build_seconds += self._clock() - t0
+            self.setup_seconds += self._clock() - t0  # setup, not the evaluation's cost
         dataset = self._eval_sets[split]
         out = str(self.out / "inference") if final and self.ctx.is_main else None
         evaluator = build_evaluator(dataset, output_dir=out, engine=self.cfg.test.evaluator_engine)
@@ -609,11 +609,9 @@ class Trainer:
             self.writer.write(it, record, prefix="train/")
             log_step(it, self.max_iter, record)
         if s.eval_period > 0 and it % s.eval_period == 0 and it < self.max_iter:
-            t0, built = self._clock(), self._build_seconds
-            self.evaluate(it)
-            build = self._build_seconds - built  # the first evaluation builds its dataset
-            self.setup_seconds += build
-            self._budget_after_eval(it, self._clock() - t0 - build, bar)
+            t0, setup = self._clock(), self.setup_seconds
+            self.evaluate(it)  # the first one builds its dataset: counted as setup
+            self._budget_after_eval(it, self._clock() - t0 - (self.setup_seconds - setup), bar)
         if it % s.checkpoint_period == 0 and it < self.max_iter:
             self.save_checkpoint(it)
 

@@ -165,6 +165,7 @@ class OnnxRuntimePredictor(nn.Module):
     def __init__(self, session, path: Union[str, Path], *, min_size, max_size, class_names):
         super().__init__()
         self.session, self.path = session, str(path)
+        self._threads = session.get_session_options().intra_op_num_threads  # of self.session
         self._sessions: Dict[int, Any] = {}  # further sessions of the graph, by thread count
         self._lock = threading.Lock()
         self.min_size, self.max_size = int(min_size), int(max_size)
@@ -178,7 +179,7 @@ class OnnxRuntimePredictor(nn.Module):
         built with the predictor, or another session of the same graph made once per thread count
         (``ParallelImages`` runs images side by side with one thread each)."""
         threads = session_threads()
-        if threads == self.session.get_session_options().intra_op_num_threads:
+        if threads == self._threads:
             return self.session
         with self._lock:
             if threads not in self._sessions:

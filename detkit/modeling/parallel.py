@@ -92,7 +92,7 @@ class ParallelImages(nn.Module):
 
         saved = torch.get_num_threads()
         with self._lock:  # one batch at a time through the pool
-            if self._pool is None or self._pool._max_workers < n:
+            if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=self.images, thread_name_prefix="image")
             try:
                 results = list(self._pool.map(run, parts))

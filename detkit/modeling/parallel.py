@@ -14,13 +14,42 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from detkit.config import ConfigError
 from detkit.config.config import DEFAULTS
+
+T = TypeVar("T")
+MAX_THREADS = 8  # the most threads either kind of side-by-side work uses
+_shared_pool: Optional[ThreadPoolExecutor] = None
+_shared_lock = threading.Lock()
+
+
+def run_side_by_side(calls: Sequence[Callable[[], T]]) -> List[T]:
+    """Each zero-argument call on its own thread (the caller runs the first, a shared pool the
+    others), the caller's grad and inference mode carried into the workers; the results in order.
+    For single-threaded CPU kernels that release the GIL (torchvision's RoIAlign/RoIPool): each call
+    computes its own part, so the results are those of the calls one after another."""
+    if len(calls) > MAX_THREADS:
+        raise ValueError(f"{len(calls)} calls side by side; at most {MAX_THREADS}")
+    if len(calls) < 2:
+        return [call() for call in calls]
+    global _shared_pool
+    with _shared_lock:
+        if _shared_pool is None:
+            _shared_pool = ThreadPoolExecutor(MAX_THREADS - 1, thread_name_prefix="side-by-side")
+    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
+    def in_caller_mode(call: Callable[[], T]) -> T:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            return call()
+
+    futures = [_shared_pool.submit(in_caller_mode, call) for call in calls[1:]]
+    first = calls[0]()
+    return [first] + [f.result() for f in futures]
 
 
 def resolve_parallel_images(cfg, device: torch.device, cores: Optional[int] = None) -> int:
@@ -36,7 +65,7 @@ def resolve_parallel_images(cfg, device: torch.device, cores: Optional[int] = No
             from detkit.export.runtime import physical_cores
 
             cores = physical_cores()
-        return max(1, min(int(cores), 8))
+        return max(1, min(int(cores), MAX_THREADS))
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(
             f"config key 'test.parallel_images' ({cfg.origin('test.parallel_images')}): "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 from typing import List, Sequence, Tuple
 
 import torch
@@ -21,6 +22,20 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align, roi_pool
 
 from ..registry import ROI_POOLERS
+from .parallel import MAX_THREADS, run_side_by_side
+
+MIN_ROIS_PER_THREAD = 16  # fewer RoIs per thread cost more in hand-over than they save
+
+
+def roi_threads(feature: Tensor, rois: Tensor) -> int:
+    """Threads to pool ``rois`` from ``feature`` with: torch's thread count (of the calling
+    thread: ``ParallelImages`` workers have their share) for CPU inference, else 1 (GPU kernels are
+    parallel already; training and tracing keep the one call)."""
+    if feature.device.type != "cpu" or torch.jit.is_tracing():
+        return 1
+    if torch.is_grad_enabled() and feature.requires_grad:
+        return 1
+    return max(1, min(torch.get_num_threads(), rois.shape[0] // MIN_ROIS_PER_THREAD, MAX_THREADS))
 
 
 def boxes_to_rois(boxes: List[Tensor]) -> Tensor:
@@ -64,8 +79,20 @@ class _MultiLevelPooler(nn.Module):
         self.in_strides = [int(s) for s in in_strides]
 
     def pool_level(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
-        """Pool float32 ``rois`` (R, 5) from one level; returns (R, C, S, S) in the feature's dtype."""
-        return self.pool(feature.float(), rois, scale).to(feature.dtype)
+        """Pool float32 ``rois`` (R, 5) from one level; returns (R, C, S, S) in the feature's dtype.
+
+        torchvision's CPU RoIAlign/RoIPool run on one core and copy a channels_last map to NCHW in
+        every call. For CPU inference with several threads the map is made NCHW float32 once and
+        chunks of RoIs are pooled side by side (``roi_threads``); each RoI is pooled on its own, so
+        the numbers are those of one call."""
+        threads = roi_threads(feature, rois)
+        if threads == 1:
+            return self.pool(feature.float(), rois, scale).to(feature.dtype)
+        dense = feature.to(torch.float32, memory_format=torch.contiguous_format)
+        parts = run_side_by_side(
+            [partial(self.pool, dense, chunk, scale) for chunk in rois.tensor_split(threads)]
+        )
+        return torch.cat(parts).to(feature.dtype)
 
     def pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
         raise NotImplementedError  # implemented by the two registered poolers below

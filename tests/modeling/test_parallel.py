@@ -82,3 +82,79 @@ def test_resolve_parallel_images():
     for bad in ("0", "many"):
         with pytest.raises(ConfigError, match="test.parallel_images.*is not auto or an integer"):
             resolve_parallel_images(tiny_config(f"test.parallel_images={bad}"), cpu)
+
+
+# RoI pooling: chunks of RoIs side by side on the CPU (torchvision's CPU kernels use one core)
+@pytest.fixture
+def two_threads():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(saved)
+
+
+def fpn_features_and_boxes(dtype=torch.float32, rois=120):
+    g = torch.Generator().manual_seed(0)
+    feats = [
+        torch.randn(2, 8, 64 // s, 96 // s, generator=g)
+        .to(dtype)
+        .contiguous(memory_format=torch.channels_last)
+        for s in (1, 2, 4)
+    ]
+    xy = torch.rand(rois, 2, generator=g) * torch.tensor([300.0, 200.0])
+    wh = torch.rand(rois, 2, generator=g) * 180 + 1
+    boxes = torch.cat([xy, (xy + wh).minimum(torch.tensor([384.0, 256.0]))], 1)
+    return feats, [boxes[: rois // 3], boxes[rois // 3 :]]
+
+
+@pytest.mark.parametrize("name", ["ROIAlign", "ROIPool"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_roi_chunks_side_by_side_equal_one_call(name, dtype, two_threads, monkeypatch):
+    from detkit.modeling import parallel, poolers
+    from detkit.registry import ROI_POOLERS
+
+    pooler = ROI_POOLERS.get(name)(output_size=7, in_strides=(4, 8, 16))
+    feats, boxes = fpn_features_and_boxes(dtype)
+    calls = []
+    real = parallel.run_side_by_side
+    monkeypatch.setattr(poolers, "run_side_by_side", lambda c: calls.append(len(c)) or real(c))
+    with torch.inference_mode():
+        split = pooler(feats, boxes, (256, 384))
+        assert calls and max(calls) == 2  # at least one level was pooled in two chunks
+        monkeypatch.setattr(poolers, "roi_threads", lambda feature, rois: 1)
+        one = pooler(feats, boxes, (256, 384))
+    assert split.dtype == dtype and split.shape == (120, 8, 7, 7)
+    assert torch.equal(split, one)
+    assert split.abs().sum() > 0
+
+
+def test_roi_threads_only_for_cpu_inference(two_threads):
+    from detkit.modeling.poolers import MIN_ROIS_PER_THREAD, roi_threads
+
+    feature = torch.zeros(1, 4, 8, 8)
+    rois = torch.zeros(1000, 5)
+    assert roi_threads(feature, rois[: 2 * MIN_ROIS_PER_THREAD]) == 2
+    assert roi_threads(feature, rois[: 2 * MIN_ROIS_PER_THREAD - 1]) == 1  # too few to hand over
+    trained = feature.clone().requires_grad_()
+    assert roi_threads(trained, rois) == 1  # training keeps one call (autograd)
+    with torch.no_grad():
+        assert roi_threads(trained, rois) == 2
+    torch.set_num_threads(1)  # e.g. a ParallelImages worker's share on 2 cores
+    assert roi_threads(feature, rois) == 1
+
+
+def test_run_side_by_side_order_modes_and_errors():
+    from detkit.modeling.parallel import MAX_THREADS, run_side_by_side
+
+    assert run_side_by_side([lambda i=i: i for i in range(5)]) == [0, 1, 2, 3, 4]
+    with torch.inference_mode():
+        out = run_side_by_side([lambda: torch.ones(2) * 2] * 3)
+    assert all(t.is_inference() for t in out)
+
+    def boom():
+        raise RuntimeError("chunk failed")
+
+    with pytest.raises(RuntimeError, match="chunk failed"):
+        run_side_by_side([lambda: 1, boom])
+    with pytest.raises(ValueError, match="at most"):
+        run_side_by_side([lambda: 1] * (MAX_THREADS + 1))

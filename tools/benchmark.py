@@ -44,7 +44,13 @@ from detkit.benchmark import (
     random_targets,
 )
 from detkit.config import load_config
-from detkit.export.runtime import BACKENDS, BackendError, check_backend, make_predictor
+from detkit.export.runtime import (
+    BACKENDS,
+    BackendError,
+    check_backend,
+    cpu_description,
+    make_predictor,
+)
 from detkit.modeling import build_model
 from detkit.modeling.precision import autocast
 from detkit.modeling.weights import torchvision_detector_to_detkit
@@ -417,7 +423,7 @@ def main(argv=None) -> int:
             rows = run_sweep(args, cfg, device, h, w, warmup, iters)
         else:
             rows = run_models(args, cfg, device, h, w, warmup, iters, backends)
-    where = torch.cuda.get_device_name(device) if gpu else f"CPU ({os.cpu_count()} cores)"
+    where = torch.cuda.get_device_name(device) if gpu else cpu_description()
     counts = sorted({r.iterations for r in rows if r.iterations})
     n = f"{counts[0]}" if len(counts) < 2 else f"{counts[0]}-{counts[-1]}"
     busy = "" if other.cores is None else f"; other processes kept {other.cores:.1f} cores busy"

@@ -32,7 +32,8 @@ def run_side_by_side(calls: Sequence[Callable[[], T]]) -> List[T]:
     """Each zero-argument call on its own thread (the caller runs the first, a shared pool the
     others), the caller's grad and inference mode carried into the workers; the results in order.
     For single-threaded CPU kernels that release the GIL (torchvision's RoIAlign/RoIPool): each call
-    computes its own part, so the results are those of the calls one after another."""
+    computes its own part, so the results are those of the calls one after another. The calls must
+    not wait on other work of the shared pool (``ParallelImages`` keeps its own pool for that)."""
     if len(calls) > MAX_THREADS:
         raise ValueError(f"{len(calls)} calls side by side; at most {MAX_THREADS}")
     if len(calls) < 2:

@@ -17,6 +17,7 @@ from detkit.export.runtime import (
     BackendError,
     OnnxRuntimePredictor,
     check_backend,
+    cpu_description,
     graph_key,
     make_predictor,
     physical_cores,
@@ -298,6 +299,18 @@ def test_physical_cores_counts_cores_not_hyperthreads(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 4})
     assert physical_cores(str(tmp_path / "cpuinfo")) == 2  # 0 and 2 share core (0, 0)
     assert physical_cores(str(tmp_path / "missing")) == 3  # no cpuinfo: the allowed CPUs
+
+
+def test_cpu_description_names_the_cpu_cores_and_units(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    block = "processor\t: {}\nmodel name\t: Example CPU 9000\ncore id\t\t: {}\nflags\t\t: {}\n"
+    flags = "fpu sse avx2 avx512f amx_bf16 amx_tile"
+    (tmp_path / "amx").write_text("\n".join(block.format(c, c // 2, flags) for c in range(4)))
+    assert cpu_description(str(tmp_path / "amx")) == (
+        "Example CPU 9000, 2 physical cores, AVX-512, AMX"
+    )
+    (tmp_path / "avx2").write_text("\n".join(block.format(c, c, "fpu avx2") for c in range(4)))
+    assert cpu_description(str(tmp_path / "avx2")) == "Example CPU 9000, 4 physical cores, AVX2"
 
 
 def test_onnxruntime_threads_follow_torch_set_num_threads(monkeypatch):

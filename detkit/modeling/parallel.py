@@ -12,6 +12,7 @@ work among threads differs, which changes nothing in detkit's CPU kernels beyond
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence, TypeVar
@@ -24,8 +25,31 @@ from detkit.config.config import DEFAULTS
 
 T = TypeVar("T")
 MAX_THREADS = 8  # the most threads either kind of side-by-side work uses
-_shared_pool: Optional[ThreadPoolExecutor] = None
-_shared_lock = threading.Lock()
+
+
+class ThreadPool:
+    """A ThreadPoolExecutor made on first use, and made again in a forked child: threads do not
+    survive ``fork``, and the parent's executor would queue the child's work forever."""
+
+    def __init__(self, workers: int, name: str):
+        self.workers, self.name = workers, name
+        self._executor: Optional[ThreadPoolExecutor] = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def get(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None or self._pid != os.getpid():
+                self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
+                self._pid = os.getpid()
+            return self._executor
+
+    def shutdown(self) -> None:
+        if self._executor is not None and self._pid == os.getpid():
+            self._executor.shutdown(wait=False)
+
+
+_shared_pool = ThreadPool(MAX_THREADS - 1, "side-by-side")
 
 
 def run_side_by_side(calls: Sequence[Callable[[], T]]) -> List[T]:
@@ -38,17 +62,14 @@ def run_side_by_side(calls: Sequence[Callable[[], T]]) -> List[T]:
         raise ValueError(f"{len(calls)} calls side by side; at most {MAX_THREADS}")
     if len(calls) < 2:
         return [call() for call in calls]
-    global _shared_pool
-    with _shared_lock:
-        if _shared_pool is None:
-            _shared_pool = ThreadPoolExecutor(MAX_THREADS - 1, thread_name_prefix="side-by-side")
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def in_caller_mode(call: Callable[[], T]) -> T:
         with torch.inference_mode(inference), torch.set_grad_enabled(grad):
             return call()
 
-    futures = [_shared_pool.submit(in_caller_mode, call) for call in calls[1:]]
+    pool = _shared_pool.get()
+    futures = [pool.submit(in_caller_mode, call) for call in calls[1:]]
     first = calls[0]()
     return [first] + [f.result() for f in futures]
 
@@ -97,7 +118,7 @@ class ParallelImages(nn.Module):
         self.images = int(images)
         self.threads = int(threads or torch.get_num_threads())
         self.backend = getattr(predictor, "backend", "eager")
-        self._pool: Optional[ThreadPoolExecutor] = None
+        self._pool = ThreadPool(self.images, "image")
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str):
@@ -122,10 +143,8 @@ class ParallelImages(nn.Module):
 
         saved = torch.get_num_threads()
         with self._lock:  # one batch at a time through the pool
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=self.images, thread_name_prefix="image")
             try:
-                results = list(self._pool.map(run, parts))
+                results = list(self._pool.get().map(run, parts))
             finally:
                 torch.set_num_threads(saved)  # the workers' setting is also torch's global one
         out: List[Optional[Dict[str, Tensor]]] = [None] * len(samples)
@@ -136,4 +155,4 @@ class ParallelImages(nn.Module):
     def __del__(self):
         pool = self.__dict__.get("_pool")
         if pool is not None:
-            pool.shutdown(wait=False)
+            pool.shutdown()

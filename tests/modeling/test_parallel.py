@@ -2,6 +2,8 @@
 of one image at a time, in order, under the caller's grad/inference mode, with torch's thread
 setting put back."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -158,3 +160,35 @@ def test_run_side_by_side_order_modes_and_errors():
         run_side_by_side([lambda: 1, boom])
     with pytest.raises(ValueError, match="at most"):
         run_side_by_side([lambda: 1] * (MAX_THREADS + 1))
+
+
+def _side_by_side_in_child(queue):
+    from detkit.modeling.parallel import run_side_by_side
+
+    queue.put(run_side_by_side([lambda i=i: i * i for i in range(3)]))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_pools_work_again_in_a_forked_child(ckpt):
+    """The parent's pool threads do not survive fork: the child makes its own pool (else its work
+    would wait forever in the parent's queue)."""
+    import multiprocessing
+
+    from detkit.modeling.parallel import run_side_by_side
+
+    assert run_side_by_side([lambda: 1, lambda: 2]) == [1, 2]  # the parent's pool exists
+    det = Detector.from_checkpoint(str(ckpt), overrides=["test.parallel_images=2"])
+    samples = [det.sample(im) for im in images()[:2]]
+    det.predictor(samples)  # and ParallelImages' pool too
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_side_by_side_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("run_side_by_side hung in a forked child")
+    assert child.exitcode == 0 and queue.get(timeout=5) == [0, 1, 4]
+    pool = det.predictor._pool
+    pool._pid = -1  # as a forked child sees it: the pool is made again, and works
+    assert len(det.predictor(samples)) == 2 and pool._pid == os.getpid()

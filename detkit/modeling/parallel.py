@@ -12,66 +12,15 @@ work among threads differs, which changes nothing in detkit's CPU kernels beyond
 
 from __future__ import annotations
 
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, List, Optional, Sequence, TypeVar
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor, nn
 
 from detkit.config import ConfigError
 from detkit.config.config import DEFAULTS
-
-T = TypeVar("T")
-MAX_THREADS = 8  # the most threads either kind of side-by-side work uses
-
-
-class ThreadPool:
-    """A ThreadPoolExecutor made on first use, and made again in a forked child: threads do not
-    survive ``fork``, and the parent's executor would queue the child's work forever."""
-
-    def __init__(self, workers: int, name: str):
-        self.workers, self.name = workers, name
-        self._executor: Optional[ThreadPoolExecutor] = None
-        self._pid = 0
-        self._lock = threading.Lock()
-
-    def get(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None or self._pid != os.getpid():
-                self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
-                self._pid = os.getpid()
-            return self._executor
-
-    def shutdown(self) -> None:
-        if self._executor is not None and self._pid == os.getpid():
-            self._executor.shutdown(wait=False)
-
-
-_shared_pool = ThreadPool(MAX_THREADS - 1, "side-by-side")
-
-
-def run_side_by_side(calls: Sequence[Callable[[], T]]) -> List[T]:
-    """Each zero-argument call on its own thread (the caller runs the first, a shared pool the
-    others), the caller's grad and inference mode carried into the workers; the results in order.
-    For single-threaded CPU kernels that release the GIL (torchvision's RoIAlign/RoIPool): each call
-    computes its own part, so the results are those of the calls one after another. The calls must
-    not wait on other work of the shared pool (``ParallelImages`` keeps its own pool for that)."""
-    if len(calls) > MAX_THREADS:
-        raise ValueError(f"{len(calls)} calls side by side; at most {MAX_THREADS}")
-    if len(calls) < 2:
-        return [call() for call in calls]
-    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-
-    def in_caller_mode(call: Callable[[], T]) -> T:
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            return call()
-
-    pool = _shared_pool.get()
-    futures = [pool.submit(in_caller_mode, call) for call in calls[1:]]
-    first = calls[0]()
-    return [first] + [f.result() for f in futures]
+from detkit.utils.threads import MAX_THREADS, ThreadPool
 
 
 def resolve_parallel_images(cfg, device: torch.device, cores: Optional[int] = None) -> int:

@@ -15,27 +15,23 @@ from __future__ import annotations
 import math
 import warnings
 from functools import partial
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 from torchvision.ops import roi_align, roi_pool
 
 from ..registry import ROI_POOLERS
-from .parallel import MAX_THREADS, run_side_by_side
+from ..utils.threads import cpu_split, run_side_by_side
 
 MIN_ROIS_PER_THREAD = 16  # fewer RoIs per thread cost more in hand-over than they save
 
 
 def roi_threads(feature: Tensor, rois: Tensor) -> int:
-    """Threads to pool ``rois`` from ``feature`` with: torch's thread count (of the calling
-    thread: ``ParallelImages`` workers have their share) for CPU inference, else 1 (GPU kernels are
-    parallel already; training and tracing keep the one call)."""
-    if feature.device.type != "cpu" or torch.jit.is_tracing():
-        return 1
-    if torch.is_grad_enabled() and feature.requires_grad:
-        return 1
-    return max(1, min(torch.get_num_threads(), rois.shape[0] // MIN_ROIS_PER_THREAD, MAX_THREADS))
+    """Chunks of RoIs to pool ``rois`` from ``feature`` in, side by side: ``cpu_split`` (torch's
+    threads of the calling thread on the CPU, else 1)."""
+    return 1 if torch.jit.is_tracing() else cpu_split(feature, rois.shape[0], MIN_ROIS_PER_THREAD)
 
 
 def boxes_to_rois(boxes: List[Tensor]) -> Tensor:
@@ -86,7 +82,12 @@ class _MultiLevelPooler(nn.Module):
         chunks of RoIs are pooled side by side (``roi_threads``); each RoI is pooled on its own, so
         the numbers are those of one call."""
         threads = roi_threads(feature, rois)
-        if threads == 1:
+        training = torch.is_grad_enabled() and feature.requires_grad
+        if threads > 1 and training:  # where the pooler has a backward in chunks (RoIAlign)
+            pooled = self.pool_chunks_with_grad(feature.float(), rois, scale, threads)
+            if pooled is not None:
+                return pooled.to(feature.dtype)
+        if threads == 1 or training:
             return self.pool(feature.float(), rois, scale).to(feature.dtype)
         dense = feature.to(torch.float32, memory_format=torch.contiguous_format)
         parts = run_side_by_side(
@@ -96,6 +97,13 @@ class _MultiLevelPooler(nn.Module):
 
     def pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
         raise NotImplementedError  # implemented by the two registered poolers below
+
+    def pool_chunks_with_grad(
+        self, feature: Tensor, rois: Tensor, scale: float, threads: int
+    ) -> Optional[Tensor]:
+        """Training: ``threads`` chunks of RoIs pooled side by side, backward too; None where the
+        pooler has no such path (then one call)."""
+        return None
 
     def forward(
         self, features: Sequence[Tensor], boxes: List[Tensor], image_size: Tuple[int, int]
@@ -171,6 +179,13 @@ class ROIAlign(_MultiLevelPooler):
     def pool(self, feature, rois, scale):
         return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
 
+    def pool_chunks_with_grad(self, feature, rois, scale, threads):
+        if _ROI_ALIGN_BACKWARD is None:  # a torchvision without the operator: one call
+            return None
+        size = _pair(self.output_size)
+        args = (scale, size, self.sampling_ratio, self.aligned, threads)
+        return _RoIAlignSideBySide.apply(feature, rois, *args)
+
 
 @ROI_POOLERS.register()
 class ROIPool(_MultiLevelPooler):
@@ -193,3 +208,37 @@ class ROIPool(_MultiLevelPooler):
 
     def pool(self, feature, rois, scale):
         return roi_pool(feature, rois, self.output_size, scale)
+
+
+_ROI_ALIGN_BACKWARD = getattr(torch.ops.torchvision, "_roi_align_backward", None)
+
+
+class _RoIAlignSideBySide(torch.autograd.Function):
+    """torchvision's RoIAlign, forward and backward, in chunks of RoIs side by side on the CPU (its
+    CPU backward runs on one core: ~12% of a quick-start training step). The forward gives the
+    numbers of one call; the backward adds the chunks' gradients, so the feature gradient differs
+    from one call's by float rounding only."""
+
+    @staticmethod
+    def forward(ctx, feature, rois, scale, size, sampling_ratio, aligned, threads):
+        op = torch.ops.torchvision.roi_align
+        chunks = rois.tensor_split(threads)
+        args = (scale, size[0], size[1], sampling_ratio, aligned)
+        parts = run_side_by_side([partial(op, feature, chunk, *args) for chunk in chunks])
+        ctx.save_for_backward(rois)
+        ctx.args = (scale, size, sampling_ratio, aligned, threads, tuple(feature.shape))
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (rois,) = ctx.saved_tensors
+        scale, size, sampling_ratio, aligned, threads, shape = ctx.args
+        calls = [
+            partial(_ROI_ALIGN_BACKWARD, g, r, scale, *size, *shape, sampling_ratio, aligned)
+            for g, r in zip(grad.tensor_split(threads), rois.tensor_split(threads))
+        ]
+        parts = run_side_by_side(calls)
+        total = parts[0]
+        for part in parts[1:]:
+            total += part
+        return total, None, None, None, None, None, None

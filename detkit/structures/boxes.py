@@ -7,12 +7,15 @@ pieces detkit needs around them: the box coder, clipping and small-box removal.
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from functools import partial
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms as _torchvision_batched_nms
 from torchvision.ops import box_iou, nms  # noqa: F401  (re-exported)
+
+from ..utils.threads import cpu_split, run_side_by_side
 
 # exp() of a larger log-scale delta would explode; 1000/16 is the ratio used since Fast R-CNN.
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -42,6 +45,8 @@ def batched_nms(
     image size, where float32 loses the precision IoU needs, and its per-group loop iterates over
     ``torch.unique`` (data-dependent). ``num_groups`` is fixed by the architecture."""
     if not torch.jit.is_tracing():
+        if boxes.device.type == "cpu" and boxes.numel() > TORCHVISION_CPU_PER_GROUP:
+            return _per_group_side_by_side(boxes, scores, groups, iou_thresh)
         return _torchvision_batched_nms(boxes, scores, groups, iou_thresh)
     if num_groups < 1:
         raise ValueError("batched_nms needs num_groups >= 1 while tracing (one NMS per group)")
@@ -51,6 +56,38 @@ def batched_nms(
         keeps.append(idx[nms(boxes[idx], scores[idx], iou_thresh)])
     keep = torch.cat(keeps)
     return keep[torch.sort(scores[keep], descending=True)[1]]
+
+
+# torchvision's batched_nms runs one NMS per group above this many box coordinates on the CPU (its
+# coordinate trick below); detkit does the same, with the groups side by side
+TORCHVISION_CPU_PER_GROUP = 4000
+
+
+def _per_group_side_by_side(
+    boxes: Tensor, scores: Tensor, groups: Tensor, iou_thresh: float
+) -> Tensor:
+    """torchvision's per-group batched NMS with the groups' NMS calls (one core each on the CPU)
+    spread over torch's threads: the same kept boxes in the same order."""
+    members = [torch.where(groups == g)[0] for g in torch.unique(groups)]
+    threads = cpu_split(boxes, len(members), 1)
+    if threads == 1:
+        return _torchvision_batched_nms(boxes, scores, groups, iou_thresh)
+    shares: List[List[Tensor]] = [[] for _ in range(threads)]
+    work = [0] * threads  # NMS costs ~n^2: the largest groups first, each to the least loaded
+    for idx in sorted(members, key=len, reverse=True):
+        j = work.index(min(work))
+        shares[j].append(idx)
+        work[j] += len(idx) ** 2
+
+    def run(share: List[Tensor]) -> List[Tensor]:
+        return [idx[nms(boxes[idx], scores[idx], iou_thresh)] for idx in share]
+
+    keep_mask = torch.zeros_like(scores, dtype=torch.bool)
+    for kept in run_side_by_side([partial(run, share) for share in shares if share]):
+        for k in kept:
+            keep_mask[k] = True
+    keep = torch.where(keep_mask)[0]
+    return keep[scores[keep].sort(descending=True)[1]]
 
 
 def nonempty(boxes: Tensor, min_size: float) -> Tensor:

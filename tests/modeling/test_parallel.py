@@ -104,7 +104,7 @@ def fpn_features_and_boxes(dtype=torch.float32, rois=120):
         for s in (1, 2, 4)
     ]
     xy = torch.rand(rois, 2, generator=g) * torch.tensor([300.0, 200.0])
-    wh = torch.rand(rois, 2, generator=g) * 180 + 1
+    wh = torch.rand(rois, 2, generator=g) * 250 + 1
     boxes = torch.cat([xy, (xy + wh).minimum(torch.tensor([384.0, 256.0]))], 1)
     return feats, [boxes[: rois // 3], boxes[rois // 3 :]]
 
@@ -112,13 +112,13 @@ def fpn_features_and_boxes(dtype=torch.float32, rois=120):
 @pytest.mark.parametrize("name", ["ROIAlign", "ROIPool"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_roi_chunks_side_by_side_equal_one_call(name, dtype, two_threads, monkeypatch):
-    from detkit.modeling import parallel, poolers
+    from detkit.modeling import poolers
     from detkit.registry import ROI_POOLERS
 
     pooler = ROI_POOLERS.get(name)(output_size=7, in_strides=(4, 8, 16))
     feats, boxes = fpn_features_and_boxes(dtype)
     calls = []
-    real = parallel.run_side_by_side
+    real = poolers.run_side_by_side
     monkeypatch.setattr(poolers, "run_side_by_side", lambda c: calls.append(len(c)) or real(c))
     with torch.inference_mode():
         split = pooler(feats, boxes, (256, 384))
@@ -130,23 +130,58 @@ def test_roi_chunks_side_by_side_equal_one_call(name, dtype, two_threads, monkey
     assert split.abs().sum() > 0
 
 
-def test_roi_threads_only_for_cpu_inference(two_threads):
+def test_roi_threads_follow_the_calling_threads_torch_setting(two_threads):
     from detkit.modeling.poolers import MIN_ROIS_PER_THREAD, roi_threads
 
     feature = torch.zeros(1, 4, 8, 8)
     rois = torch.zeros(1000, 5)
     assert roi_threads(feature, rois[: 2 * MIN_ROIS_PER_THREAD]) == 2
     assert roi_threads(feature, rois[: 2 * MIN_ROIS_PER_THREAD - 1]) == 1  # too few to hand over
-    trained = feature.clone().requires_grad_()
-    assert roi_threads(trained, rois) == 1  # training keeps one call (autograd)
-    with torch.no_grad():
-        assert roi_threads(trained, rois) == 2
     torch.set_num_threads(1)  # e.g. a ParallelImages worker's share on 2 cores
     assert roi_threads(feature, rois) == 1
 
 
+@pytest.mark.parametrize("name", ["ROIAlign", "ROIPool"])
+def test_training_roi_chunks_give_one_calls_values_and_gradients(name, two_threads, monkeypatch):
+    """RoIAlign's forward and backward run in chunks side by side in training too (same forward,
+    gradients up to float rounding); RoIPool has no such path and keeps one call."""
+    from detkit.modeling import poolers
+    from detkit.registry import ROI_POOLERS
+
+    pooler = ROI_POOLERS.get(name)(output_size=7, in_strides=(4, 8, 16))
+    chunked = []
+    real = poolers._RoIAlignSideBySide.apply
+    monkeypatch.setattr(
+        poolers._RoIAlignSideBySide, "apply", lambda *a: chunked.append(a[-1]) or real(*a)
+    )
+    if name == "ROIAlign":  # the chunked backward is RoIAlign's gradient (finite differences)
+        feature = torch.randn(1, 3, 16, 20, dtype=torch.float64, requires_grad=True)
+        rois = torch.tensor([[0, 4.0, 6.0, 60.0, 50.0]] * 40, dtype=torch.float64)
+        rois[:, 1:] += torch.arange(40, dtype=torch.float64)[:, None] / 3
+        chunks = lambda f: pooler.pool_chunks_with_grad(f, rois, 0.25, 2)  # noqa: E731
+        torch.autograd.gradcheck(chunks, (feature,), atol=1e-6)
+        chunked.clear()
+    feats, boxes = fpn_features_and_boxes(rois=150)
+    weights = torch.randn(150, 8, 7, 7, generator=torch.Generator().manual_seed(1))
+    results = []
+    for split in (True, False):
+        if not split:
+            monkeypatch.setattr(poolers, "roi_threads", lambda feature, rois: 1)
+        leaves = [f.clone().contiguous().requires_grad_() for f in feats]
+        out = pooler(leaves, boxes, (256, 384))
+        (out * weights).sum().backward()
+        results.append((out.detach(), [f.grad for f in leaves]))
+    (split_out, split_grads), (one_out, one_grads) = results
+    assert chunked == ([2] * len(chunked) if name == "ROIAlign" else [])  # 2 chunks per level
+    assert len(chunked) >= (1 if name == "ROIAlign" else 0)
+    assert torch.equal(split_out, one_out)
+    for a, b in zip(split_grads, one_grads):
+        assert b.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_run_side_by_side_order_modes_and_errors():
-    from detkit.modeling.parallel import MAX_THREADS, run_side_by_side
+    from detkit.utils.threads import MAX_THREADS, run_side_by_side
 
     assert run_side_by_side([lambda i=i: i for i in range(5)]) == [0, 1, 2, 3, 4]
     with torch.inference_mode():
@@ -163,7 +198,7 @@ def test_run_side_by_side_order_modes_and_errors():
 
 
 def _side_by_side_in_child(queue):
-    from detkit.modeling.parallel import run_side_by_side
+    from detkit.utils.threads import run_side_by_side
 
     queue.put(run_side_by_side([lambda i=i: i * i for i in range(3)]))
 
@@ -174,7 +209,7 @@ def test_pools_work_again_in_a_forked_child(ckpt):
     would wait forever in the parent's queue)."""
     import multiprocessing
 
-    from detkit.modeling.parallel import run_side_by_side
+    from detkit.utils.threads import run_side_by_side
 
     assert run_side_by_side([lambda: 1, lambda: 2]) == [1, 2]  # the parent's pool exists
     det = Detector.from_checkpoint(str(ckpt), overrides=["test.parallel_images=2"])

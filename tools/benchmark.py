@@ -44,18 +44,13 @@ from detkit.benchmark import (
     random_targets,
 )
 from detkit.config import load_config
-from detkit.export.runtime import (
-    BACKENDS,
-    BackendError,
-    check_backend,
-    cpu_description,
-    make_predictor,
-)
+from detkit.export.runtime import BACKENDS, BackendError, check_backend, make_predictor
 from detkit.modeling import build_model
 from detkit.modeling.precision import autocast
 from detkit.modeling.weights import torchvision_detector_to_detkit
 from detkit.utils.cli import tool_main, tool_parser
 from detkit.utils.device import resolve_device
+from detkit.utils.threads import cpu_description
 
 logger = logging.getLogger("detkit")
 

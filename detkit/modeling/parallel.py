@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from detkit.config import ConfigError
 from detkit.config.config import DEFAULTS
-from detkit.utils.threads import MAX_THREADS, ThreadPool
+from detkit.utils.threads import MAX_THREADS, ThreadPool, physical_cores
 
 
 def resolve_parallel_images(cfg, device: torch.device, cores: Optional[int] = None) -> int:
@@ -33,8 +33,6 @@ def resolve_parallel_images(cfg, device: torch.device, cores: Optional[int] = No
         if torch.device(device).type != "cpu":
             return 1
         if cores is None:
-            from detkit.export.runtime import physical_cores
-
             cores = physical_cores()
         return max(1, min(int(cores), MAX_THREADS))
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from functools import partial
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,13 @@ def roi_threads(feature: Tensor, rois: Tensor) -> int:
     """Chunks of RoIs to pool ``rois`` from ``feature`` in, side by side: ``cpu_split`` (torch's
     threads of the calling thread on the CPU, else 1)."""
     return 1 if torch.jit.is_tracing() else cpu_split(feature, rois.shape[0], MIN_ROIS_PER_THREAD)
+
+
+def in_chunks(pool: Callable[[Tensor], Tensor], rois: Tensor, threads: int) -> Tensor:
+    """``pool(rois)`` computed as ``threads`` chunks of RoIs side by side: each RoI is pooled on
+    its own, so the result is that of one call."""
+    parts = run_side_by_side([partial(pool, chunk) for chunk in rois.tensor_split(threads)])
+    return torch.cat(parts)
 
 
 def boxes_to_rois(boxes: List[Tensor]) -> Tensor:
@@ -82,18 +89,16 @@ class _MultiLevelPooler(nn.Module):
         chunks of RoIs are pooled side by side (``roi_threads``); each RoI is pooled on its own, so
         the numbers are those of one call."""
         threads = roi_threads(feature, rois)
-        training = torch.is_grad_enabled() and feature.requires_grad
-        if threads > 1 and training:  # where the pooler has a backward in chunks (RoIAlign)
+        if threads > 1 and not (torch.is_grad_enabled() and feature.requires_grad):
+            dense = feature.to(torch.float32, memory_format=torch.contiguous_format)
+            return in_chunks(partial(self.pool, dense, scale=scale), rois, threads).to(
+                feature.dtype
+            )
+        if threads > 1:  # training: where the pooler has a backward in chunks (RoIAlign)
             pooled = self.pool_chunks_with_grad(feature.float(), rois, scale, threads)
             if pooled is not None:
                 return pooled.to(feature.dtype)
-        if threads == 1 or training:
-            return self.pool(feature.float(), rois, scale).to(feature.dtype)
-        dense = feature.to(torch.float32, memory_format=torch.contiguous_format)
-        parts = run_side_by_side(
-            [partial(self.pool, dense, chunk, scale) for chunk in rois.tensor_split(threads)]
-        )
-        return torch.cat(parts).to(feature.dtype)
+        return self.pool(feature.float(), rois, scale).to(feature.dtype)
 
     def pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
         raise NotImplementedError  # implemented by the two registered poolers below
@@ -221,13 +226,15 @@ class _RoIAlignSideBySide(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, feature, rois, scale, size, sampling_ratio, aligned, threads):
-        op = torch.ops.torchvision.roi_align
-        chunks = rois.tensor_split(threads)
-        args = (scale, size[0], size[1], sampling_ratio, aligned)
-        parts = run_side_by_side([partial(op, feature, chunk, *args) for chunk in chunks])
         ctx.save_for_backward(rois)
         ctx.args = (scale, size, sampling_ratio, aligned, threads, tuple(feature.shape))
-        return torch.cat(parts)
+
+        def pool(chunk: Tensor) -> Tensor:
+            return torch.ops.torchvision.roi_align(
+                feature, chunk, scale, *size, sampling_ratio, aligned
+            )
+
+        return in_chunks(pool, rois, threads)
 
     @staticmethod
     def backward(ctx, grad):

@@ -69,21 +69,23 @@ def _per_group_side_by_side(
     """torchvision's per-group batched NMS with the groups' NMS calls (one core each on the CPU)
     spread over torch's threads: the same kept boxes in the same order."""
     members = [torch.where(groups == g)[0] for g in torch.unique(groups)]
-    threads = cpu_split(boxes, len(members), 1)
-    if threads == 1:
-        return _torchvision_batched_nms(boxes, scores, groups, iou_thresh)
-    shares: List[List[Tensor]] = [[] for _ in range(threads)]
-    work = [0] * threads  # NMS costs ~n^2: the largest groups first, each to the least loaded
-    for idx in sorted(members, key=len, reverse=True):
-        j = work.index(min(work))
-        shares[j].append(idx)
-        work[j] += len(idx) ** 2
 
     def run(share: List[Tensor]) -> List[Tensor]:
         return [idx[nms(boxes[idx], scores[idx], iou_thresh)] for idx in share]
 
+    threads = cpu_split(boxes, len(members), 1)
+    if threads == 1:
+        results = [run(members)]
+    else:
+        shares: List[List[Tensor]] = [[] for _ in range(threads)]
+        work = [0] * threads  # NMS costs ~n^2: the largest groups first, each to the least loaded
+        for idx in sorted(members, key=len, reverse=True):
+            j = work.index(min(work))
+            shares[j].append(idx)
+            work[j] += len(idx) ** 2
+        results = run_side_by_side([partial(run, share) for share in shares])
     keep_mask = torch.zeros_like(scores, dtype=torch.bool)
-    for kept in run_side_by_side([partial(run, share) for share in shares if share]):
+    for kept in results:
         for k in kept:
             keep_mask[k] = True
     keep = torch.where(keep_mask)[0]

@@ -17,13 +17,12 @@ from detkit.export.runtime import (
     BackendError,
     OnnxRuntimePredictor,
     check_backend,
-    cpu_description,
     graph_key,
     make_predictor,
-    physical_cores,
 )
 from detkit.modeling.parallel import ParallelImages
 from detkit.utils.io import WriteError
+from detkit.utils.threads import cpu_description, physical_cores
 from tests.conftest import TINY_C4, tiny_config
 from tests.export.test_export import SIZES, smooth_image
 from tests.video.helpers import save_tiny_checkpoint

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from detkit.export.runtime import physical_cores
+from detkit.utils.threads import physical_cores
 from tests.conftest import error_lines
 from tests.video.helpers import FAST, load_tool, reference_video, save_tiny_checkpoint
 

@@ -44,7 +44,7 @@ class Detector:
     """A model in eval mode plus its test-time preprocessing and class names.
 
     ``device``: "cpu" (the default), "cuda", "cuda:1"... or "auto" (CUDA when available); asking
-    for CUDA on a machine without it is a ``DeviceError`` naming the option.
+    for CUDA on a machine without it is a ``ConfigError`` naming the option.
     ``backend``: "eager" or "onnxruntime" (see the module docstring); checked here, so an option the
     backend cannot run fails before anything is exported. ``weights``: the file the model's tensors
     came from (the onnxruntime backend caches its graph next to it).

@@ -94,13 +94,13 @@ def test_convert_imagenet_resnet_cli(tmp_path):
 
 
 def test_device_cuda_without_cuda_is_a_clear_error(tmp_path, monkeypatch):
-    from detkit.utils.device import DeviceError
+    from detkit.errors import ConfigError
 
     tiny_checkpoint(tmp_path / "m.pth")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(
-        DeviceError,
+        ConfigError,
         match=r"^device='cuda' asks for CUDA, but this machine has no usable CUDA device",
     ):
         Detector.from_checkpoint(str(tmp_path / "m.pth"), device="cuda")

@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 from typing import List
 
+from detkit.errors import BackendError
+
 # this checkout's detkit, also without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -44,7 +46,7 @@ from detkit.benchmark import (
     random_targets,
 )
 from detkit.config import load_config
-from detkit.export.runtime import BACKENDS, BackendError, check_backend, make_predictor
+from detkit.export.runtime import BACKENDS, check_backend, make_predictor
 from detkit.modeling import build_model
 from detkit.modeling.precision import autocast
 from detkit.modeling.weights import torchvision_detector_to_detkit

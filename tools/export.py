@@ -63,7 +63,7 @@ def main(argv=None) -> int:
         ".pt" if args.format == "torchscript" else ".onnx"
     )
     det = Detector.from_checkpoint(args.checkpoint, device="cpu", overrides=args.overrides)
-    export(det, output, args.format, opset=args.opset)  # an ExportError is a user error: exit 1
+    export(det, output, args.format, opset=args.opset)  # an BackendError is a user error: exit 1
     if args.check:
         fraction = check_export(det, output, args.format)
         if fraction < 0.99:

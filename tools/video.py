@@ -126,7 +126,7 @@ def main(argv=None) -> int:
 
         args.batch_size = resolve_parallel_images(det.cfg, det.device)
         logger.info("--batch-size %d (frames side by side: test.parallel_images)", args.batch_size)
-    result = detect_source(  # SourceError, OutputError, UsageError: user errors, exit 1
+    result = detect_source(  # DataError, WriteError, ConfigError: user errors, exit 1
         det,
         args.input,
         output=args.output,

@@ -1,6 +1,5 @@
 """Strict YAML configs: ``_base_`` inheritance, dotted overrides, validation against defaults.yaml."""
 
 from .config import Config, load_config
-from .schema import ConfigError
 
 __all__ = ["Config", "ConfigError", "load_config"]

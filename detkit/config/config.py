@@ -16,10 +16,10 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import yaml
 
+from detkit.errors import ConfigError
 from detkit.utils.io import atomic_write_text
 
 from .schema import (
-    ConfigError,
     check_value,
     components,
     defaults,

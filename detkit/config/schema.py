@@ -22,18 +22,13 @@ from typing import Any, Dict, List
 
 import yaml
 
-from detkit.errors import DetkitError
+from detkit.errors import ConfigError
 
 # Keys whose value is a list of free-form dicts ``{name: <registered class>, ...kwargs}``. Only ``name``
 # is checked here; the other keys are checked against the constructor by the builder, which knows it.
 FREEFORM_ENTRY_LISTS = ("data.*.datasets",)
 
 MISSING = object()  # "no such key in the schema", distinct from a default of None
-
-
-class ConfigError(DetkitError, ValueError):
-    """A config file, dict or override detkit cannot accept; the message names the key, where it came
-    from and what would be accepted, so the user can fix it without reading the code."""
 
 
 class _Loader(yaml.SafeLoader):

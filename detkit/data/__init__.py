@@ -9,8 +9,8 @@ from detkit.data.build import (
     collate,
 )
 from detkit.data.coco import COCODataset, records_to_coco
-from detkit.data.common import DatasetError, resolve_data_root, resolve_path
-from detkit.data.image_io import ImageReadError, read_image
+from detkit.data.common import resolve_data_root, resolve_path
+from detkit.data.image_io import read_image
 from detkit.data.samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
 from detkit.data.synthetic import SyntheticDataset, generate_synthetic
 from detkit.data.transforms import InferenceMapper, TrainMapper
@@ -18,10 +18,8 @@ from detkit.data.voc import VOC_CLASSES, VOCDataset, parse_voc_xml, write_voc_xm
 
 __all__ = [
     "COCODataset",
-    "DatasetError",
     "DatasetUnion",
     "GroupedBatchSampler",
-    "ImageReadError",
     "InferenceMapper",
     "InferenceSampler",
     "SyntheticDataset",

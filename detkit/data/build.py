@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader
 
-from detkit.data.common import DATASETS_README, DatasetError
+from detkit.data.common import DATASETS_README
 from detkit.data.samplers import (
     InferenceSampler,
     ResumableBatchSampler,
@@ -26,7 +26,7 @@ from detkit.data.samplers import (
     sample_seed,
 )
 from detkit.data.transforms import InferenceMapper, TrainMapper
-from detkit.errors import DetkitError
+from detkit.errors import DataError, DetkitError
 from detkit.registry import DATASETS
 from detkit.utils.distributed import rank_and_world_size
 
@@ -68,7 +68,7 @@ class _FailedSample:
         try:
             pickle.loads(pickle.dumps(error))
         except Exception:  # an error type that cannot be rebuilt from its pickle keeps its text
-            error = DatasetError(f"{type(error).__name__}: {error}")
+            error = DataError(f"{type(error).__name__}: {error}")
         self.error = error
 
 
@@ -116,12 +116,12 @@ class DatasetUnion(torch.utils.data.Dataset):
 
     def __init__(self, datasets: Sequence[Any], names: Optional[Sequence[str]] = None):
         if not datasets:
-            raise DatasetError("a dataset union needs at least one dataset")
+            raise DataError("a dataset union needs at least one dataset")
         names = list(names) if names is not None else [repr(d) for d in datasets]
         first = datasets[0]
         for d, name in zip(datasets[1:], names[1:]):
             if list(d.class_names) != list(first.class_names):
-                raise DatasetError(
+                raise DataError(
                     f"cannot combine {names[0]} and {name}: their class names differ "
                     f"({list(first.class_names)} vs {list(d.class_names)})"
                 )
@@ -193,12 +193,12 @@ def _hint(name: str, choices: List[str]) -> str:
 
 def _check_entry(entry: Any, where: str):
     if not isinstance(entry, Mapping) or "name" not in entry:
-        raise DatasetError(
+        raise DataError(
             f"{where} must be a mapping with a 'name' key (a registered dataset: "
             f"{list(DATASETS)}), got {entry!r}"
         )
     if entry["name"] not in DATASETS:
-        raise DatasetError(
+        raise DataError(
             f"{where}: unknown dataset '{entry['name']}'; registered: {list(DATASETS)}"
             f"{_hint(str(entry['name']), list(DATASETS))}"
         )
@@ -207,7 +207,7 @@ def _check_entry(entry: Any, where: str):
     valid = _constructor_params(cls)
     for key in kwargs:
         if key not in valid:
-            raise DatasetError(
+            raise DataError(
                 f"{where}: unknown argument '{key}' for {entry['name']}; "
                 f"valid arguments: {valid}{_hint(key, valid)}"
             )
@@ -220,7 +220,7 @@ def _check_entry(entry: Any, where: str):
     ]
     missing = [p for p in required if p not in kwargs]
     if missing:
-        raise DatasetError(f"{where}: {entry['name']} needs argument(s) {missing}")
+        raise DataError(f"{where}: {entry['name']} needs argument(s) {missing}")
     return cls, kwargs, valid
 
 
@@ -248,7 +248,7 @@ def build_dataset(cfg: Any, split: str):
     split_cfg = _get(data, split)
     entries = list(_get(split_cfg, "datasets", []))
     if not entries:
-        raise DatasetError(
+        raise DataError(
             f"no datasets configured under data.{split}.datasets; add entries like "
             f"{{name: COCODataset, ann_file: ..., img_dir: ...}} (see {DATASETS_README})"
         )
@@ -267,7 +267,7 @@ def build_dataset(cfg: Any, split: str):
         names.append(f"{where} {datasets[-1]!r}")
     dataset = datasets[0] if len(datasets) == 1 else DatasetUnion(datasets, names)
     if len(dataset) == 0:
-        raise DatasetError(f"data.{split}.datasets gives no images ({names})")
+        raise DataError(f"data.{split}.datasets gives no images ({names})")
     logger.info("%s dataset: %d images, %d classes", split, len(dataset), len(dataset.class_names))
     return dataset
 

@@ -15,13 +15,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from detkit.data.common import (
-    DatasetError,
-    DetectionDataset,
-    PathLike,
-    empty_record_arrays,
-    resolve_path,
-)
+from detkit.data.common import DetectionDataset, PathLike, empty_record_arrays, resolve_path
+from detkit.errors import DataError
 from detkit.registry import DATASETS
 from detkit.utils.coco_json import check_annotation_ids, int_ids, read_json
 
@@ -31,28 +26,28 @@ _CLIP_TOLERANCE = 0.01  # px; float noise beyond the border is clipped without a
 
 
 def load_json(path: PathLike) -> dict:
-    data = read_json(path, "COCO annotation", DatasetError)
+    data = read_json(path, "COCO annotation", DataError)
     if not isinstance(data, dict):
-        raise DatasetError(f"{path}: a COCO file is a JSON object, got {type(data).__name__}")
+        raise DataError(f"{path}: a COCO file is a JSON object, got {type(data).__name__}")
     return data
 
 
 def _require(entry: dict, keys: Sequence[str], path, what: str) -> None:
     missing = [k for k in keys if k not in entry]
     if missing:
-        raise DatasetError(f"{path}: {what} is missing key(s) {missing}")
+        raise DataError(f"{path}: {what} is missing key(s) {missing}")
 
 
 def parse_categories(data: dict, path) -> Tuple[List[int], List[str]]:
     """Category ids sorted ascending and their names: detkit label i <-> category id ids[i]."""
     if not isinstance(data.get("categories"), list) or not data["categories"]:
-        raise DatasetError(f"{path}: 'categories' must be a non-empty list")
+        raise DataError(f"{path}: 'categories' must be a non-empty list")
     names: Dict[int, str] = {}
-    int_ids([c.get("id") for c in data["categories"]], path, "category ids", DatasetError)
+    int_ids([c.get("id") for c in data["categories"]], path, "category ids", DataError)
     for i, cat in enumerate(data["categories"]):
         _require(cat, ("id", "name"), path, f"category #{i}")
         if cat["id"] in names:
-            raise DatasetError(f"{path}: duplicate category id {cat['id']}")
+            raise DataError(f"{path}: duplicate category id {cat['id']}")
         names[cat["id"]] = str(cat["name"])
     ids = sorted(names)
     return ids, [names[i] for i in ids]
@@ -60,19 +55,17 @@ def parse_categories(data: dict, path) -> Tuple[List[int], List[str]]:
 
 def parse_images(data: dict, path) -> List[dict]:
     if not isinstance(data.get("images"), list):
-        raise DatasetError(f"{path}: 'images' must be a list")
-    int_ids([img.get("id") for img in data["images"]], path, "image ids", DatasetError)
+        raise DataError(f"{path}: 'images' must be a list")
+    int_ids([img.get("id") for img in data["images"]], path, "image ids", DataError)
     seen = set()
     for i, img in enumerate(data["images"]):
         _require(
             img, ("id", "file_name", "height", "width"), path, f"image #{i} (id {img.get('id')})"
         )
         if img["id"] in seen:
-            raise DatasetError(f"{path}: duplicate image id {img['id']}")
+            raise DataError(f"{path}: duplicate image id {img['id']}")
         if int(img["height"]) <= 0 or int(img["width"]) <= 0:
-            raise DatasetError(
-                f"{path}: image id {img['id']} has size {img['width']}x{img['height']}"
-            )
+            raise DataError(f"{path}: image id {img['id']} has size {img['width']}x{img['height']}")
         seen.add(img["id"])
     return data["images"]
 
@@ -90,12 +83,12 @@ def _column(anns: List[dict], key: str, path) -> list:
 
 
 def _int_column(anns: List[dict], key: str, path) -> np.ndarray:
-    return int_ids(_column(anns, key, path), path, f"annotation {key}s", DatasetError)
+    return int_ids(_column(anns, key, path), path, f"annotation {key}s", DataError)
 
 
 def _bbox_column(anns: List[dict], path, ids: np.ndarray) -> np.ndarray:
     def fail(i):
-        raise DatasetError(
+        raise DataError(
             f"{path}: annotation id {ids[i]}: 'bbox' must be 4 finite numbers [x, y, w, h], "
             f"got {anns[i]['bbox']!r}"
         )
@@ -133,7 +126,7 @@ def _lookup(
     unknown = np.flatnonzero(keys[order][pos] != values) if len(keys) else np.arange(len(values))
     if len(unknown):
         i = unknown[0]
-        raise DatasetError(
+        raise DataError(
             f"{path}: annotation id {ids[i]} refers to unknown {what} id {values[i]}"
             + (f" (categories: {keys.tolist()})" if what == "category" else "")
         )
@@ -150,10 +143,10 @@ def parse_annotations(
         )
     anns = data.get("annotations", [])
     if not isinstance(anns, list):
-        raise DatasetError(f"{path}: 'annotations' must be a list")
+        raise DataError(f"{path}: 'annotations' must be a list")
     ids = _int_column(anns, "id", path)
     img = _int_column(anns, "image_id", path)
-    check_annotation_ids(ids, path, DatasetError, image_ids=img)
+    check_annotation_ids(ids, path, DataError, image_ids=img)
     cats = _int_column(anns, "category_id", path)
     labels = _lookup(cats, category_ids, ids, path, "category")
     image_index = _lookup(img, image_ids, ids, path, "image")

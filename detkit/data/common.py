@@ -14,17 +14,13 @@ from typing import Callable, List, Optional, Union
 import numpy as np
 import torch
 
-from detkit.data.image_io import ImageReadError, read_image
-from detkit.errors import DetkitError
+from detkit.data.image_io import read_image
+from detkit.errors import DataError
 
 logger = logging.getLogger("detkit")
 
 DATASETS_README = "datasets/README.md"
 PathLike = Union[str, os.PathLike]
-
-
-class DatasetError(DetkitError, ValueError):
-    """A dataset file or folder is missing or malformed; the message names the file and the id."""
 
 
 def resolve_data_root(root: Optional[PathLike] = None) -> Path:
@@ -53,7 +49,7 @@ def resolve_path(
         p = resolve_data_root(root) / p
     p = p.absolute()
     if must_exist and not p.exists():
-        raise DatasetError(
+        raise DataError(
             f"{what} not found: {p} (relative paths resolve against data.root, else $DETKIT_DATASETS, "
             f"else ./datasets; see {DATASETS_README} for the expected layout)"
         )
@@ -112,7 +108,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             record = self.records[(index + k) % len(self.records)]
             try:
                 image = self._load_image(record)
-            except (ImageReadError, DatasetError) as err:
+            except DataError as err:
                 if not self.skip_broken:
                     raise self._broken_image_error(err, record) from None
                 self.num_skipped += 1
@@ -124,7 +120,7 @@ class DetectionDataset(torch.utils.data.Dataset):
                 return raw_sample(record, image)
             return self.mapper(record, image)
         if is_train:
-            raise DatasetError(f"{tries} consecutive images from index {index} could not be read")
+            raise DataError(f"{tries} consecutive images from index {index} could not be read")
         return None
 
     def _broken_image_error(self, err: Exception, record: dict) -> Exception:
@@ -145,7 +141,7 @@ class DetectionDataset(torch.utils.data.Dataset):
                     " (height and width are swapped: the EXIF orientation disagrees with the annotation; "
                     f"try input.exif={not self.exif})"
                 )
-            raise DatasetError(
+            raise DataError(
                 f"image {record['file_name']} (image id {record['image_id']}) is "
                 f"{image.shape[1]}x{image.shape[0]} (WxH) but the annotation says "
                 f"{expected[1]}x{expected[0]}{hint}"

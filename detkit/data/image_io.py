@@ -3,7 +3,7 @@
 Pillow decodes (it knows EXIF); every mode a detection image plausibly comes in is turned into RGB:
 grayscale (L, 1), palette (P, PA), alpha (LA, RGBA: alpha dropped, not composited), CMYK, YCbCr and
 16-bit grayscale (I;16*, I: scaled 0..65535 -> 0..255). Anything else, a missing, truncated or broken
-file, or a decompression bomb raises ``ImageReadError`` naming the file.
+file, or a decompression bomb raises ``DataError`` naming the file.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from detkit.errors import DetkitError
+from detkit.errors import DataError
 
 logger = logging.getLogger("detkit")
 
@@ -37,13 +37,6 @@ _CONVERTIBLE_MODES = (
 )
 
 
-class ImageReadError(DetkitError, OSError):
-    """An image file cannot be read; the message names the file and says why.
-
-    Constructed from a single message so that a DataLoader worker can re-raise it in the main process.
-    """
-
-
 def read_image(path: Union[str, os.PathLike], exif: bool = True) -> np.ndarray:
     """Read ``path`` as a ``np.uint8`` array of shape (H, W, 3), RGB.
 
@@ -59,21 +52,21 @@ def read_image(path: Union[str, os.PathLike], exif: bool = True) -> np.ndarray:
                 if exif:
                     im = _apply_exif(im, path)
                 return _to_rgb_array(im, path)
-    except ImageReadError:
+    except DataError:
         raise
     except FileNotFoundError:
-        raise ImageReadError(f"image file not found: {path}") from None
+        raise DataError(f"image file not found: {path}") from None
     except Image.DecompressionBombError as err:
-        raise ImageReadError(
+        raise DataError(
             f"refusing to decode {path}: {err} (raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted)"
         ) from None
     except UnidentifiedImageError:
-        raise ImageReadError(
+        raise DataError(
             f"cannot identify image file {path}: not an image, a format Pillow cannot read, or corrupted"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         # Pillow reports truncated and corrupt data streams as OSError, broken PNG chunks as SyntaxError
-        raise ImageReadError(
+        raise DataError(
             f"cannot decode image file {path} (truncated or corrupted?): {err}"
         ) from None
 
@@ -96,7 +89,7 @@ def _to_rgb_array(im: Image.Image, path: str) -> np.ndarray:
         return _sixteen_bit_to_rgb(np.asarray(im), mode, path)
     if mode in _CONVERTIBLE_MODES:
         return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    raise ImageReadError(
+    raise DataError(
         f"unsupported image mode {mode!r} in {path}; detkit reads RGB, grayscale, palette, alpha, "
         "CMYK and 16-bit grayscale images (convert the file to 8-bit RGB)"
     )
@@ -105,7 +98,7 @@ def _to_rgb_array(im: Image.Image, path: str) -> np.ndarray:
 def _sixteen_bit_to_rgb(arr: np.ndarray, mode: str, path: str) -> np.ndarray:
     arr = arr.astype(np.int64)
     if arr.ndim != 2 or (arr.size and (arr.min() < 0 or arr.max() > 65535)):
-        raise ImageReadError(
+        raise DataError(
             f"unsupported {mode!r} image {path}: values outside 0..65535 (convert the file to 8-bit RGB)"
         )
     # 65535 / 257 = 255: the full 16-bit range maps onto the full 8-bit range, rounding to nearest

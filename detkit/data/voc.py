@@ -18,13 +18,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from detkit.data.common import (
-    DatasetError,
-    DetectionDataset,
-    PathLike,
-    empty_record_arrays,
-    resolve_path,
-)
+from detkit.data.common import DetectionDataset, PathLike, empty_record_arrays, resolve_path
+from detkit.errors import DataError
 from detkit.registry import DATASETS
 from detkit.utils.voc_files import VOC_CLASSES, read_split, split_file
 
@@ -41,14 +36,14 @@ def _int_or_none(node: Optional[ET.Element]) -> Optional[int]:
 def _parse_object(obj: ET.Element, label_of: dict, path) -> tuple:
     name = (obj.findtext("name") or "").strip()
     if name not in label_of:
-        raise DatasetError(f"{path}: unknown class name {name!r} (classes: {list(label_of)})")
+        raise DataError(f"{path}: unknown class name {name!r} (classes: {list(label_of)})")
     bndbox = obj.find("bndbox")
     try:
         xmin, ymin, xmax, ymax = (
             float(bndbox.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")
         )
     except (AttributeError, TypeError, ValueError):
-        raise DatasetError(
+        raise DataError(
             f"{path}: object {name!r} has no valid <bndbox> xmin/ymin/xmax/ymax"
         ) from None
     difficult = _int_or_none(obj.find("difficult")) or 0  # a missing <difficult> means 0
@@ -64,7 +59,7 @@ def parse_voc_xml(path: PathLike, class_names: Sequence[str] = VOC_CLASSES) -> d
     try:
         root = ET.parse(path).getroot()
     except (ET.ParseError, OSError) as err:
-        raise DatasetError(f"cannot parse VOC annotation {path}: {err}") from None
+        raise DataError(f"cannot parse VOC annotation {path}: {err}") from None
     size = root.find("size")
     width = _int_or_none(size.find("width")) if size is not None else None
     height = _int_or_none(size.find("height")) if size is not None else None
@@ -195,7 +190,7 @@ class VOCDataset(DetectionDataset):
     def _make_record(self, name: str, image_id: int, keep_difficult: bool) -> dict:
         xml_path = Path(self.root) / "Annotations" / f"{name}.xml"
         if not xml_path.exists():
-            raise DatasetError(
+            raise DataError(
                 f"VOC annotation not found: {xml_path} (listed in split {self.split!r})"
             )
         ann = parse_voc_xml(xml_path, self.class_names)
@@ -208,7 +203,7 @@ class VOCDataset(DetectionDataset):
                 with Image.open(file_name) as im:
                     width, height = im.size
             except OSError as err:
-                raise DatasetError(
+                raise DataError(
                     f"{xml_path} gives no image size and {file_name} cannot be opened: {err}"
                 ) from err
         keep = np.ones(len(ann["labels"]), bool) if keep_difficult else ~ann["difficult"]

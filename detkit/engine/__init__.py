@@ -4,19 +4,16 @@
 tools/train.py and tools/test.py call; ``Trainer`` is the loop itself.
 """
 
-from .checkpoint import Checkpointer, CheckpointError, atomic_save, load_model_weights
+from .checkpoint import Checkpointer, atomic_save, load_model_weights
 from .distributed import DistContext, init_distributed
 from .inference import run_inference
-from .launch import OutputDirInUse, evaluate_main, train_main
+from .launch import evaluate_main, train_main
 from .solver import WarmupSchedule, build_optimizer, param_groups, scaled_base_lr
-from .trainer import DivergenceError, Trainer
+from .trainer import Trainer
 
 __all__ = [
-    "CheckpointError",
     "Checkpointer",
     "DistContext",
-    "DivergenceError",
-    "OutputDirInUse",
     "Trainer",
     "WarmupSchedule",
     "atomic_save",

@@ -24,10 +24,9 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
+from detkit.errors import CheckpointError, WriteError
 from detkit.utils.io import (
     TMP_PREFIX,
-    CheckpointError,
-    WriteError,
     atomic_copy,
     atomic_save,
     load_checkpoint,

@@ -17,8 +17,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from detkit.errors import DetkitError
-from detkit.utils.device import DeviceError, resolve_device
+from detkit.errors import ConfigError, TrainingError
+from detkit.utils.device import resolve_device
 
 # re-exported: the engine's modules import every collective from here
 from detkit.utils.distributed import (  # noqa: F401
@@ -47,14 +47,10 @@ class DistContext:
         return self.world_size > 1
 
 
-class OtherRankFailed(DetkitError, RuntimeError):
-    """A step failed on another process; the message carries that process's error."""
-
-
 def init_distributed(device: str = "auto", timeout_min: float = 30.0) -> DistContext:
     """Initialise from torchrun's environment variables (no-op for a single process) and pick the
     device: ``cuda:<LOCAL_RANK>`` when CUDA is available (``device="auto"``), else CPU; "cuda"
-    without a CUDA device is a ``DeviceError`` (see ``detkit.utils.device.resolve_device``)."""
+    without a CUDA device is a ``ConfigError`` (see ``detkit.utils.device.resolve_device``)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -64,7 +60,7 @@ def init_distributed(device: str = "auto", timeout_min: float = 30.0) -> DistCon
         # reports it; LOCAL_RANK alone would fail only the ranks beyond the device count
         per_node = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), local_rank + 1)
         if per_node > torch.cuda.device_count():
-            raise DeviceError(
+            raise ConfigError(
                 f"{per_node} processes per node but only {torch.cuda.device_count()} CUDA "
                 "devices are visible; start at most that many (torchrun --nproc-per-node)"
             )
@@ -128,7 +124,7 @@ def raise_if_any_rank_failed(error: Optional[BaseException], what: str) -> None:
     """Every rank calls this after a step that may fail (``error``: this rank's exception, or
     None); if any rank failed, every rank raises, so no rank is left waiting in a collective.
 
-    The failing rank re-raises its own error; the others raise :class:`OtherRankFailed` quoting it,
+    The failing rank re-raises its own error; the others raise :class:`TrainingError` quoting it,
     so rank 0 -- the only rank on the console -- prints the cause even when another rank failed.
     """
     if get_world_size() == 1:
@@ -141,7 +137,7 @@ def raise_if_any_rank_failed(error: Optional[BaseException], what: str) -> None:
         raise error
     if failures:
         rank, message = failures[0]
-        raise OtherRankFailed(f"{what} failed on rank {rank}: {message}")
+        raise TrainingError(f"{what} failed on rank {rank}: {message}")
 
 
 def reduce_flag(flag: bool) -> bool:

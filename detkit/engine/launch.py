@@ -16,7 +16,7 @@ import torch
 
 import detkit
 from detkit.data import build_test_loader
-from detkit.errors import DetkitError
+from detkit.errors import CheckpointError, WriteError
 from detkit.evaluation import build_evaluator
 from detkit.evaluation.common import write_json
 from detkit.export.runtime import check_backend, make_predictor
@@ -25,17 +25,13 @@ from detkit.modeling.parallel import batch_side_by_side
 from detkit.utils.io import ensure_output_dir
 from detkit.utils.logger import setup_logging
 
-from .checkpoint import LAST, Checkpointer, CheckpointError, load_model_weights
+from .checkpoint import LAST, Checkpointer, load_model_weights
 from .distributed import DistContext, all_gather_objects, cleanup_distributed, init_distributed
 from .inference import run_inference
 from .reporting import finished_run
 from .trainer import Trainer, build_dataset_main_first, run_on_all_ranks
 
 logger = logging.getLogger("detkit")
-
-
-class OutputDirInUse(DetkitError, RuntimeError):
-    """The output folder holds another run's checkpoints and ``--resume`` was not given."""
 
 
 def _log_environment(ctx: DistContext, cfg) -> None:
@@ -61,7 +57,7 @@ def _log_environment(ctx: DistContext, cfg) -> None:
 def _check_fresh_output(out: Path, resume: bool) -> None:
     existing = Checkpointer(out).resume_candidates()
     if existing and not resume:
-        raise OutputDirInUse(
+        raise WriteError(
             f"{out} already holds checkpoints ({existing[0].name}); pass --resume to continue "
             "that run, or choose another --output-dir"
         )
@@ -197,4 +193,4 @@ def _log_predictor(predictor, cfg) -> None:
     logger.info("backend: eager; test precision: %s", getattr(predictor, "precision", "fp32"))
 
 
-__all__ = ["LAST", "OutputDirInUse", "evaluate_main", "train_main"]
+__all__ = ["LAST", "WriteError", "evaluate_main", "train_main"]

@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from detkit.config import ConfigError
+from detkit.errors import ConfigError
 
 logger = logging.getLogger("detkit")
 

@@ -20,9 +20,8 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from tqdm import tqdm
 
-from detkit.config import ConfigError
 from detkit.data import build_dataset, build_test_loader, build_train_loader
-from detkit.errors import DetkitError
+from detkit.errors import ConfigError, TrainingError
 from detkit.evaluation import build_evaluator
 from detkit.modeling.build import build_model, build_predictor, check_backbone_init
 from detkit.modeling.parallel import ParallelImages, batch_side_by_side, resolve_parallel_images
@@ -52,10 +51,6 @@ logger = logging.getLogger("detkit")
 BUDGET_MEASURE_ITERS = (20, 120)
 
 
-class DivergenceError(DetkitError, FloatingPointError):
-    """A loss term (or the gradient norm) became NaN/Inf; raised on every rank at the same iteration."""
-
-
 def build_dataset_main_first(cfg, split: str, ctx: DistContext):
     """Rank 0 builds first (it may generate or index data), the others after it, from its files. A
     dataset error on rank 0 (e.g. a missing folder) is raised on every rank."""
@@ -73,7 +68,7 @@ def run_on_all_ranks(fn: Callable[[], Any], what: str) -> Any:
         result = fn()
     except Exception as e:  # re-raised below, after the other ranks have heard of it
         error, result = e, None
-    raise_if_any_rank_failed(error, what)  # the other ranks raise OtherRankFailed quoting it
+    raise_if_any_rank_failed(error, what)  # the other ranks raise TrainingError quoting it
     return result
 
 
@@ -420,7 +415,7 @@ class Trainer:
 
     def _diverged(self, message: str) -> None:
         self.checkpointer.disable(f"training diverged ({message})")
-        raise DivergenceError(f"{message}. Training stopped; {self._divergence_advice()}")
+        raise TrainingError(f"{message}. Training stopped; {self._divergence_advice()}")
 
     def _divergence_advice(self) -> str:
         """What to run next, with the checkpoint it would continue from: the advice must work as

@@ -19,20 +19,12 @@ from .exporters import (
     exportable,
     load_torchscript,
 )
-from .runtime import (
-    BACKENDS,
-    BackendError,
-    OnnxRuntimePredictor,
-    check_backend,
-    make_predictor,
-)
-from .traceable import ExportableDetector, ExportError
+from .runtime import BACKENDS, OnnxRuntimePredictor, check_backend, make_predictor
+from .traceable import ExportableDetector
 
 __all__ = [
     "BACKENDS",
     "FORMATS",
-    "BackendError",
-    "ExportError",
     "ExportableDetector",
     "OnnxDetector",
     "OnnxRuntimePredictor",

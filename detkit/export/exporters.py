@@ -33,8 +33,10 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from detkit.errors import BackendError
+
 from ..utils.io import atomic_open, atomic_write_bytes
-from .traceable import ExportableDetector, ExportError
+from .traceable import ExportableDetector
 
 logger = logging.getLogger("detkit")
 FORMATS = ("torchscript", "onnx")
@@ -56,7 +58,7 @@ def graph_module(model, cfg) -> ExportableDetector:
     # the graph computes the resized size as floor(side * scale) and resizes the normalised tensor
     # bilinearly; detectron2's conventions (rounded size, PIL on the uint8 image) are not in it
     for key, value, supported in unsupported_resize(cfg)[:1]:
-        raise ExportError(
+        raise BackendError(
             f"{key}={value} cannot be exported (the exported graph resizes with "
             f"{key}={supported}); export with {key}={supported} or run the model in PyTorch"
         )
@@ -109,7 +111,7 @@ def _trace(module: ExportableDetector, image: torch.Tensor):
     for w in tracer:
         logger.debug("tracer warning %s:%s: %s", w.filename, w.lineno, w.message)
     if frozen:
-        raise ExportError(
+        raise BackendError(
             "tracing froze input-dependent values into the graph; the export would only work for "
             f"one image size: {frozen[:3]}"
         )
@@ -162,13 +164,13 @@ def onnx_bytes(
     """The serialised, checked ONNX model of ``module``; its metadata holds ``class_names`` (a JSON
     list) and the entries of ``metadata``."""
     if opset < MIN_OPSET:
-        raise ExportError(
+        raise BackendError(
             f"opset {opset} is too old: detkit's ONNX export needs opset >= {MIN_OPSET}"
         )
     try:
         import onnx
     except ImportError:
-        raise ExportError(
+        raise BackendError(
             "ONNX export needs the optional extra: pip install 'detkit[export]' (onnx, onnxruntime)"
         ) from None
     import torchvision  # noqa: F401  (registers the ONNX symbolics of nms / roi_align / roi_pool)
@@ -234,7 +236,7 @@ class OnnxDetector:
 
 def export(det, path: str, fmt: str, opset: int = 17) -> str:
     if fmt not in FORMATS:
-        raise ExportError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
+        raise BackendError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if fmt == "torchscript":
         return export_torchscript(det, path)

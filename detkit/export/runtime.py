@@ -46,11 +46,12 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from ..errors import DetkitError
+from detkit.errors import BackendError, WriteError
+
 from ..modeling.build import build_predictor, optimize_for_inference
 from ..modeling.parallel import ParallelImages, resolve_parallel_images
 from ..structures.resize import resize_scale, resize_size
-from ..utils.io import WriteError, atomic_write_bytes
+from ..utils.io import atomic_write_bytes
 from ..utils.threads import physical_cores
 from .exporters import graph_module, onnx_bytes, unsupported_resize
 
@@ -60,11 +61,6 @@ BACKENDS = ("eager", "onnxruntime")
 OPSET = 17
 KEY_ENTRY = "detkit_graph_key"  # ONNX metadata entry holding the full cache key
 EXTRA = "pip install 'detkit[export]' (onnx, onnxruntime)"
-
-
-class BackendError(DetkitError, ValueError):
-    """The backend cannot run what was asked (unknown name, missing package, an option its graph
-    lacks); the message names the option and what to set instead."""
 
 
 # ---------------------------------------------------------------------------------------------

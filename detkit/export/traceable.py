@@ -24,18 +24,14 @@ import torch
 from torch import Tensor, nn
 from torch.onnx import operators as onnx_operators
 
-from ..errors import DetkitError
-
-
-class ExportError(DetkitError, ValueError):
-    """The model uses something the exported graph cannot express; the message says what."""
+from detkit.errors import BackendError
 
 
 class ExportableDetector(nn.Module):
     def __init__(self, model: nn.Module, *, min_size: int, max_size: int):
         super().__init__()
         if model.roi_heads.refine_iterations > 0:
-            raise ExportError(
+            raise BackendError(
                 "model.roi_heads.refine_iterations > 0 (iterative refinement with box voting) "
                 "cannot be exported; export with model.roi_heads.refine_iterations=0"
             )

@@ -4,9 +4,9 @@ See ``runner.detect_source`` for the entry point and ``writers`` for the JSON-li
 """
 
 from .pipeline import RunStats, filter_detections, run_pipeline
-from .runner import RunResult, UsageError, class_indices, detect_source, detector_infer
-from .sources import CaptureSource, Frame, ImageSource, SourceError, open_source
-from .writers import ImageFolderWriter, JsonLinesWriter, OutputError, VideoFileWriter, make_record
+from .runner import RunResult, class_indices, detect_source, detector_infer
+from .sources import CaptureSource, Frame, ImageSource, open_source
+from .writers import ImageFolderWriter, JsonLinesWriter, VideoFileWriter, make_record
 
 __all__ = [
     "CaptureSource",
@@ -14,11 +14,8 @@ __all__ = [
     "ImageFolderWriter",
     "ImageSource",
     "JsonLinesWriter",
-    "OutputError",
     "RunResult",
     "RunStats",
-    "SourceError",
-    "UsageError",
     "VideoFileWriter",
     "class_indices",
     "detect_source",

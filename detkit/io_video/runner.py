@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import torch
 
-from detkit.errors import DetkitError
+from detkit.errors import ConfigError
 
 from .pipeline import Infer, RunStats, run_pipeline
 from .sources import CaptureSource, open_source
@@ -39,10 +39,6 @@ from .writers import (
 )
 
 logger = logging.getLogger("detkit")
-
-
-class UsageError(DetkitError, ValueError):
-    """Options that do not fit the model or each other; the message says which."""
 
 
 @dataclass
@@ -83,7 +79,7 @@ def class_indices(
         return None
     unknown = [n for n in names if n not in class_names]
     if unknown:
-        raise UsageError(
+        raise ConfigError(
             f"unknown class name(s) {unknown}; the model's classes are {list(class_names)}"
         )
     return [list(class_names).index(n) for n in names]
@@ -107,14 +103,14 @@ def _outputs(source, spec, output: Optional[str], no_video: bool):
     output = output or default_output(spec, is_images)
     if output.lower().endswith(".jsonl"):
         if not no_video:
-            raise UsageError(
+            raise ConfigError(
                 f"--output {output} is a .jsonl file: add --no-video, or give a video path/folder"
             )
         return None, JsonLinesWriter(output), output
     if is_images and output.lower().endswith(IMAGE_EXTENSIONS):
         # --output x.jpg names one file: fine for one image, ambiguous for several
         if source.total != 1:
-            raise UsageError(
+            raise ConfigError(
                 f"--output {output} names one image file but the input has {source.total} images; "
                 "give a folder for the annotated images"
             )
@@ -147,7 +143,7 @@ def detect_source(
 ) -> RunResult:
     """Open ``spec`` (see ``open_source``), run the detector, write the outputs; returns the stats."""
     if batch_size < 1:
-        raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     keep = class_indices(classes, det.class_names)
     source = open_source(
         spec,

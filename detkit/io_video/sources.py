@@ -18,7 +18,7 @@ from typing import Callable, Iterator, List, Optional, Union
 import cv2
 import numpy as np
 
-from detkit.errors import DetkitError
+from detkit.errors import DataError
 
 logger = logging.getLogger("detkit")
 
@@ -36,10 +36,6 @@ IMAGE_EXTENSIONS = (
 )
 DEFAULT_FPS = 25.0
 MAX_CONSECUTIVE_FAILURES = 25  # failed reads in a row before a video is taken to have ended
-
-
-class SourceError(DetkitError, OSError):
-    """The input cannot be opened; the message names it."""
 
 
 @dataclass
@@ -135,7 +131,7 @@ class CaptureSource:
 
     def _ended_early(self, at: int) -> None:
         if at == 0:
-            raise SourceError(f"cannot decode any frame of {self.name}")
+            raise DataError(f"cannot decode any frame of {self.name}")
         if self.live:
             logger.warning("%s stopped delivering frames at frame %d", self.name, at)
         elif self.frame_count is not None:
@@ -173,7 +169,7 @@ class ImageSource:
         for i, path in enumerate(self.paths):
             try:
                 image = read_image(path, exif=self.exif)
-            except OSError as e:  # ImageReadError is an OSError
+            except OSError as e:  # DataError is an OSError
                 yield Frame(i * self.every, None, None, name=path, error=str(e))
                 continue
             yield Frame(i * self.every, None, image, name=path)
@@ -200,7 +196,7 @@ def open_source(
         index = int(spec)
         capture = capture_factory(index)
         if not capture.isOpened():
-            raise SourceError(
+            raise DataError(
                 f"cannot open camera {index} (is it connected, and not used by another program?)"
             )
         return CaptureSource(
@@ -210,20 +206,20 @@ def open_source(
     if "://" in spec:  # a stream (rtsp://, http://): live like a camera
         capture = capture_factory(spec)
         if not capture.isOpened():
-            raise SourceError(f"cannot open the stream {spec}")
+            raise DataError(f"cannot open the stream {spec}")
         return CaptureSource(capture, spec, live=True, every=every, max_frames=max_frames)
     if any(c in spec for c in "*?["):
         paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
         if not paths:
-            raise SourceError(f"no files match the pattern {spec!r}")
+            raise DataError(f"no files match the pattern {spec!r}")
         return ImageSource(paths, spec, every=every, max_frames=max_frames, exif=exif)
     if os.path.isdir(spec):
         paths = sorted(os.path.join(spec, f) for f in os.listdir(spec) if is_image_file(f))
         if not paths:
-            raise SourceError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {spec}")
+            raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {spec}")
         return ImageSource(paths, spec, every=every, max_frames=max_frames, exif=exif)
     if not os.path.exists(spec):
-        raise SourceError(
+        raise DataError(
             f"input not found: {spec} (expected a video, an image, a folder, a glob or a camera index)"
         )
     if is_image_file(spec):
@@ -236,11 +232,11 @@ def _open_video(
 ) -> CaptureSource:
     capture = capture_factory(path)
     if not capture.isOpened():
-        raise SourceError(
+        raise DataError(
             f"cannot open video file {path}: not a video, or a codec OpenCV's FFmpeg cannot decode"
         )
     source = CaptureSource(capture, path, every=every, max_frames=max_frames)
     if source.size[0] <= 0 or source.size[1] <= 0:
         capture.release()
-        raise SourceError(f"cannot read video file {path}: it reports no frame size")
+        raise DataError(f"cannot read video file {path}: it reports no frame size")
     return source

@@ -26,13 +26,9 @@ from typing import Dict, Optional, Sequence
 import cv2
 import numpy as np
 
-from detkit.errors import DetkitError
+from detkit.errors import WriteError
 
 logger = logging.getLogger("detkit")
-
-
-class OutputError(DetkitError, OSError):
-    """An output file cannot be written; the message names it."""
 
 
 def make_record(frame, detections: Dict[str, np.ndarray], class_names: Sequence[str]) -> dict:
@@ -66,7 +62,7 @@ def _make_parent(path: str) -> None:
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as e:
-        raise OutputError(f"cannot create the output folder {parent}: {e}") from None
+        raise WriteError(f"cannot create the output folder {parent}: {e}") from None
 
 
 class JsonLinesWriter:
@@ -75,7 +71,7 @@ class JsonLinesWriter:
         try:
             self._file = open(path, "w", encoding="utf-8")
         except OSError as e:
-            raise OutputError(f"cannot write detections to {path}: {e}") from None
+            raise WriteError(f"cannot write detections to {path}: {e}") from None
         self.path, self.count = path, 0
 
     def write(self, record: dict) -> None:
@@ -106,7 +102,7 @@ class VideoFileWriter:
                 self.path, cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h)
             )
             if not self._writer.isOpened():
-                raise OutputError(
+                raise WriteError(
                     f"cannot write video {self.path} (codec {self.fourcc}, {w}x{h} at {self.fps} fps)"
                 )
             self.size = (w, h)
@@ -135,12 +131,12 @@ class ImageFileWriter:
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as e:
-            raise OutputError(f"cannot create the output folder {folder}: {e}") from None
+            raise WriteError(f"cannot create the output folder {folder}: {e}") from None
         self.path, self.count = path, 0
 
     def write(self, rgb: np.ndarray, name: Optional[str] = None) -> None:
         if not cv2.imwrite(self.path, np.ascontiguousarray(rgb[:, :, ::-1])):
-            raise OutputError(f"cannot write image {self.path}")
+            raise WriteError(f"cannot write image {self.path}")
         self.count += 1
 
     def close(self) -> None:
@@ -154,7 +150,7 @@ class ImageFolderWriter:
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as e:
-            raise OutputError(f"cannot create the output folder {folder}: {e}") from None
+            raise WriteError(f"cannot create the output folder {folder}: {e}") from None
         self.folder, self.count, self._used = folder, 0, set()
 
     def write(self, rgb: np.ndarray, name: Optional[str] = None) -> None:
@@ -168,7 +164,7 @@ class ImageFolderWriter:
         self._used.add(out)
         path = os.path.join(self.folder, out)
         if not cv2.imwrite(path, np.ascontiguousarray(rgb[:, :, ::-1])):
-            raise OutputError(f"cannot write image {path}")
+            raise WriteError(f"cannot write image {path}")
         self.count += 1
 
     def close(self) -> None:

@@ -14,7 +14,8 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from detkit.errors import ConfigError
+
 from ..registry import ROI_BOX_HEADS, ROI_POOLERS
 from ..structures import BoxCoder
 from .anchor_generator import AnchorGenerator

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from detkit.utils.io import CheckpointMismatch
+from detkit.errors import CheckpointError
 from detkit.utils.voc_files import VOC_CLASSES
 
 from .weights import COCO_TORCHVISION_NAMES
@@ -133,7 +133,7 @@ def _tensor(value: Union[Tensor, np.ndarray], key: str, path) -> Tensor:
     if isinstance(value, np.ndarray):
         # a copy: arrays unpickled from a file may be read-only, and the model must own its memory
         return torch.from_numpy(np.array(value))
-    raise CheckpointMismatch(f"{path}: '{key}' holds a {type(value).__name__}, not an array")
+    raise CheckpointError(f"{path}: '{key}' holds a {type(value).__name__}, not an array")
 
 
 def detectron2_to_detkit(state: Dict[str, Any], path="the file") -> Dict[str, Tensor]:
@@ -145,7 +145,7 @@ def detectron2_to_detkit(state: Dict[str, Any], path="the file") -> Dict[str, Te
             continue
         new = next((rename(key[len(p) :]) for p, rename in _D2_RULES if key.startswith(p)), None)
         if new is None:
-            raise CheckpointMismatch(
+            raise CheckpointError(
                 f"{path}: detectron2 parameter '{key}' has no detkit counterpart; detkit converts "
                 "the Faster R-CNN designs of detectron2's model zoo (C4, DC5, FPN, ResNeXt FPN: "
                 "ResNet backbone, StandardRPNHead, Res5ROIHeads or a 2-fc box head)"
@@ -203,7 +203,7 @@ def caffe2_to_torchvision(state: Dict[str, Any], path="the file") -> Dict[str, T
             continue
         new = _c2_name(key)
         if new is None:
-            raise CheckpointMismatch(
+            raise CheckpointError(
                 f"{path}: Caffe2 blob '{key}' is not part of a ResNet (expected conv1_w, "
                 "res_conv1_bn_*, res<stage>_<block>_branch{1,2a,2b,2c}_{w,bn_s,bn_b})"
             )
@@ -264,7 +264,7 @@ _MSRA_CONFIG = {
 def _num_classes_of(model_state: Dict[str, Tensor], path) -> int:
     cls = model_state.get("roi_heads.predictor.cls_score.bias")
     if cls is None:
-        raise CheckpointMismatch(f"{path}: no box predictor (roi_heads.box_predictor.cls_score)")
+        raise CheckpointError(f"{path}: no box predictor (roi_heads.box_predictor.cls_score)")
     return int(cls.numel()) - 1
 
 
@@ -282,7 +282,7 @@ def detectron2_checkpoint(
 
     ckpt = load_checkpoint(src)
     if not str(ckpt.get("source", "")).startswith("detectron2:"):
-        raise CheckpointMismatch(
+        raise CheckpointError(
             f"{src} is not a detectron2 detector (no proposal_generator.* parameters); "
             "--from detectron2-imagenet converts ImageNet backbones, --from torchvision "
             "torchvision detectors"
@@ -291,11 +291,11 @@ def detectron2_checkpoint(
     cfg = load_config(config, [*overrides, f"model.num_classes={num_classes}"])
     names = class_names or ckpt.get("class_names")
     if class_names is not None and len(class_names) != num_classes:
-        raise CheckpointMismatch(
+        raise CheckpointError(
             f"{src} has {num_classes} classes but {len(class_names)} class names were given"
         )
     if names is None:
-        raise CheckpointMismatch(
+        raise CheckpointError(
             f"{src} has {num_classes} classes, neither COCO's 80 nor VOC's 20: give their names "
             "with --class-names (a text file, one name per line)"
         )
@@ -321,7 +321,8 @@ def caffe2_backbone_file(src, config, overrides=()) -> Dict[str, Any]:
     """A backbone initialisation (torchvision ResNet names, what ``model.backbone.weights`` takes)
     from MSRA's Caffe2 ``R-50.pkl`` / ``R-101.pkl``, after checking that ``config`` preprocesses
     and strides as those networks were trained and that every tensor fits its backbone."""
-    from detkit.config import ConfigError, load_config
+    from detkit.config import load_config
+    from detkit.errors import ConfigError
     from detkit.utils.io import load_checkpoint
 
     from .build import build_model
@@ -329,7 +330,7 @@ def caffe2_backbone_file(src, config, overrides=()) -> Dict[str, Any]:
 
     ckpt = load_checkpoint(src)
     if not str(ckpt.get("source", "")).startswith("caffe2-imagenet:"):
-        raise CheckpointMismatch(
+        raise CheckpointError(
             f"{src} holds no Caffe2 ImageNet ResNet blobs (conv1_w, res2_0_branch2a_w, ...)"
         )
     cfg = load_config(config, [*overrides, "model.backbone.weights="])
@@ -350,7 +351,7 @@ def caffe2_backbone_file(src, config, overrides=()) -> Dict[str, Any]:
     detkit_names = imagenet_to_detkit(ckpt["model"], c4=model.neck is None)
     bad = [k for k, v in detkit_names.items() if own.get(k) != tuple(v.shape)]
     if bad:
-        raise CheckpointMismatch(
+        raise CheckpointError(
             f"{src} does not fit the backbone of {config}: {bad[:4]} (file shapes "
             f"{[tuple(detkit_names[k].shape) for k in bad[:4]]}); is model.backbone.depth right?"
         )

@@ -18,8 +18,8 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
-from detkit.config import ConfigError
 from detkit.config.config import DEFAULTS
+from detkit.errors import ConfigError
 from detkit.utils.threads import MAX_THREADS, ThreadPool, physical_cores
 
 

@@ -13,7 +13,8 @@ from typing import Dict
 import torch
 from torch import Tensor, nn
 
-from detkit.utils.io import CheckpointMismatch, load_state_file
+from detkit.errors import CheckpointError
+from detkit.utils.io import load_state_file
 
 logger = logging.getLogger("detkit")
 
@@ -38,7 +39,7 @@ def load_backbone_weights(model: nn.Module, path: str) -> None:
     own = model.state_dict()
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:
-        raise CheckpointMismatch(
+        raise CheckpointError(
             f"{path}: shapes differ for {bad[:3]} (is model.backbone.depth right?)"
         )
     result = model.load_state_dict(state, strict=False)
@@ -137,7 +138,7 @@ def _detkit_name(key: str, num_rpn_convs: int, fc_index: Dict[int, int]) -> str:
         new, n = re.subn(pattern, repl, key)
         if n:
             return new
-    raise CheckpointMismatch(
+    raise CheckpointError(
         f"unexpected key in torchvision checkpoint: {key} (expected a fasterrcnn_resnet50_fpn or "
         "fasterrcnn_resnet50_fpn_v2 state dict)"
     )
@@ -167,7 +168,7 @@ def fit_torchvision_state(
         if keys
     ]
     if problems:
-        raise CheckpointMismatch(
+        raise CheckpointError(
             f"{path} (torchvision {variant} layout) does not fit {config}: "
             f"{', '.join(problems)}; the config for this layout is {TORCHVISION_CONFIGS[variant]}"
         )

@@ -50,7 +50,7 @@ def user_errors(exit_code: int = 1, also: Sequence[Type[BaseException]] = ()) ->
     keeps its traceback.
 
     Under torchrun only rank 0 writes the line to the console: a bad config or a missing dataset
-    fails every rank alike, and an error on another rank reaches rank 0 as ``OtherRankFailed``
+    fails every rank alike, and an error on another rank reaches rank 0 as ``TrainingError``
     quoting it. The other ranks log it to their ``log_rank<r>.txt`` once they have one.
     """
     try:

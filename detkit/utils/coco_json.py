@@ -4,7 +4,7 @@
 Annotation ids matter to both: pycocotools stores the matched ground-truth id in each detection, so
 id 0 reads as "unmatched" and duplicate ids fetch the wrong box -- a silently wrong AP, whether the
 file is evaluated directly or a dataset built from it is. Each caller passes the exception type its
-users catch (``DatasetError`` for datasets, ``ValueError`` for evaluation). No torch here: the
+users catch (``DataError`` for datasets, ``ValueError`` for evaluation). No torch here: the
 evaluation package imports without it.
 """
 

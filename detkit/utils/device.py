@@ -2,7 +2,7 @@
 
 One function for every place a device is chosen (``Detector(device=)``, the tools' ``--device``,
 the process setup of training and testing), so they accept the same values and fail the same way:
-asking for CUDA where there is none is a :class:`DeviceError` that names the option, not PyTorch's
+asking for CUDA where there is none is a :class:`ConfigError` that names the option, not PyTorch's
 "Torch not compiled with CUDA enabled" assertion from deep inside ``model.to()``.
 """
 
@@ -12,13 +12,9 @@ from typing import Optional, Union
 
 import torch
 
-from detkit.errors import DetkitError
+from detkit.errors import ConfigError
 
 VALID = "auto, cpu, cuda, cuda:<index>"
-
-
-class DeviceError(DetkitError, ValueError):
-    """The requested device does not exist on this machine; the message names the option."""
 
 
 def resolve_device(
@@ -33,20 +29,20 @@ def resolve_device(
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise DeviceError(f"{option}={str(device)!r} is not a device; use one of {VALID}") from None
+        raise ConfigError(f"{option}={str(device)!r} is not a device; use one of {VALID}") from None
     if dev.type == "cpu":
         return dev
     if dev.type != "cuda":
-        raise DeviceError(f"{option}={str(device)!r}: detkit runs on {VALID}")
+        raise ConfigError(f"{option}={str(device)!r}: detkit runs on {VALID}")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
-        raise DeviceError(
+        raise ConfigError(
             f"{option}={str(device)!r} asks for CUDA, but this machine has no usable CUDA device "
             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); "
             f"use {option}='cpu', or 'auto' for CUDA only when available"
         )
     if dev.index is not None and dev.index >= count:
-        raise DeviceError(
+        raise ConfigError(
             f"{option}={str(device)!r}: only {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})"
         )
     return dev

@@ -32,7 +32,7 @@ import shutil
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Dict, Iterator, Optional, Sequence, Union
 
-from detkit.errors import DetkitError
+from detkit.errors import CheckpointError, WriteError
 
 if TYPE_CHECKING:
     import torch
@@ -68,12 +68,6 @@ def _fsync_dir(folder: Path) -> None:
 def _publish(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
     _fsync_dir(path.parent)
-
-
-class WriteError(DetkitError, OSError):
-    """A file or folder cannot be written: the message names the path and the system's reason
-    (``No space left on device``, ``Read-only file system``, ``Not a directory``...). Also an
-    ``OSError`` with the original ``errno``, so ``except OSError`` code keeps working."""
 
 
 def write_error(path: PathLike, error: OSError, what: str = "write") -> WriteError:
@@ -178,19 +172,6 @@ def atomic_copy(src: PathLike, dst: PathLike) -> Path:
 # checkpoints and weight files
 
 
-class CheckpointError(DetkitError, RuntimeError):
-    """A checkpoint or weights file cannot be read or does not hold what it should."""
-
-
-class CheckpointNotFound(CheckpointError, FileNotFoundError):
-    """The file does not exist (also a FileNotFoundError, as the API raised before)."""
-
-
-class CheckpointMismatch(CheckpointError, ValueError):
-    """The file is readable but its content does not fit: not a detkit checkpoint, no state dict,
-    or tensors that do not fit the model (also a ValueError, as the API raised before)."""
-
-
 def _first_sentence(error: BaseException) -> str:
     """torch's reader errors go on for three sentences of advice about miniz; the first one says
     what failed, and the rest would turn the tools' one-line error into a paragraph."""
@@ -207,7 +188,7 @@ def load_checkpoint(path: PathLike, require: Sequence[str] = (), what: str = "")
     import torch
 
     if not os.path.isfile(path):
-        raise CheckpointNotFound(
+        raise CheckpointError(
             f"checkpoint not found: {path} (detkit never downloads weights; give the path of a "
             "local file)"
         )
@@ -224,14 +205,14 @@ def load_checkpoint(path: PathLike, require: Sequence[str] = (), what: str = "")
             "is truncated or damaged, or is not a checkpoint)"
         ) from None
     if not isinstance(obj, dict):
-        raise CheckpointMismatch(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     if "config" not in obj:  # a detkit checkpoint is never converted
         from detkit.modeling.detectron2 import to_detkit_checkpoint
 
         obj = to_detkit_checkpoint(obj, path) or obj
     missing = [k for k in require if k not in obj]
     if missing:
-        raise CheckpointMismatch(
+        raise CheckpointError(
             f"{path} lacks {missing}: not {what or 'a checkpoint with ' + str(list(require))}"
         )
     return obj
@@ -287,7 +268,7 @@ def state_dict_of(obj: Dict[str, Any], path: PathLike) -> Dict[str, "torch.Tenso
 
     state = obj.get("model", obj.get("state_dict", obj))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointMismatch(
+        raise CheckpointError(
             f"{path} holds no state dict of tensors (expected a detkit checkpoint with "
             "'model', or a plain state dict)"
         )
@@ -326,7 +307,7 @@ def load_model_weights(
     missing = [k for k in own if k not in state and not k.endswith(counter)]
     unexpected = [k for k in state if k not in own]
     if strict and (mismatched or missing or unexpected):
-        raise CheckpointMismatch(
+        raise CheckpointError(
             _mismatch_message(path, obj, state, own, mismatched, missing, unexpected)
         )
     for k in mismatched:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from detkit.config import Config, ConfigError, load_config
+from detkit.config import Config, load_config
 from detkit.config.schema import MISSING, components, lookup_default, schema
+from detkit.errors import ConfigError
 from detkit.modeling.backbones import FPN, ResNet
 from detkit.registry import ROI_BOX_HEADS, ROI_POOLERS
 

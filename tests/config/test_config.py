@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 import detkit.config as config_pkg
-from detkit.config import Config, ConfigError, load_config
+from detkit.config import Config, load_config
+from detkit.errors import ConfigError
 
 DEFAULTS_FILE = Path(config_pkg.__file__).parent / "defaults.yaml"
 

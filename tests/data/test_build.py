@@ -9,16 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from detkit.data import (
-    DatasetError,
-    DatasetUnion,
-    build_dataset,
-    build_test_loader,
-    build_train_loader,
-)
+from detkit.data import DatasetUnion, build_dataset, build_test_loader, build_train_loader
 from detkit.data.build import Loader, collate
-from detkit.data.image_io import ImageReadError
 from detkit.data.transforms import InferenceMapper, TrainMapper
+from detkit.errors import DataError
 
 from .helpers import make_cfg, write_coco
 
@@ -70,7 +64,7 @@ def test_union_with_different_classes_names_both(tiny_coco, tmp_path):
     )
     cfg["data"]["train"]["filter_empty"] = False
     with pytest.raises(
-        DatasetError,
+        DataError,
         match=r"cannot combine data.train.datasets\[0\].*and "
         r"data.train.datasets\[1\].*class names differ",
     ):
@@ -100,14 +94,12 @@ def test_union_with_different_classes_names_both(tiny_coco, tmp_path):
     ],
 )
 def test_bad_entries(entry, message):
-    with pytest.raises(DatasetError, match=message):
+    with pytest.raises(DataError, match=message):
         build_dataset(make_cfg(train=[entry]), "train")
 
 
 def test_no_datasets_configured():
-    with pytest.raises(
-        DatasetError, match=r"no datasets configured under data.val.datasets.*README"
-    ):
+    with pytest.raises(DataError, match=r"no datasets configured under data.val.datasets.*README"):
         build_dataset(make_cfg(), "val")
 
 
@@ -182,14 +174,14 @@ def test_broken_image_in_a_worker_names_the_file(tiny_coco):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_unreadable_image_error_is_the_error_itself(tiny_coco, workers):
-    # with workers, DataLoader would re-raise "Caught ImageReadError in DataLoader worker process 0"
+    # with workers, DataLoader would re-raise "Caught DataError in DataLoader worker process 0"
     # plus a traceback as the message; the loader raises the worker's error unchanged instead
     broken = _break_image(tiny_coco)
     cfg = make_cfg(val=[_entry(tiny_coco)], data={"num_workers": workers})
     batches = iter(build_test_loader(cfg, build_dataset(cfg, "val"), rank=0, world_size=1))
     try:
         next(batches)
-        with pytest.raises(ImageReadError) as info:
+        with pytest.raises(DataError) as info:
             next(batches)
     finally:
         batches.close()
@@ -205,16 +197,14 @@ def test_missing_training_image_in_a_worker(tiny_coco):
     cfg = make_cfg(train=[_entry(tiny_coco)], data={"num_workers": 1}, solver={"ims_per_batch": 2})
     batches = iter(build_train_loader(cfg, build_dataset(cfg, "train"), rank=0, world_size=1))
     try:
-        with pytest.raises(
-            ImageReadError, match=r"^image file not found: .*1\.jpg \(image id 1 in "
-        ):
+        with pytest.raises(DataError, match=r"^image file not found: .*1\.jpg \(image id 1 in "):
             for _ in range(4):  # two images, batches of two: image 1 comes in the first batch
                 next(batches)
     finally:
         batches.close()
 
 
-class _KeywordOnlyError(DatasetError):
+class _KeywordOnlyError(DataError):
     def __init__(self, *, path):
         super().__init__(f"cannot read {path}")
 
@@ -228,7 +218,7 @@ def test_a_worker_error_that_cannot_be_unpickled_keeps_its_message():
             raise _KeywordOnlyError(path="/x/1.jpg")
 
     loader = Loader(Dataset(), batch_size=1, num_workers=1, collate_fn=collate)
-    with pytest.raises(DatasetError, match=r"^_KeywordOnlyError: cannot read /x/1.jpg$"):
+    with pytest.raises(DataError, match=r"^_KeywordOnlyError: cannot read /x/1.jpg$"):
         next(iter(loader))
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from detkit.data import COCODataset, DatasetError
+from detkit.data import COCODataset
 from detkit.data.transforms import InferenceMapper
+from detkit.errors import DataError
 from tests.conftest import reference_data
 
 from .helpers import write_coco, write_jpeg
@@ -101,7 +102,7 @@ def test_degenerate_and_outside_boxes_warn_once_each(tmp_path, caplog):
 )
 def test_bad_annotations_are_errors_naming_file_and_id(tmp_path, anns, message):
     ann_file = write_coco(tmp_path / "bad.json", IMAGES, anns, CATS)
-    with pytest.raises(DatasetError, match=message) as info:
+    with pytest.raises(DataError, match=message) as info:
         COCODataset(str(ann_file), str(tmp_path))
     assert str(ann_file) in str(info.value)
 
@@ -109,21 +110,21 @@ def test_bad_annotations_are_errors_naming_file_and_id(tmp_path, anns, message):
 def test_malformed_json_and_missing_sections(tmp_path):
     broken = tmp_path / "broken.json"
     broken.write_text('{"images": [}')
-    with pytest.raises(DatasetError, match="broken.json is not valid JSON"):
+    with pytest.raises(DataError, match="broken.json is not valid JSON"):
         COCODataset(str(broken), str(tmp_path))
     no_images = tmp_path / "noimg.json"
     no_images.write_text(json.dumps({"annotations": [], "categories": CATS}))
-    with pytest.raises(DatasetError, match="noimg.json: 'images' must be a list"):
+    with pytest.raises(DataError, match="noimg.json: 'images' must be a list"):
         COCODataset(str(no_images), str(tmp_path))
     bad_image = write_coco(tmp_path / "badimg.json", [{"id": 1, "file_name": "a.jpg"}], [], CATS)
     with pytest.raises(
-        DatasetError, match=r"image #0 \(id 1\) is missing key\(s\) \['height', 'width'\]"
+        DataError, match=r"image #0 \(id 1\) is missing key\(s\) \['height', 'width'\]"
     ):
         COCODataset(str(bad_image), str(tmp_path))
 
 
 def test_missing_files_point_to_the_readme(tmp_path):
-    with pytest.raises(DatasetError, match=f"not found: {tmp_path}/nope.json.*datasets/README.md"):
+    with pytest.raises(DataError, match=f"not found: {tmp_path}/nope.json.*datasets/README.md"):
         COCODataset("nope.json", "imgs", root=str(tmp_path))
 
 
@@ -137,9 +138,7 @@ def test_relative_paths_resolve_against_env_var(tiny_coco, monkeypatch):
 def test_image_size_mismatch_is_a_clear_error(tmp_path):
     write_jpeg(tmp_path / "x.jpg", 50, 100)  # the file is portrait, the annotation says landscape
     ds = COCODataset(str(write_coco(tmp_path / "a.json", IMAGES, [], CATS)), str(tmp_path))
-    with pytest.raises(
-        DatasetError, match=r"x.jpg \(image id 5\) is 50x100 .* says 100x50.*swapped"
-    ):
+    with pytest.raises(DataError, match=r"x.jpg \(image id 5\) is 50x100 .* says 100x50.*swapped"):
         ds[0]
 
 
@@ -149,9 +148,7 @@ def test_mmdetection_sample_files():
     assert ds.class_names == ["bus", "car"] and len(ds) == 3
     assert [len(r["boxes"]) for r in ds.records] == [2, 1, 0]
     assert len(COCODataset(str(data / "coco_sample.json"), str(data), filter_empty=True)) == 2
-    with pytest.raises(
-        DatasetError, match="coco_wrong_format_sample.json: duplicate annotation id 1"
-    ):
+    with pytest.raises(DataError, match="coco_wrong_format_sample.json: duplicate annotation id 1"):
         COCODataset(str(data / "coco_wrong_format_sample.json"), str(data))
 
 

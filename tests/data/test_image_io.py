@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detkit.data.image_io import ImageReadError, read_image
+from detkit.data.image_io import read_image
+from detkit.errors import DataError
 from tests.conftest import reference_data
 
 PILLOW = ("Pillow", "Tests", "images")
@@ -107,26 +108,26 @@ def test_mmcv_exif_rotated_file():
 )
 def test_broken_or_unsupported_files_raise_naming_the_file(parts):
     path = reference_data(*parts)
-    with pytest.raises(ImageReadError, match=str(path).replace(".", r"\.")):
+    with pytest.raises(DataError, match=str(path).replace(".", r"\.")):
         read_image(path)
 
 
 def test_missing_and_truncated_files(tmp_path):
-    with pytest.raises(ImageReadError, match="not found: .*nothing.jpg"):
+    with pytest.raises(DataError, match="not found: .*nothing.jpg"):
         read_image(tmp_path / "nothing.jpg")
     data = reference_data(*PILLOW, "hopper.jpg").read_bytes()
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageReadError, match="truncated.jpg"):
+    with pytest.raises(DataError, match="truncated.jpg"):
         read_image(truncated)
 
 
 def test_decompression_bomb_message_says_what_to_do():
-    with pytest.raises(ImageReadError, match="MAX_IMAGE_PIXELS"):
+    with pytest.raises(DataError, match="MAX_IMAGE_PIXELS"):
         read_image(reference_data(*PILLOW, "decompression_bomb.gif"))
 
 
 def test_image_read_error_survives_a_dataloader_reraise():
     # DataLoader workers re-create the exception from its message alone
-    err = ImageReadError("cannot read /x.jpg")
-    assert isinstance(type(err)(str(err)), ImageReadError) and "/x.jpg" in str(type(err)(str(err)))
+    err = DataError("cannot read /x.jpg")
+    assert isinstance(type(err)(str(err)), DataError) and "/x.jpg" in str(type(err)(str(err)))

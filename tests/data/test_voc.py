@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from detkit.data import DatasetError, VOCDataset, parse_voc_xml, write_voc_xml
+from detkit.data import VOCDataset, parse_voc_xml, write_voc_xml
 from detkit.data.voc import VOC_CLASSES, voc_image_ids
+from detkit.errors import DataError
 from tests.conftest import reference_data
 
 from .helpers import write_jpeg
@@ -64,10 +65,10 @@ def test_missing_difficult_means_zero_and_float_coordinates(tmp_path):
 def test_unknown_class_and_broken_xml_name_the_file(tmp_path):
     path = tmp_path / "b.xml"
     path.write_text(XML_MISSING_DIFFICULT.replace("<name>cat</name>", "<name>kat</name>"))
-    with pytest.raises(DatasetError, match=r"b.xml: unknown class name 'kat'"):
+    with pytest.raises(DataError, match=r"b.xml: unknown class name 'kat'"):
         parse_voc_xml(path)
     path.write_text("<annotation><object>")
-    with pytest.raises(DatasetError, match="cannot parse VOC annotation .*b.xml"):
+    with pytest.raises(DataError, match="cannot parse VOC annotation .*b.xml"):
         parse_voc_xml(path)
 
 
@@ -121,11 +122,11 @@ def test_voc_dataset(voc_folder):
 
 def test_voc_missing_split_and_annotation(voc_folder):
     with pytest.raises(
-        DatasetError, match=r"split file for split 'test' not found: .*ImageSets/Main/test.txt"
+        DataError, match=r"split file for split 'test' not found: .*ImageSets/Main/test.txt"
     ):
         VOCDataset(str(voc_folder / "VOCdevkit" / "VOC2007"), "test")
-    with pytest.raises(DatasetError, match=r"VOC folder not found: .*VOC2012.*datasets/README.md"):
+    with pytest.raises(DataError, match=r"VOC folder not found: .*VOC2012.*datasets/README.md"):
         VOCDataset(str(voc_folder / "VOCdevkit"), "trainval", year=2012)
     (voc_folder / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "val.txt").write_text("000404\n")
-    with pytest.raises(DatasetError, match="VOC annotation not found: .*000404.xml"):
+    with pytest.raises(DataError, match="VOC annotation not found: .*000404.xml"):
         VOCDataset(str(voc_folder / "VOCdevkit" / "VOC2007"), "val")

@@ -14,13 +14,8 @@ import torch
 from torch import nn
 
 from detkit.engine.checkpoint import Checkpointer
-from detkit.utils.io import (
-    CheckpointError,
-    WriteError,
-    atomic_save,
-    load_checkpoint,
-    load_model_weights,
-)
+from detkit.errors import CheckpointError, WriteError
+from detkit.utils.io import atomic_save, load_checkpoint, load_model_weights
 
 from .conftest import REPO
 

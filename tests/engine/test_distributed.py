@@ -44,7 +44,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     )
     torch.set_num_threads(1)
     from detkit.config import load_config
-    from detkit.engine import DivergenceError, Trainer
+    from detkit.engine import Trainer
     from detkit.engine.checkpoint import Checkpointer
     from detkit.engine.distributed import (
         all_gather_objects,
@@ -52,6 +52,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         init_distributed,
         wrap_ddp,
     )
+    from detkit.errors import TrainingError
     from detkit.modeling.build import build_model
 
     ctx = init_distributed(device="cpu", timeout_min=1.0)  # a hang becomes an error within a minute
@@ -74,7 +75,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         values = {"loss_cls": 0.5, "loss_box": float("nan") if rank == 1 else 0.1}
         try:
             trainer._check_losses(7, values, None)
-        except DivergenceError as e:
+        except TrainingError as e:
             report["error"] = str(e)
         report["checkpointer_disabled"] = trainer.checkpointer.disabled_reason is not None
     finally:

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from detkit.engine.events import EventWriter
-from detkit.utils.io import WriteError
+from detkit.errors import WriteError
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full (ENOSPC)")

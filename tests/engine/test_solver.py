@@ -133,8 +133,9 @@ def test_adamw_decays_decoupled_and_only_the_decay_group():
 
 
 def test_unknown_optimizer_is_rejected():
-    from detkit.config import ConfigError, load_config
+    from detkit.config import load_config
     from detkit.engine.solver import check_solver
+    from detkit.errors import ConfigError
 
     with pytest.raises(ValueError, match="solver.optimizer must be one of SGD, AdamW; got 'Adam'"):
         build_optimizer(
@@ -149,8 +150,9 @@ def test_unknown_optimizer_is_rejected():
 
 
 def test_solver_values_are_checked_as_config_errors():
-    from detkit.config import ConfigError, load_config
+    from detkit.config import load_config
     from detkit.engine.solver import check_solver
+    from detkit.errors import ConfigError
 
     check_solver(load_config(None))  # the defaults are valid
     bad = load_config(
@@ -182,8 +184,9 @@ def test_rescale_ends_the_schedule_at_its_final_lr():
 
 
 def test_negative_time_budget_is_a_config_error():
-    from detkit.config import ConfigError, load_config
+    from detkit.config import load_config
     from detkit.engine.solver import check_solver
+    from detkit.errors import ConfigError
 
     assert load_config(None).solver.max_time_minutes == 0.0
     check_solver(load_config(None, ["solver.max_time_minutes=7"]))  # an int is a float

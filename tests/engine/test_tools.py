@@ -105,7 +105,7 @@ def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert (
-        "DatasetError" in err
+        "DataError" in err
         and "datasets/README.md" in err
         and str(tmp_path / "nowhere" / "coco") in err
     )

@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from detkit.engine import DivergenceError, OutputDirInUse, Trainer, train_main
+from detkit.engine import Trainer, train_main
+from detkit.errors import TrainingError, WriteError
 from detkit.utils.io import load_checkpoint
 
 from .conftest import load_weights, tiny_config, truncate_file
@@ -114,7 +115,7 @@ def test_outputs_of_a_run(data_root, tmp_path):
         saved["class_names"] == ["circle", "rectangle"]
         and saved["config"]["solver"]["accumulate"] == 2
     )
-    with pytest.raises(OutputDirInUse, match="--resume"):
+    with pytest.raises(WriteError, match="--resume"):
         train_main(tiny_config(data_root), output_dir=str(out))
 
     # --resume on the finished run: it says so and returns its metrics, evaluating nothing again
@@ -145,7 +146,7 @@ def test_non_finite_loss_stops_naming_iteration_and_term(data_root, tmp_path, mo
 
     monkeypatch.setattr(Trainer, "_forward", poisoned)
     out = tmp_path / "diverged"
-    with pytest.raises(DivergenceError, match=r"non-finite loss at iteration 3: loss_box=nan"):
+    with pytest.raises(TrainingError, match=r"non-finite loss at iteration 3: loss_box=nan"):
         train_main(tiny_config(data_root, ["solver.checkpoint_period=1"]), output_dir=str(out))
     assert sorted(p.name for p in out.glob("*.pth")) == [
         "last.pth",
@@ -171,7 +172,7 @@ def test_non_finite_update_writes_nothing_and_the_advice_resumes(data_root, tmp_
     monkeypatch.setattr(Trainer, "_forward", nan_gradient)
     out = tmp_path / "run"
     short = ["solver.checkpoint_period=1", "solver.max_iter=4", "solver.steps=[3]"]
-    with pytest.raises(DivergenceError) as info:  # --resume into an empty folder: a warning
+    with pytest.raises(TrainingError) as info:  # --resume into an empty folder: a warning
         train_main(tiny_config(data_root, short), str(out), resume=True)
     monkeypatch.undo()
     message = str(info.value)

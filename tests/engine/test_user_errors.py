@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from detkit.config import ConfigError
+from detkit.errors import ConfigError
 from detkit.modeling import build_model
 from detkit.modeling.build import check_backbone_init
 from detkit.utils.io import atomic_save
@@ -42,7 +42,7 @@ def test_training_on_a_missing_image_is_one_line(broken_data, tmp_path, capsys, 
     assert load_tool("train").main(args) == 1
     (line,) = error_lines(capsys.readouterr().err)
     ann_file = root / "train" / "annotations.json"
-    assert f"ImageReadError: image file not found: {root}/train/JPEGImages/" in line
+    assert f"DataError: image file not found: {root}/train/JPEGImages/" in line
     assert f"in {ann_file}); data.skip_broken_images=true skips unreadable images" in line
     assert "(image id " in line
 
@@ -59,7 +59,7 @@ def test_testing_on_a_truncated_image_is_one_line(broken_data, tmp_path, capsys,
     assert load_tool("test").main(args + ["--output-dir", str(tmp_path / "test")]) == 1
     (line,) = error_lines(capsys.readouterr().err)
     image = root / "val" / "JPEGImages" / "000003.jpg"
-    assert f"ImageReadError: cannot decode image file {image} (truncated or corrupted?)" in line
+    assert f"DataError: cannot decode image file {image} (truncated or corrupted?)" in line
     assert line.endswith(
         f"(image id 3 in {root / 'val' / 'annotations.json'}); "
         "data.skip_broken_images=true skips unreadable images"
@@ -132,7 +132,7 @@ def test_video_device_cuda_without_cuda_is_one_line(monkeypatch, tmp_path, capsy
     args = ["missing.pth", "--input", str(tmp_path), "--device", "cuda"]
     assert load_tool("video").main(args) == 1
     (line,) = error_lines(capsys.readouterr().err)
-    assert "DeviceError: --device='cuda' asks for CUDA, but this machine has no usable CUDA" in line
+    assert "ConfigError: --device='cuda' asks for CUDA, but this machine has no usable CUDA" in line
 
 
 # ---------------------------------------------------------------- several processes
@@ -201,9 +201,7 @@ def test_two_ranks_print_a_user_error_once_and_both_fail(tmp_path):
     (line,) = error_lines(console[("config", 0)])
     assert "did you mean 'solver.base_lr'" in line
     (line,) = error_lines(console[("dataset", 0)])
-    assert f"DatasetError: COCO annotation file not found: {nowhere}/coco/" in line
+    assert f"DataError: COCO annotation file not found: {nowhere}/coco/" in line
     # rank 1 logs why it stopped, quoting rank 0's error, in its own log file
     rank1_log = (tmp_path / "run" / "log_rank1.txt").read_text()
-    assert (
-        "OtherRankFailed: building the train dataset failed on rank 0: DatasetError:" in rank1_log
-    )
+    assert "TrainingError: building the train dataset failed on rank 0: DataError:" in rank1_log

@@ -11,13 +11,8 @@ import pytest
 import torch
 
 from detkit import Detector
-from detkit.export import (
-    ExportableDetector,
-    ExportError,
-    export_torchscript,
-    exportable,
-    load_torchscript,
-)
+from detkit.errors import BackendError
+from detkit.export import ExportableDetector, export_torchscript, exportable, load_torchscript
 from detkit.export.check import default_check_images, match_fraction
 from tests.conftest import TINY_C4, TINY_FPN
 from tests.video.helpers import load_tool, save_tiny_checkpoint
@@ -121,7 +116,7 @@ def test_export_tool_with_check(tmp_path):
 def test_unsupported_parts_are_refused_clearly(tmp_path):
     ckpt = save_tiny_checkpoint(tmp_path / "r.pth", ["model.roi_heads.refine_iterations=1"])
     det = Detector.from_checkpoint(str(ckpt))
-    with pytest.raises(ExportError, match="refine_iterations"):
+    with pytest.raises(BackendError, match="refine_iterations"):
         ExportableDetector(det.model, min_size=128, max_size=256)
 
 
@@ -132,7 +127,7 @@ def test_resize_conventions_the_graph_lacks_are_refused(tmp_path, override):
     det = Detector.from_checkpoint(
         str(save_tiny_checkpoint(tmp_path / "d.pth")), overrides=[override]
     )
-    with pytest.raises(ExportError, match=override.split("=")[0].replace(".", r"\.")):
+    with pytest.raises(BackendError, match=override.split("=")[0].replace(".", r"\.")):
         export_torchscript(det, str(tmp_path / "d.pt"))
     assert not (tmp_path / "d.pt").exists()
 
@@ -142,7 +137,7 @@ def test_a_frozen_size_dependent_value_fails_the_export(tmp_path, monkeypatch):
     the RPN's pre-NMS top-k is made to take its eager branch, min(top-k, number of anchors)."""
     det = Detector.from_checkpoint(str(save_tiny_checkpoint(tmp_path / "f.pth")))
     monkeypatch.setattr("detkit.modeling.rpn.Tensor", type("NotATensor", (), {}))
-    with pytest.raises(ExportError, match=r"froze .*rpn\.py"):
+    with pytest.raises(BackendError, match=r"froze .*rpn\.py"):
         export_torchscript(det, str(tmp_path / "f.pt"))
 
 

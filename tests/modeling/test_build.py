@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import detkit.registry as registry
-from detkit.config import ConfigError, load_config
+from detkit.config import load_config
+from detkit.errors import ConfigError
 from detkit.modeling import build_model
 from detkit.modeling.backbones.norm import FrozenBatchNorm2d
 from detkit.modeling.backbones.resnet import BasicBlock

@@ -8,20 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from detkit.config import ConfigError, load_config
+from detkit.config import load_config
+from detkit.errors import CheckpointError, ConfigError
 from detkit.modeling.config_match import configs_fitting
 from detkit.modeling.detectron2 import (
     caffe2_backbone_file,
     caffe2_to_torchvision,
     detectron2_to_detkit,
 )
-from detkit.utils.io import (
-    CheckpointError,
-    CheckpointMismatch,
-    atomic_save,
-    load_checkpoint,
-    load_model_weights,
-)
+from detkit.utils.io import atomic_save, load_checkpoint, load_model_weights
 from tests.conftest import ROOT, tiny_config
 
 
@@ -118,7 +113,7 @@ def test_detectron2_non_parameters_are_dropped():
 
 def test_unknown_detectron2_parameter_is_named():
     state = {"roi_heads.box_head.conv1.weight": np.zeros(1, np.float32)}
-    with pytest.raises(CheckpointMismatch, match=r"zoo.pkl: .*'roi_heads.box_head.conv1.weight'"):
+    with pytest.raises(CheckpointError, match=r"zoo.pkl: .*'roi_heads.box_head.conv1.weight'"):
         detectron2_to_detkit(state, "zoo.pkl")
 
 
@@ -150,7 +145,7 @@ def test_caffe2_imagenet_names():
         "layer3.22.bn3.bias",
     }
     assert not any(k.startswith(("fc", "conv1.bias")) or "momentum" in k for k in out)
-    with pytest.raises(CheckpointMismatch, match="R-50.pkl: Caffe2 blob 'res2_0_odd_w'"):
+    with pytest.raises(CheckpointError, match="R-50.pkl: Caffe2 blob 'res2_0_odd_w'"):
         caffe2_to_torchvision({"res2_0_odd_w": np.zeros(1, np.float32)}, "R-50.pkl")
 
 
@@ -192,7 +187,7 @@ def test_mismatch_error_names_tensors_and_the_fitting_config(tmp_path):
     c4 = build_model(tiny_config(base=TINY_C4))
     atomic_save({"model": c4.state_dict()}, tmp_path / "c4.pth")
     fpn = build_model(tiny_config("model.num_classes=5"))
-    with pytest.raises(CheckpointMismatch) as err:
+    with pytest.raises(CheckpointError) as err:
         load_model_weights(fpn, tmp_path / "c4.pth", strict=True)
     msg = str(err.value)
     assert f"{tmp_path / 'c4.pth'} does not fit" in msg
@@ -212,5 +207,5 @@ def test_mismatch_error_for_torchvision_names(tmp_path):
     from detkit.modeling import build_model
 
     atomic_save({"backbone.body.conv1.weight": torch.zeros(1)}, tmp_path / "tv.pth")
-    with pytest.raises(CheckpointMismatch, match="--from torchvision"):
+    with pytest.raises(CheckpointError, match="--from torchvision"):
         load_model_weights(build_model(tiny_config()), tmp_path / "tv.pth", strict=True)

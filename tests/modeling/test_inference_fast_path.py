@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
-from detkit.config import ConfigError, load_config
+from detkit.config import load_config
+from detkit.errors import ConfigError
 from detkit.modeling import build_model
 from detkit.modeling.backbones.norm import FrozenBatchNorm2d, fixed_affine, fuse_frozen_bn
 from detkit.modeling.build import build_predictor, optimize_for_inference

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from detkit import Detector
-from detkit.config import ConfigError
+from detkit.errors import ConfigError
 from detkit.modeling.parallel import ParallelImages, resolve_parallel_images
 from tests.conftest import tiny_config
 from tests.export.test_export import smooth_image

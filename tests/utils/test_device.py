@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from detkit.errors import DetkitError
-from detkit.utils.device import DeviceError, resolve_device
+from detkit.errors import ConfigError, DetkitError
+from detkit.utils.device import resolve_device
 
 
 @pytest.fixture
@@ -26,13 +26,13 @@ def test_auto_is_cuda_only_when_available(no_cuda):
 def test_auto_and_indices_with_two_gpus(two_gpus):
     assert resolve_device("auto") == torch.device("cuda")
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
-    with pytest.raises(DeviceError, match=r"--device='cuda:2': only 2 CUDA device\(s\) visible"):
+    with pytest.raises(ConfigError, match=r"--device='cuda:2': only 2 CUDA device\(s\) visible"):
         resolve_device("cuda:2", option="--device")
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("cuda", 1)])
 def test_cuda_without_cuda_names_the_option(no_cuda, device):
-    with pytest.raises(DeviceError) as info:
+    with pytest.raises(ConfigError) as info:
         resolve_device(device, option="--device")
     assert isinstance(info.value, DetkitError)
     assert str(info.value).startswith(f"--device={str(device)!r} asks for CUDA, but this machine")
@@ -44,5 +44,5 @@ def test_cuda_without_cuda_names_the_option(no_cuda, device):
     [("gpu", "is not a device"), ("meta", "detkit runs on auto, cpu, cuda, cuda:<index>")],
 )
 def test_other_values_list_the_valid_ones(device, problem):
-    with pytest.raises(DeviceError, match=problem):
+    with pytest.raises(ConfigError, match=problem):
         resolve_device(device, option="--device")

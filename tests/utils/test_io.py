@@ -14,12 +14,8 @@ from torch import nn
 from detkit.api import Detector
 from detkit.config import load_config
 from detkit.engine.checkpoint import Checkpointer
-from detkit.errors import DetkitError
+from detkit.errors import CheckpointError, DetkitError, WriteError
 from detkit.utils.io import (
-    CheckpointError,
-    CheckpointMismatch,
-    CheckpointNotFound,
-    WriteError,
     atomic_open,
     atomic_save,
     atomic_write_text,
@@ -117,7 +113,7 @@ def _not_a_checkpoint(tmp_path):
 
 def test_loader_errors_name_the_file(tmp_path):
     missing = tmp_path / "missing.pth"
-    with pytest.raises(CheckpointNotFound, match=re.escape(f"checkpoint not found: {missing}")):
+    with pytest.raises(CheckpointError, match=re.escape(f"checkpoint not found: {missing}")):
         load_checkpoint(missing)
     truncated = _truncated(tmp_path)
     with pytest.raises(
@@ -129,33 +125,33 @@ def test_loader_errors_name_the_file(tmp_path):
     assert str(e.value).endswith("(the file is truncated or damaged, or is not a checkpoint)")
     listed = _not_a_checkpoint(tmp_path)
     with pytest.raises(
-        CheckpointMismatch, match=re.escape(f"{listed} holds a list, not a checkpoint dict")
+        CheckpointError, match=re.escape(f"{listed} holds a list, not a checkpoint dict")
     ):
         load_checkpoint(listed)
     plain = tmp_path / "plain.pth"
     torch.save({"w": torch.ones(2)}, plain)
-    with pytest.raises(CheckpointMismatch, match=re.escape(f"{plain} lacks ['model', 'config']")):
+    with pytest.raises(CheckpointError, match=re.escape(f"{plain} lacks ['model', 'config']")):
         load_checkpoint(plain, require=("model", "config"), what="a detkit checkpoint")
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match=re.escape(f"cannot read checkpoint {text}")):
         load_checkpoint(text)
     # one base for the tools, and the builtin bases the API raised before
-    assert issubclass(CheckpointNotFound, FileNotFoundError)
-    assert issubclass(CheckpointMismatch, ValueError) and issubclass(CheckpointError, DetkitError)
+    assert issubclass(CheckpointError, FileNotFoundError)
+    assert issubclass(CheckpointError, ValueError) and issubclass(CheckpointError, DetkitError)
 
 
 def test_weights_that_do_not_fit_name_the_file_and_the_keys(tmp_path):
     src = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     atomic_save({"model": src.state_dict()}, tmp_path / "det.pth")
     bigger = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2), nn.Linear(2, 2))
-    with pytest.raises(CheckpointMismatch, match=r"det.pth does not fit .* 2 are missing"):
+    with pytest.raises(CheckpointError, match=r"det.pth does not fit .* 2 are missing"):
         load_model_weights(bigger, tmp_path / "det.pth", strict=True)
     smaller = nn.Sequential(nn.Linear(4, 3))
-    with pytest.raises(CheckpointMismatch, match=r"det.pth does not fit .* 2 are not used"):
+    with pytest.raises(CheckpointError, match=r"det.pth does not fit .* 2 are not used"):
         load_model_weights(smaller, tmp_path / "det.pth", strict=True)
     torch.save({"model": [1]}, tmp_path / "odd.pth")
-    with pytest.raises(CheckpointMismatch, match="odd.pth holds no state dict of tensors"):
+    with pytest.raises(CheckpointError, match="odd.pth holds no state dict of tensors"):
         load_model_weights(smaller, tmp_path / "odd.pth", strict=False)
 
 

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 
 from detkit import Detector
+from detkit.errors import ConfigError, DataError
 from detkit.io_video import (
     CaptureSource,
     RunStats,
-    SourceError,
-    UsageError,
     detect_source,
     filter_detections,
     make_record,
@@ -200,7 +199,7 @@ def test_camera_with_fake_capture(tmp_path, det):
     stamps = [r["timestamp"] for r in records]
     assert stamps == sorted(stamps) and all(isinstance(t, float) for t in stamps)
     assert count_video_frames(result.video) == 8 and cap.released
-    with pytest.raises(SourceError, match="camera 3"):
+    with pytest.raises(DataError, match="camera 3"):
         open_source("3", capture_factory=lambda index: FakeCapture(opened=False))
 
 
@@ -226,7 +225,7 @@ def test_truncated_video_ends_with_a_warning_not_corrupt_frames(detkit_log):
     frames = list(source)
     assert len(frames) == 20 and all(f.image is not None for f in frames)
     assert "short.mp4 ended at frame 20 although its header announces 30 frames" in detkit_log.text
-    with pytest.raises(SourceError, match="cannot decode any frame of broken.mp4"):
+    with pytest.raises(DataError, match="cannot decode any frame of broken.mp4"):
         list(CaptureSource(FakeCapture(num_frames=30, fail_at=range(30)), "broken.mp4"))
 
 
@@ -267,20 +266,20 @@ def test_ctrl_c_leaves_a_playable_video(tmp_path, det):
 
 
 def test_unreadable_inputs_are_clear_errors(tmp_path, det, ckpt, detkit_log):
-    with pytest.raises(SourceError, match="input not found: .*nope.mp4"):
+    with pytest.raises(DataError, match="input not found: .*nope.mp4"):
         open_source(str(tmp_path / "nope.mp4"))
     fake = tmp_path / "notavideo.mp4"
     fake.write_text("hello")
-    with pytest.raises(SourceError, match="notavideo.mp4"):
+    with pytest.raises(DataError, match="notavideo.mp4"):
         open_source(str(fake))
-    with pytest.raises(SourceError, match="no files match"):
+    with pytest.raises(DataError, match="no files match"):
         open_source(str(tmp_path / "*.png"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SourceError, match="no images"):
+    with pytest.raises(DataError, match="no images"):
         open_source(str(tmp_path / "empty"))
     assert video_tool.main([str(ckpt), "--input", str(fake), "--no-progress"]) == 1
-    assert "SourceError" in detkit_log.text and "notavideo.mp4" in detkit_log.text
-    with pytest.raises(UsageError, match="unknown class name.*'bus'.*cat"):
+    assert "DataError" in detkit_log.text and "notavideo.mp4" in detkit_log.text
+    with pytest.raises(ConfigError, match="unknown class name.*'bus'.*cat"):
         detect_source(det, str(fake), classes=["bus"], progress=False)
 
 
@@ -417,7 +416,7 @@ def test_inference_switches_from_the_config_are_used(ckpt):
 
 def test_a_source_error_in_the_reader_thread_reaches_the_caller(tmp_path):
     source = CaptureSource(FakeCapture(num_frames=5, fail_at=range(5)), "dead.mp4")
-    with pytest.raises(SourceError, match="cannot decode any frame of dead.mp4"):
+    with pytest.raises(DataError, match="cannot decode any frame of dead.mp4"):
         run_pipeline(
             source,
             fake_infer,

@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     det = build_detector(args)
     if args.batch_size is None:
-        from detkit.modeling.parallel import resolve_parallel_images
+        from detkit.inference.parallel import resolve_parallel_images
 
         args.batch_size = resolve_parallel_images(det.cfg, det.device)
         logger.info("--batch-size %d (frames side by side: test.parallel_images)", args.batch_size)

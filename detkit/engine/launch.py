@@ -20,8 +20,8 @@ from detkit.errors import CheckpointError, WriteError
 from detkit.evaluation import build_evaluator
 from detkit.evaluation.common import write_json
 from detkit.export.runtime import check_backend, make_predictor
+from detkit.inference.parallel import batch_side_by_side
 from detkit.modeling.build import build_model
-from detkit.modeling.parallel import batch_side_by_side
 from detkit.utils.io import ensure_output_dir
 from detkit.utils.logger import setup_logging
 

@@ -207,7 +207,7 @@ def test_evaluation_runs_the_inference_tools_test_runs(data_root, tmp_path, monk
     """best.pth is chosen by the predictor tools/test.py builds (here multi-scale + flip testing),
     not by the bare model."""
     import detkit.engine.trainer as trainer_module
-    from detkit.modeling.parallel import ParallelImages, resolve_parallel_images
+    from detkit.inference.parallel import ParallelImages, resolve_parallel_images
     from detkit.modeling.tta import MultiScaleFlip
 
     predictors, batches = [], []

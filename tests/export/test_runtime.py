@@ -15,7 +15,7 @@ from detkit import Detector
 from detkit.errors import BackendError, WriteError
 from detkit.export import runtime
 from detkit.export.runtime import OnnxRuntimePredictor, check_backend, graph_key, make_predictor
-from detkit.modeling.parallel import ParallelImages
+from detkit.inference.parallel import ParallelImages
 from detkit.utils.threads import cpu_description, physical_cores
 from tests.conftest import TINY_C4, tiny_config
 from tests.export.test_export import SIZES, smooth_image

@@ -10,7 +10,7 @@ import torch
 
 from detkit import Detector
 from detkit.errors import ConfigError
-from detkit.modeling.parallel import ParallelImages, resolve_parallel_images
+from detkit.inference.parallel import ParallelImages, resolve_parallel_images
 from tests.conftest import tiny_config
 from tests.export.test_export import smooth_image
 from tests.video.helpers import save_tiny_checkpoint

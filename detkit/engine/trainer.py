@@ -24,7 +24,8 @@ from detkit.data import build_dataset, build_test_loader, build_train_loader
 from detkit.errors import ConfigError, TrainingError
 from detkit.evaluation import build_evaluator
 from detkit.inference.parallel import ParallelImages, batch_side_by_side, resolve_parallel_images
-from detkit.modeling.build import build_model, build_predictor, check_backbone_init
+from detkit.inference.predictor import build_predictor
+from detkit.modeling.build import build_model, check_backbone_init
 from detkit.modeling.precision import autocast, training_precision
 from detkit.utils.rng import get_rng_state, preserve_rng, seed_all, set_rng_state
 

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from detkit.errors import BackendError, WriteError
 
 from ..inference.parallel import ParallelImages, resolve_parallel_images
-from ..modeling.build import build_predictor, optimize_for_inference
+from ..inference.predictor import build_predictor, optimize_for_inference
 from ..structures.resize import resize_scale, resize_size
 from ..utils.io import atomic_write_bytes
 from ..utils.threads import physical_cores

@@ -10,9 +10,9 @@ from torchvision.ops import box_iou
 
 from detkit.config import load_config
 from detkit.errors import ConfigError
+from detkit.inference.predictor import build_predictor, optimize_for_inference
 from detkit.modeling import build_model
 from detkit.modeling.backbones.norm import FrozenBatchNorm2d, fixed_affine, fuse_frozen_bn
-from detkit.modeling.build import build_predictor, optimize_for_inference
 from tests.conftest import ROOT, TINY_C4, TINY_FPN, tiny_config
 
 # BN in the FPN and a conv head with BN after each conv: where the norms sit in ModuleLists

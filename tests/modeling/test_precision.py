@@ -6,7 +6,7 @@ import torch
 
 from detkit import Detector
 from detkit.config import load_config
-from detkit.modeling.build import build_predictor
+from detkit.inference.predictor import build_predictor
 from detkit.modeling.precision import (
     AutocastPredictor,
     autocast,

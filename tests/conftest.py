@@ -1,23 +1,22 @@
-"""What every test folder shares: the reference test data, the tiny model configs, the GPU skip."""
+"""Fixtures every test folder shares: the reference test data, the tiny model configs, the logger
+reset, the GPU skip (plain functions and constants are in tests/helpers.py)."""
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-# reference files from other projects (see PROVENANCE.md there); not shipped with detkit
-TESTDATA = Path(os.environ.get("DETKIT_TESTDATA", ROOT.parent / "shared" / "testdata"))
-
-
-def reference_data(*parts: str) -> Path:
-    """A file or folder under the reference test data; the calling test is skipped, visibly, when
-    it is absent."""
-    path = TESTDATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"reference test data, not shipped (set DETKIT_TESTDATA): {path} not found")
-    return path
+# Re-exported for test modules not yet moved to ``tests.helpers`` (the shared constants and
+# functions live there now; conftest.py keeps the fixtures).
+from tests.helpers import (  # noqa: F401
+    ROOT,
+    TESTDATA,
+    TINY_C4,
+    TINY_FPN,
+    error_lines,
+    reference_data,
+    tiny_config,
+)
 
 
 @pytest.fixture(scope="session")
@@ -26,59 +25,10 @@ def testdata() -> Path:
     return reference_data()
 
 
-# Tiny models: ResNet-18 GN with a 32-channel FPN, or the C4 layout (res4 features, ROIPool, res5
-# head), small enough that a forward pass on a 128 px image takes milliseconds on a CPU.
-TINY_FPN = [
-    "model.num_classes=3",
-    "model.backbone.depth=18",
-    "model.backbone.norm=GN",
-    "model.backbone.freeze_at=0",
-    "model.neck.out_channels=32",
-    "model.roi_heads.box_head.fc_dim=64",
-    "model.rpn.anchor_sizes=[[16],[32],[64],[128],[256]]",
-    "model.rpn.batch_size_per_image=64",
-    "model.roi_heads.batch_size_per_image=64",
-    "input.min_size_test=128",
-    "input.max_size_test=256",
-]
-TINY_C4 = [
-    "model.num_classes=3",
-    "model.backbone.depth=18",
-    "model.backbone.norm=GN",
-    "model.backbone.freeze_at=0",
-    "model.backbone.out_features=[res4]",
-    "model.neck.name=none",
-    "model.rpn.in_features=[res4]",
-    "model.rpn.anchor_sizes=[[16,32,64]]",
-    "model.rpn.post_nms_topk_train=256",
-    "model.rpn.post_nms_topk_test=300",
-    "model.roi_heads.in_features=[res4]",
-    "model.roi_heads.pooler.name=ROIPool",
-    "model.roi_heads.pooler.output_size=14",
-    "model.roi_heads.box_head.name=Res5Head",
-    "model.roi_heads.batch_size_per_image=64",
-    "input.min_size_test=128",
-    "input.max_size_test=256",
-]
-
-
-def tiny_config(*overrides: str, base=TINY_FPN):
-    """The tiny FPN (or ``base=TINY_C4``) config with ``overrides`` on top."""
-    from detkit.config import load_config
-
-    return load_config(None, list(base) + list(overrides))
-
-
 @pytest.fixture
 def tiny_cfg():
     """``tiny_cfg(*overrides, base=TINY_FPN)``: a tiny model config (see ``tiny_config``)."""
     return tiny_config
-
-
-def error_lines(err: str) -> list:
-    """The ERROR lines of a tool's stderr, after checking it printed no traceback."""
-    assert "Traceback" not in err and "Caught" not in err, err[-3000:]
-    return [line for line in err.splitlines() if "ERROR" in line]
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import ROOT, error_lines
+from tests.helpers import ROOT, error_lines
 
 sys.path.insert(0, str(ROOT / "tools"))
 

@@ -8,7 +8,7 @@ import torch
 
 from detkit.modeling import build_model
 from detkit.utils.io import atomic_save
-from tests.conftest import error_lines
+from tests.helpers import error_lines
 
 from .conftest import load_tool, tiny_config
 

@@ -1,4 +1,4 @@
-"""Tiny randomly initialised detkit checkpoints and fake inputs for the video/export/visualisation tests."""
+"""Fake video inputs and the reference video for the video tests (shared helpers: tests/helpers.py)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,19 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
-from tests.conftest import TINY_FPN, reference_data, tiny_config
+# load_tool, one_torch_thread and save_tiny_checkpoint are re-exported for the other folders' tests
+# until they import them from tests.helpers
+from tests.helpers import (  # noqa: F401
+    CLASS_NAMES,
+    load_tool,
+    one_torch_thread,
+    reference_data,
+    save_tiny_checkpoint,
+)
 
 # mmcv's test.mp4: 168 frames, 294x240, 25 fps
 TEST_MP4 = ("mmcv", "tests", "data", "test.mp4")
-CLASS_NAMES = ["cat", "dog", "car"]
 # fewer proposals and a smaller input: the 168-frame video test runs the real model on every frame
 FAST = [
     "input.min_size_test=64",
@@ -20,19 +26,6 @@ FAST = [
     "model.rpn.pre_nms_topk_test=200",
     "model.rpn.post_nms_topk_test=50",
 ]
-
-
-def save_tiny_checkpoint(path: Path, overrides=(), base=TINY_FPN, seed: int = 0) -> Path:
-    """A detkit checkpoint {"model", "config", "class_names"} of a tiny random model."""
-    from detkit.modeling import build_model
-
-    cfg = tiny_config(*overrides, base=base)
-    torch.manual_seed(seed)
-    model = build_model(cfg, class_names=CLASS_NAMES)
-    torch.save(
-        {"model": model.state_dict(), "config": cfg.to_dict(), "class_names": CLASS_NAMES}, path
-    )
-    return path
 
 
 def reference_video() -> Path:
@@ -96,25 +89,3 @@ class FakeCapture:
 
     def release(self):
         self.released = True
-
-
-def load_tool(name: str):
-    """tools/<name>.py as a module (by path: ``import video`` would find the tests.video package)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "tools" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"detkit_tool_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def one_torch_thread():
-    """Generator for an autouse fixture: run the tiny models on one intra-op thread, then restore.
-
-    On a small shared CPU, OpenMP threads that wait for each other are slower than one thread by
-    more than 10x (a tiny model: 30 ms per frame on 1 thread, over 1 s on 2 busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from detkit.utils.threads import physical_cores
-from tests.conftest import error_lines
-from tests.video.helpers import FAST, load_tool, reference_video, save_tiny_checkpoint
+from tests.helpers import error_lines, load_tool, save_tiny_checkpoint
+from tests.video.helpers import FAST, reference_video
 
 video_tool = load_tool("video")
 

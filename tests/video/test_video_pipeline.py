@@ -20,16 +20,8 @@ from detkit.io_video import (
 )
 from detkit.io_video.sources import Frame
 from detkit.io_video.writers import JsonLinesWriter, VideoFileWriter
-from tests.video.helpers import (
-    CLASS_NAMES,
-    FAST,
-    FakeCapture,
-    count_video_frames,
-    fake_infer,
-    load_tool,
-    reference_video,
-    save_tiny_checkpoint,
-)
+from tests.helpers import CLASS_NAMES, load_tool, save_tiny_checkpoint
+from tests.video.helpers import FAST, FakeCapture, count_video_frames, fake_infer, reference_video
 
 video_tool = load_tool("video")
 

@@ -13,7 +13,7 @@ from detkit.visualization import (
     draw_ground_truth,
     draw_style,
 )
-from tests.video.helpers import load_tool
+from tests.helpers import load_tool
 
 THIN = DrawStyle(thickness=1, font_scale=0.35, font_thickness=1)
 

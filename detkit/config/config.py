@@ -21,7 +21,6 @@ from detkit.utils.io import atomic_write_text
 
 from .schema import (
     check_value,
-    components,
     defaults,
     load_yaml,
     lookup_default,
@@ -104,9 +103,8 @@ class Config(Mapping):
         cls, d: Mapping, *, origin: str = "<dict>", source_file: Optional[str] = None
     ) -> "Config":
         """Validate a plain dict (e.g. the config stored in a checkpoint) on top of the defaults.
-        ``origin`` names it in errors, e.g. ``"checkpoint model_final.pth"``. Keys of earlier detkit
-        versions (see :func:`translate_old_keys`) are translated, with one warning."""
-        return cls(translate_old_keys(d, origin), source_file=source_file, origin=origin)
+        ``origin`` names it in errors, e.g. ``"checkpoint model_final.pth"``."""
+        return cls(d, source_file=source_file, origin=origin)
 
     # -- mapping and attribute access --------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
@@ -210,67 +208,6 @@ class Config(Mapping):
 
 def _join(parent: str, key: Any) -> str:
     return f"{parent}.{key}" if parent else str(key)
-
-
-def translate_old_keys(d: Mapping, origin: str) -> Mapping:
-    """A copy of ``d`` with the keys of earlier detkit versions translated, so checkpoints written
-    by them still load: ``roi_heads.context.enabled`` -> ``context``; ``roi_heads.refine.*`` ->
-    ``refine_iterations`` (0 when it was disabled), ``refine_nms_thresh``, ``refine_vote_thresh``
-    (and ``test.merge_vote_thresh``, which the multi-scale merge used to read from it); and the
-    keys of a component section its class never took (they were ignored, e.g. ``sampling_ratio``
-    with ROIPool) are dropped. Logs one warning naming each old key and what replaced it."""
-    if not isinstance(d, Mapping):
-        return d  # validation reports it
-    data = copy.deepcopy(dict(d))
-    notes: List[str] = []
-    heads = data.get("model", {}).get("roi_heads") if isinstance(data.get("model"), dict) else None
-    if isinstance(heads, dict):
-        if isinstance(heads.get("context"), dict) and set(heads["context"]) <= {"enabled"}:
-            heads["context"] = heads["context"].get("enabled", False)
-            notes.append("model.roi_heads.context.enabled -> model.roi_heads.context")
-        if isinstance(heads.get("refine"), dict):
-            notes += _translate_refine(heads.pop("refine"), heads, data)
-    if notes:  # an old resolved config: it lists every key, also those its classes ignored
-        notes += _drop_ignored_component_keys(data)
-    if notes:
-        logger.warning(
-            "%s: config written by an earlier detkit version; translated: %s",
-            origin,
-            "; ".join(notes),
-        )
-    return data
-
-
-def _translate_refine(refine: Dict[str, Any], heads: Dict[str, Any], data: Dict[str, Any]):
-    old = "model.roi_heads.refine."
-    notes = [f"{old}enabled, {old}iterations -> model.roi_heads.refine_iterations (0 = off)"]
-    heads["refine_iterations"] = refine.get("iterations", 1) if refine.get("enabled") else 0
-    for key in ("nms_thresh", "vote_thresh"):
-        if key in refine:
-            heads[f"refine_{key}"] = refine[key]
-            notes.append(f"{old}{key} -> model.roi_heads.refine_{key}")
-    test = data.get("test", {})
-    if "vote_thresh" in refine and isinstance(test, dict) and "merge_vote_thresh" not in test:
-        data["test"] = {**test, "merge_vote_thresh": refine["vote_thresh"]}
-        notes.append(f"{old}vote_thresh -> test.merge_vote_thresh (the merge's box voting)")
-    return notes
-
-
-def _drop_ignored_component_keys(data: Dict[str, Any]) -> List[str]:
-    notes = []
-    for section, choices in components().items():
-        node: Any = data
-        for part in section.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict):
-            continue
-        name = node.get("name", lookup_default(section.split(".") + ["name"]))
-        if name not in choices:
-            continue  # validation reports it
-        for key in [k for k in node if k != "name" and k not in choices[name]]:
-            del node[key]
-            notes.append(f"{section}.{key} (never used by {name}) -> dropped")
-    return notes
 
 
 def _freeze(value: Any, key: str, owner: Config) -> Any:

@@ -120,23 +120,6 @@ def _all_dotted_keys() -> List[str]:
     return keys
 
 
-# Keys that existed in earlier detkit versions -> what replaced them (for hints, and for configs
-# stored in old checkpoints, which Config.from_dict translates).
-RENAMED = {
-    "model.roi_heads.context.enabled": "model.roi_heads.context",
-    "model.roi_heads.refine.enabled": "model.roi_heads.refine_iterations (0 = off)",
-    "model.roi_heads.refine.iterations": "model.roi_heads.refine_iterations",
-    "model.roi_heads.refine.nms_thresh": "model.roi_heads.refine_nms_thresh",
-    "model.roi_heads.refine.vote_thresh": "model.roi_heads.refine_vote_thresh",
-}
-
-
-def _renamed_hint(key: str) -> str:
-    """ "; X is now Y" for a key (or a section of keys) that an earlier version had, else ""."""
-    old = [o for o in RENAMED if o == key or o.startswith(key + ".")]
-    return "".join(f"; '{o}' is now '{RENAMED[o]}'" for o in old)
-
-
 def type_name(value: Any) -> str:
     """YAML-flavoured type names, since that is what the user wrote."""
     if value is None:
@@ -166,7 +149,6 @@ def _what(key: str) -> str:
 def type_error(key: str, label: str, expected: str, value: Any) -> ConfigError:
     return ConfigError(
         f"{_what(key)} ({label}): expected {expected}, got {type_name(value)} {_show(value)}"
-        + _renamed_hint(key)
     )
 
 
@@ -185,8 +167,7 @@ def suggest(name: Any, valid: Mapping, parent: str) -> str:
 
 
 def unknown_key_error(key: str, name: Any, valid: Mapping, parent: str, label: str) -> ConfigError:
-    hint = _renamed_hint(key) or f"; {suggest(name, valid, parent)}"
-    return ConfigError(f"unknown config key '{key}' ({label}){hint}")
+    return ConfigError(f"unknown config key '{key}' ({label}); {suggest(name, valid, parent)}")
 
 
 def not_applicable_error(

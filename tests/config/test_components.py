@@ -204,90 +204,7 @@ def test_unknown_class_and_misspelt_component_key(tmp_path):
         Config({"model": {"roi_heads": {"box_head": {"fc_dim": "wide"}}}}, origin="x")
 
 
-def test_old_keys_in_files_and_overrides_name_their_replacement(tmp_path):
-    with pytest.raises(ConfigError) as err:
-        load_config(None, ["model.roi_heads.refine.enabled=true"])
-    assert "unknown config key 'model.roi_heads.refine' (command line)" in str(err.value)
-    assert "'model.roi_heads.refine.iterations' is now 'model.roi_heads.refine_iterations'" in str(
-        err.value
-    )
-    path = write(tmp_path, "old.yaml", "model: {roi_heads: {context: {enabled: true}}}\n")
-    with pytest.raises(ConfigError) as err:
-        load_config(path)
-    assert f"config key 'model.roi_heads.context' ({path}): expected bool" in str(err.value)
-    assert "'model.roi_heads.context.enabled' is now 'model.roi_heads.context'" in str(err.value)
-
-
-# -- configs stored by earlier versions -----------------------------------------------------------
-def old_c4_config(refine_enabled=True):
-    """A resolved config as an earlier detkit stored it in a checkpoint (every key, old names)."""
-    d = load_config(None, ["model.neck.name=none"]).to_dict()
-    heads = d["model"]["roi_heads"]
-    for key in ("context", "refine_iterations", "refine_nms_thresh", "refine_vote_thresh"):
-        del heads[key]
-    del d["test"]["merge_vote_thresh"]
-    heads["refine"] = {
-        "enabled": refine_enabled,
-        "iterations": 2,
-        "nms_thresh": 0.4,
-        "vote_thresh": 0.7,
-    }
-    heads["context"] = {"enabled": True}
-    heads["pooler"] = {
-        "name": "ROIPool",
-        "output_size": 14,
-        "sampling_ratio": 2,
-        "aligned": False,
-        "canonical_scale": 224,
-        "canonical_level": 4,
-    }
-    heads["box_head"] = {"name": "Res5Head", "fc_dim": 1024}
-    d["model"]["neck"] = {"name": "none", "out_channels": 256, "top_block": "maxpool"}
-    return d
-
-
-def test_old_checkpoint_configs_are_translated_with_one_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="detkit"):
-        cfg = Config.from_dict(old_c4_config(), origin="checkpoint old.pth")
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    message = warnings[0]
-    assert message.startswith("checkpoint old.pth: config written by an earlier detkit version")
-    for old, new in [
-        ("model.roi_heads.context.enabled", "model.roi_heads.context"),
-        ("model.roi_heads.refine.iterations", "model.roi_heads.refine_iterations"),
-        ("model.roi_heads.refine.nms_thresh", "model.roi_heads.refine_nms_thresh"),
-        ("model.roi_heads.refine.vote_thresh", "model.roi_heads.refine_vote_thresh"),
-        ("model.roi_heads.refine.vote_thresh", "test.merge_vote_thresh"),
-        ("model.roi_heads.pooler.sampling_ratio", "dropped"),
-        ("model.roi_heads.box_head.fc_dim", "dropped"),
-        ("model.neck.out_channels", "dropped"),
-    ]:
-        assert old in message and new in message
-    heads = cfg.model.roi_heads
-    assert heads.context is True
-    assert (heads.refine_iterations, heads.refine_nms_thresh, heads.refine_vote_thresh) == (
-        2,
-        0.4,
-        0.7,
-    )
-    assert cfg.test.merge_vote_thresh == 0.7  # what the old multi-scale merge voted with
-    assert heads.pooler.to_dict() == {
-        "name": "ROIPool",
-        "output_size": 14,
-        "canonical_scale": 224,
-        "canonical_level": 4,
-    }
-    assert heads.box_head.to_dict() == {"name": "Res5Head"}
-    assert cfg.model.neck.to_dict() == {"name": "none"}
-
-
-def test_disabled_refinement_becomes_zero_iterations(caplog):
-    cfg = Config.from_dict(old_c4_config(refine_enabled=False), origin="checkpoint old.pth")
-    assert cfg.model.roi_heads.refine_iterations == 0
-
-
-def test_current_configs_load_from_dict_silently_and_strictly(caplog):
+def test_configs_load_from_dict_silently_and_strictly(caplog):
     current = load_config(None, ["model.roi_heads.refine_iterations=1"]).to_dict()
     with caplog.at_level(logging.WARNING, logger="detkit"):
         assert Config.from_dict(current).model.roi_heads.refine_iterations == 1
@@ -295,3 +212,7 @@ def test_current_configs_load_from_dict_silently_and_strictly(caplog):
     current["model"]["roi_heads"]["pooler"] = {"name": "ROIPool", "aligned": True}
     with pytest.raises(ConfigError, match=r"'model.roi_heads.pooler.aligned' \(checkpoint m.pth\)"):
         Config.from_dict(current, origin="checkpoint m.pth")
+    # a stored config is checked like a file: no key is translated
+    old = {"model": {"roi_heads": {"refine": {"enabled": True}}}}
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.roi_heads.refine' \(ckpt\)"):
+        Config.from_dict(old, origin="ckpt")

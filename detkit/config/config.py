@@ -19,6 +19,7 @@ import yaml
 from detkit.errors import ConfigError
 from detkit.utils.io import atomic_write_text
 
+from .constraints import Auto, constraint_for
 from .schema import (
     check_value,
     defaults,
@@ -315,9 +316,10 @@ _OVERRIDE_EXAMPLE = (
 
 
 def _parse_override(text: Any) -> Tuple[str, Any]:
-    """Split ``key=value`` and parse the value as YAML. String-typed keys take the text verbatim (unless it
-    is quoted): YAML would turn ``2024-01-01`` into a date, ``null`` into None and cut a path at
-    `` #``, none of which a user typing a path or a name on the command line means."""
+    """Split ``key=value`` and parse the value as YAML, as a file's value is parsed. String-typed keys
+    take the text verbatim (unless it is quoted): YAML would turn ``2024-01-01`` into a date, ``null``
+    into None and cut a path at `` #``, none of which a user typing a path or a name on the command
+    line means. An ``auto | int`` key is parsed as YAML: ``2`` is the int 2 there, as in a file."""
     if not isinstance(text, str) or "=" not in text:
         raise ConfigError(f"malformed override {text!r}: expected key=value, {_OVERRIDE_EXAMPLE}")
     key, raw = (part.strip() for part in text.split("=", 1))
@@ -325,7 +327,10 @@ def _parse_override(text: Any) -> Tuple[str, Any]:
         raise ConfigError(
             f"malformed override {text!r}: the key must be a dotted config key, {_OVERRIDE_EXAMPLE}"
         )
-    if isinstance(lookup_default(key.split(".")), str) and raw[:1] not in ("'", '"'):
+    verbatim = isinstance(lookup_default(key.split(".")), str) and not isinstance(
+        constraint_for(key), Auto
+    )
+    if verbatim and raw[:1] not in ("'", '"'):
         return key, raw
     try:
         return key, load_yaml(raw)

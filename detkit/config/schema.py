@@ -1,4 +1,5 @@
-"""The config schema is ``defaults.yaml`` itself: every key it lists is valid, and its value fixes the type.
+"""The config schema is ``defaults.yaml`` itself: every key it lists is valid, and its value fixes the type;
+``constraints.py`` adds each key's allowed values (choices, ranges, ``auto | int``).
 
 Keeping the schema as plain YAML (rather than a second, hand-written spec) means a new option is added
 in exactly one place, with its default and a comment, and the validator cannot drift from it.
@@ -23,6 +24,8 @@ from typing import Any, Dict, List
 import yaml
 
 from detkit.errors import ConfigError
+
+from .constraints import Auto, constraint_for
 
 # Keys whose value is a list of free-form dicts ``{name: <registered class>, ...kwargs}``. Only ``name``
 # is checked here; the other keys are checked against the constructor by the builder, which knows it.
@@ -197,7 +200,11 @@ def check_value(value: Any, default: Any, key: str, label: str) -> Any:
         return _check_entries(value, key, label)
     if isinstance(default, (list, tuple)):
         return _check_list(value, default, key, label)
-    return _check_scalar(value, default, key, label)
+    constraint = constraint_for(key)
+    if isinstance(constraint, Auto):  # its own type: "auto" or an int
+        return constraint.check(value, key, label)
+    value = _check_scalar(value, default, key, label)
+    return value if constraint is None else constraint.check(value, key, label)
 
 
 def _check_mapping(value: Any, default: Mapping, key: str, label: str) -> Dict[str, Any]:
@@ -281,8 +288,11 @@ def _check_list(value: Any, default: Any, key: str, label: str) -> List[Any]:
     if not isinstance(value, (list, tuple)):
         expected = f"a list of {type_name(default[0])}" if default else "a list"
         raise type_error(key, label, expected, value)
-    if not default:  # an empty default list says nothing about its elements
-        return copy.deepcopy(list(value))
+    if not default:  # an empty default list says nothing about its elements; its constraint may
+        constraint = constraint_for(key)
+        if constraint is None:
+            return copy.deepcopy(list(value))
+        return [constraint.check(v, f"{key}[{i}]", label) for i, v in enumerate(value)]
     template = default[0]
     return [check_value(v, template, f"{key}[{i}]", label) for i, v in enumerate(value)]
 

@@ -215,7 +215,7 @@ def test_string_overrides_are_taken_verbatim(tmp_path):
         None,
         [
             "output_dir=2024-01-01",
-            "model.backbone.norm=null",
+            "model.backbone.weights=null",
             "model.weights=/a/b #1.pth",
             "model.neck.name=none",
             "data.root=",
@@ -223,7 +223,7 @@ def test_string_overrides_are_taken_verbatim(tmp_path):
         ],
     )
     assert cfg.output_dir == "2024-01-01"
-    assert cfg.model.backbone.norm == "null"
+    assert cfg.model.backbone.weights == "null"
     assert cfg.model.weights == "/a/b #1.pth"
     assert cfg.model.neck.name == "none"
     assert cfg.data.root == ""
@@ -358,8 +358,10 @@ def test_exponent_floats_without_a_dot(tmp_path):
         load_config(None, ["solver.max_iter=1e5"])
 
 
-def test_empty_default_list_accepts_any_elements():
-    assert load_config({"test": {"scales": [600, 800.5]}}).test.scales == [600, 800.5]
+def test_empty_default_list_elements_are_checked_by_the_constraint():
+    assert load_config({"test": {"scales": [600, 800]}}).test.scales == [600, 800]
+    with pytest.raises(ConfigError, match=r"'test.scales\[1\]' \(<dict>\): expected an int >= 1"):
+        load_config({"test": {"scales": [600, 800.5]}})
 
 
 def test_dataset_entries_need_a_name():

@@ -82,7 +82,9 @@ def test_resolve_parallel_images():
     assert resolve_parallel_images(tiny_config(), cuda, cores=2) == 1
     assert resolve_parallel_images(tiny_config("test.parallel_images=3"), cpu) == 3
     for bad in ("0", "many"):
-        with pytest.raises(ConfigError, match="test.parallel_images.*is not auto or an integer"):
+        with pytest.raises(
+            ConfigError, match=r"test.parallel_images.*expected auto \| an int >= 1"
+        ):
             resolve_parallel_images(tiny_config(f"test.parallel_images={bad}"), cpu)
 
 

@@ -46,7 +46,7 @@ def test_one_autocast_helper_for_training_and_inference():
 
 
 def test_bad_precision_is_a_clear_error():
-    with pytest.raises(ValueError, match="auto, fp32, bf16, fp16; got 'half'"):
+    with pytest.raises(ValueError, match=r"expected auto \| fp32 \| bf16 \| fp16, got 'half'"):
         resolve_precision(cfg("test.precision=half"), torch.device("cpu"))
     with pytest.raises(ValueError, match="fp16 needs a CUDA device.*use bf16 or fp32"):
         resolve_precision(cfg("test.precision=fp16"), torch.device("cpu"))

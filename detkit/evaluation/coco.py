@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..registry import EVALUATORS
 from ..utils.distributed import gather_to_main
 from .coco_io import (
@@ -43,7 +44,10 @@ ENGINES = ("fast", "pycocotools")
 
 def _check_engine(engine: str) -> None:
     if engine not in ENGINES:
-        raise ValueError(f"unknown COCO evaluation engine '{engine}'; accepted: {list(ENGINES)}")
+        raise ConfigError(
+            f"unknown COCO evaluation engine '{engine}' (test.evaluator_engine); valid: "
+            + " | ".join(ENGINES)
+        )
 
 
 def evaluate_pycocotools(

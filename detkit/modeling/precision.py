@@ -15,6 +15,8 @@ from typing import Dict, List
 import torch
 from torch import Tensor, nn
 
+from detkit.errors import ConfigError
+
 logger = logging.getLogger("detkit")
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -23,7 +25,9 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def autocast(device: torch.device, precision: str):
     """``torch.autocast`` on ``device`` with bf16/fp16 activations; a no-op for fp32."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got '{precision}'")
+        raise ConfigError(
+            f"autocast: precision must be one of {', '.join(PRECISIONS)}; got '{precision}'"
+        )
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext()
@@ -38,18 +42,15 @@ def training_precision(cfg, device: torch.device) -> str:
 
 def resolve_precision(cfg, device: torch.device) -> str:
     """``test.precision`` made concrete for ``device``: auto = the training precision on CUDA
-    (solver.amp_dtype when solver.amp), fp32 elsewhere; fp16 needs CUDA."""
+    (solver.amp_dtype when solver.amp), fp32 elsewhere; fp16 needs CUDA. (The config's schema
+    has already refused any other value.)"""
     value = str(cfg.test.precision)
     if value == "auto":
         return training_precision(cfg, device)
-    if value not in PRECISIONS:
-        raise ValueError(
-            f"test.precision must be one of auto, {', '.join(PRECISIONS)}; got '{value}'"
-        )
     if value == "fp16" and device.type != "cuda":
-        raise ValueError(
-            f"test.precision=fp16 needs a CUDA device (this run is on {device.type}); "
-            "use bf16 or fp32 on the CPU"
+        raise ConfigError(
+            f"config key 'test.precision' ({cfg.origin('test.precision')}): fp16 needs a CUDA "
+            f"device (this run is on {device.type}); use bf16 or fp32 on the CPU"
         )
     return value
 
@@ -57,9 +58,8 @@ def resolve_precision(cfg, device: torch.device) -> str:
 def warn_if_slow_bf16(precision: str, device: torch.device) -> None:
     if precision == "bf16" and device.type == "cpu" and not _cpu_has_fast_bf16():
         logger.warning(
-            "test.precision=bf16 on a CPU without bf16 instructions: PyTorch falls back to slow "
-            "convolutions (measured 16x slower than fp32 for the quick-start model, ~45x for a C4 "
-            "head); use it to check bf16 accuracy, not for speed"
+            "test.precision=bf16 on a CPU without bf16 instructions: PyTorch falls back to "
+            "convolutions many times slower than fp32; use it to check bf16 accuracy, not for speed"
         )
 
 
@@ -77,7 +77,9 @@ class AutocastPredictor(nn.Module):
     def __init__(self, model: nn.Module, precision: str):
         super().__init__()
         if PRECISIONS.get(precision) is None:
-            raise ValueError(f"AutocastPredictor needs bf16 or fp16, got '{precision}'")
+            raise ConfigError(
+                f"AutocastPredictor: precision must be bf16 | fp16, got '{precision}'"
+            )
         self.model, self.precision = model, precision
 
     @property

@@ -9,6 +9,7 @@ from typing import Dict, List, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..structures import box_iou
 from ..structures.resize import resize_scale, resize_size
 from .roi_heads import Detections, nms_and_vote
@@ -75,9 +76,11 @@ class MultiScaleFlip(nn.Module):
     ):
         super().__init__()
         if merge not in MERGES:
-            raise ValueError(f"unknown test.merge '{merge}'; valid: {', '.join(MERGES)}")
+            raise ConfigError(
+                f"MultiScaleFlip: merge must be one of {' | '.join(MERGES)}, got '{merge}'"
+            )
         if not scales:
-            raise ValueError("multi-scale testing needs at least one scale (test.scales)")
+            raise ConfigError("MultiScaleFlip needs at least one scale (test.scales)")
         self.model = model
         self.scales, self.max_size, self.flip = [int(s) for s in scales], max_size, flip
         self.merge, self.nms_thresh, self.vote_thresh = merge, nms_thresh, vote_thresh

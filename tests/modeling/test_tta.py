@@ -1,7 +1,10 @@
 """Multi-scale and flip testing: mapping every pass back to the original image, and the merges."""
 
+import pytest
 import torch
 
+from detkit.config import load_config
+from detkit.errors import ConfigError
 from detkit.modeling.roi_heads import nms_and_vote
 from detkit.modeling.tta import MultiScaleFlip, hflip_boxes, soft_nms
 
@@ -91,3 +94,13 @@ def test_merging_a_prediction_set_with_itself_is_idempotent():
             and torch.equal(twice["scores"], s)
             and torch.equal(twice["labels"], l)
         )
+
+
+def test_an_unknown_merge_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"^MultiScaleFlip: merge must be one of nms \| soft_nms"):
+        MultiScaleFlip(BrightBoxDetector(), scales=[10], max_size=10, merge="vot")
+    with pytest.raises(ConfigError, match=r"^MultiScaleFlip needs at least one scale"):
+        MultiScaleFlip(BrightBoxDetector(), scales=[], max_size=10)
+    # from a config, the schema refuses it at load, before any model is built
+    with pytest.raises(ConfigError, match=r"'test.merge' \(command line\).*did you mean 'vote'"):
+        load_config(None, ["test.scales=[10]", "test.merge=vot"])

@@ -144,9 +144,9 @@ def test_unknown_optimizer_is_rejected():
     check_solver(load_config(None, ["solver.optimizer=AdamW"]))
     with pytest.raises(
         ConfigError,
-        match=r"solver.optimizer must be SGD or AdamW, got 'adam' \(set in command line\)",
+        match=r"'solver.optimizer' \(command line\): expected SGD \| AdamW, got 'adam'",
     ):
-        check_solver(load_config(None, ["solver.optimizer=adam"]))
+        load_config(None, ["solver.optimizer=adam"])
 
 
 def test_solver_values_are_checked_as_config_errors():
@@ -155,18 +155,14 @@ def test_solver_values_are_checked_as_config_errors():
     from detkit.errors import ConfigError
 
     check_solver(load_config(None))  # the defaults are valid
-    bad = load_config(
-        None, ["solver.amp_dtype=fp32", "solver.steps=[95000]", "solver.accumulate=0"]
-    )
+    for override in ("solver.amp_dtype=fp32", "solver.accumulate=0"):  # refused at load
+        with pytest.raises(ConfigError, match=r"\(command line\): expected "):
+            load_config(None, [override])
+    bad = load_config(None, ["solver.steps=[95000]"])
     with pytest.raises(ConfigError) as info:
         check_solver(bad)
     message = str(info.value)
-    for part in (
-        "solver.amp_dtype must be bf16 or fp16",
-        "solver.steps must be increasing",
-        "solver.accumulate must be at least 1",
-        "(set in command line)",
-    ):
+    for part in ("solver.steps must be increasing", "(set in command line)"):
         assert part in message
 
 
@@ -190,5 +186,5 @@ def test_negative_time_budget_is_a_config_error():
 
     assert load_config(None).solver.max_time_minutes == 0.0
     check_solver(load_config(None, ["solver.max_time_minutes=7"]))  # an int is a float
-    with pytest.raises(ConfigError, match="solver.max_time_minutes must be >= 0"):
-        check_solver(load_config(None, ["solver.max_time_minutes=-1"]))
+    with pytest.raises(ConfigError, match="'solver.max_time_minutes' .*expected a number >= 0"):
+        load_config(None, ["solver.max_time_minutes=-1"])

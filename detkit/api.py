@@ -23,12 +23,12 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .checkpoint import init_from_config, load_checkpoint, load_model_weights
 from .config import Config, load_config
 from .export.runtime import check_backend, make_predictor
 from .modeling import build_model
 from .structures.resize import resize_scale, resize_size
 from .utils.device import resolve_device
-from .utils.io import load_checkpoint, load_model_weights
 
 ImageLike = Union[str, os.PathLike, np.ndarray]
 
@@ -87,8 +87,10 @@ class Detector:
         )
         ckpt = load_checkpoint(weights) if weights else {}
         model = build_model(cfg, class_names=ckpt.get("class_names"))
-        if weights:
+        if weights:  # every tensor: the backbone's initialisation would be overwritten
             load_model_weights(model, weights, strict=True, checkpoint=ckpt)
+        else:
+            init_from_config(model, cfg)
         return cls(model, cfg, device, backend=backend, weights=weights and str(weights))
 
     @classmethod

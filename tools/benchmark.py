@@ -45,11 +45,11 @@ from detkit.benchmark import (
     random_images,
     random_targets,
 )
+from detkit.checkpoint.torchvision_names import torchvision_detector_to_detkit
 from detkit.config import load_config
 from detkit.export.runtime import BACKENDS, check_backend, make_predictor
 from detkit.modeling import build_model
 from detkit.modeling.precision import autocast
-from detkit.modeling.weights import torchvision_detector_to_detkit
 from detkit.utils.cli import tool_main, tool_parser
 from detkit.utils.device import resolve_device
 from detkit.utils.threads import cpu_description
@@ -161,7 +161,7 @@ def detectron2_twin(args, model, device):
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model as build_d2
 
-    from detkit.modeling.detectron2 import detectron2_to_detkit
+    from detkit.checkpoint.detectron2_names import detectron2_to_detkit
 
     cfg = get_cfg()
     cfg.merge_from_file(str(zoo[0]))

@@ -32,9 +32,8 @@ from pathlib import Path
 # this checkout's detkit, also without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detkit.config import load_config
-from detkit.modeling import build_model
-from detkit.modeling.weights import (
+from detkit.checkpoint import init_from_config, load_state_file
+from detkit.checkpoint.torchvision_names import (
     COCO_TORCHVISION_NAMES,
     fit_torchvision_state,
     imagenet_to_detkit,
@@ -42,8 +41,10 @@ from detkit.modeling.weights import (
     torchvision_num_classes,
     torchvision_variant,
 )
+from detkit.config import load_config
+from detkit.modeling import build_model
 from detkit.utils.cli import tool_main, tool_parser
-from detkit.utils.io import atomic_save, load_state_file
+from detkit.utils.io import atomic_save
 
 logger = logging.getLogger("detkit")
 
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
         converted = None
     cfg = load_config(args.config, overrides)
     class_names = _class_names(args.class_names, cfg.model.num_classes)
-    model = build_model(cfg, class_names=class_names)
+    model = init_from_config(build_model(cfg, class_names=class_names), cfg)
     if converted is None:
         converted = {**model.state_dict(), **imagenet_to_detkit(state, c4=model.neck is None)}
     else:
@@ -109,11 +110,11 @@ def main(argv=None) -> int:
 
 def _convert_detectron2(args) -> int:
     """detectron2 zoo .pkl / training .pth -> detkit checkpoint; MSRA R-50/R-101.pkl -> backbone
-    initialisation for model.backbone.weights (detkit.modeling.detectron2 does the work)."""
-    from detkit.modeling import detectron2
+    initialisation for model.backbone.weights (detkit.checkpoint.convert does the work)."""
+    from detkit.checkpoint import convert
 
     if args.source == "detectron2-imagenet":
-        out = detectron2.caffe2_backbone_file(args.src, args.config, args.overrides)
+        out = convert.caffe2_backbone_file(args.src, args.config, args.overrides)
         atomic_save(out, args.dst)
         logger.info("wrote %s: set model.backbone.weights=%s", args.dst, args.dst)
         return 0
@@ -121,7 +122,7 @@ def _convert_detectron2(args) -> int:
     if args.class_names:
         with open(args.class_names) as f:
             names = [line.strip() for line in f if line.strip()]
-    out = detectron2.detectron2_checkpoint(args.src, args.config, args.overrides, names)
+    out = convert.detectron2_checkpoint(args.src, args.config, args.overrides, names)
     atomic_save(out, args.dst)
     logger.info("wrote %s (num_classes=%d)", args.dst, len(out["class_names"]))
     return 0

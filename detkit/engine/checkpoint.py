@@ -24,14 +24,9 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
+from detkit.checkpoint import load_checkpoint, load_model_weights
 from detkit.errors import CheckpointError, WriteError
-from detkit.utils.io import (
-    TMP_PREFIX,
-    atomic_copy,
-    atomic_save,
-    load_checkpoint,
-    load_model_weights,
-)
+from detkit.utils.io import TMP_PREFIX, atomic_copy, atomic_save
 
 logger = logging.getLogger("detkit")
 
@@ -39,8 +34,8 @@ LAST, BEST, FINAL = "last.pth", "best.pth", "model_final.pth"
 _PERIODIC = re.compile(r"^model_(\d{7,})\.pth$")
 TRAINING_KEYS = ("model", "optimizer", "iteration")
 
-# The writing and reading live in detkit.utils.io (one implementation for the whole package);
-# the engine's callers import them from here.
+# The writing lives in detkit.utils.io and the reading in detkit.checkpoint (one implementation
+# each for the whole package); the engine's callers import them from here.
 __all__ = [
     "BEST",
     "FINAL",

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from tqdm import tqdm
 
+from detkit.checkpoint import init_from_config
 from detkit.data import build_dataset, build_test_loader, build_train_loader
 from detkit.errors import ConfigError, TrainingError
 from detkit.evaluation import build_evaluator
@@ -96,7 +97,7 @@ class Trainer:
         self.train_set = build_dataset_main_first(cfg, "train", ctx)
         self.class_names = list(self.train_set.class_names)
         check_backbone_init(cfg)  # no FrozenBN backbone trained from random weights
-        self.model = build_model(cfg, self.class_names).to(ctx.device)
+        self.model = init_from_config(build_model(cfg, self.class_names), cfg).to(ctx.device)
         if cfg.model.weights:
             load_model_weights(self.model, cfg.model.weights, strict=False)
         lr = scaled_base_lr(s.base_lr, s.ims_per_batch, s.reference_batch_size)

@@ -37,8 +37,8 @@ def _config_error(cfg, key: str, problem: str) -> ConfigError:
 
 
 def build_backbone(cfg) -> ResNet:
-    # `weights` is not a ResNet argument: build_model loads the file into the finished model
-    # (`allow_random_init` is check_backbone_init's)
+    # `weights` is not a ResNet argument: detkit.checkpoint.init_from_config loads the file into
+    # the finished model (`allow_random_init` is check_backbone_init's)
     return ResNet(**component_kwargs(cfg.model.backbone, exclude=("weights", "allow_random_init")))
 
 
@@ -46,8 +46,8 @@ def check_backbone_init(cfg) -> None:
     """Refuse to *train* a FrozenBN backbone from random weights (inference loads weights later).
 
     Frozen BN keeps the statistics of the weights it starts from; from random weights it is an
-    identity, so the backbone trains unnormalised: the loss of R-101 C4 reaches ~1e6 by iteration 2
-    and diverges, with nothing that says why.
+    identity, so the backbone trains unnormalised: the loss of a deep ResNet explodes within a few
+    iterations and diverges, with nothing that says why.
     """
     b, m = cfg.model.backbone, cfg.model
     if b.norm != "FrozenBN" or b.weights or m.weights or b.allow_random_init:
@@ -200,7 +200,10 @@ def _check_last_stage_used(cfg, backbone: ResNet) -> None:
 
 
 def build_model(cfg, class_names: Optional[List[str]] = None) -> FasterRCNN:
-    """Build a Faster R-CNN (C4 when ``model.neck.name`` is none, else FPN) from a validated config."""
+    """Build a Faster R-CNN (C4 when ``model.neck.name`` is none, else FPN) from a validated config.
+
+    Modules only, with their initial weights: no file is read (``model.backbone.weights`` is loaded
+    by ``detkit.checkpoint.init_from_config``, a detector's weights by ``load_model_weights``)."""
     if class_names is not None and len(class_names) != cfg.model.num_classes:
         raise ValueError(
             f"model.num_classes is {cfg.model.num_classes} but the dataset has {len(class_names)} "
@@ -212,7 +215,7 @@ def build_model(cfg, class_names: Optional[List[str]] = None) -> FasterRCNN:
         _check_last_stage_used(cfg, backbone)
     channels = dict(neck.out_channels if neck is not None else backbone.out_channels)
     strides = dict(neck.strides if neck is not None else backbone.strides)
-    model = FasterRCNN(
+    return FasterRCNN(
         backbone=backbone,
         neck=neck,
         rpn=build_rpn(cfg, channels),
@@ -227,8 +230,3 @@ def build_model(cfg, class_names: Optional[List[str]] = None) -> FasterRCNN:
         rescale_clip=cfg.model.rescale_clip,
         rescale_drop_empty=cfg.model.rescale_drop_empty,
     )
-    if cfg.model.backbone.weights:
-        from .weights import load_backbone_weights
-
-        load_backbone_weights(model, cfg.model.backbone.weights)
-    return model

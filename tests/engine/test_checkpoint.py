@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch import nn
 
+from detkit.checkpoint import load_checkpoint, load_model_weights
 from detkit.engine.checkpoint import Checkpointer
 from detkit.errors import CheckpointError, WriteError
-from detkit.utils.io import atomic_save, load_checkpoint, load_model_weights
+from detkit.utils.io import atomic_save
 
 from .conftest import REPO
 

@@ -3,8 +3,8 @@ configured weight-decay groups (the quick start trains with AdamW)."""
 
 import pytest
 
+from detkit.checkpoint import load_checkpoint
 from detkit.engine import train_main
-from detkit.utils.io import load_checkpoint
 
 from .conftest import tiny_config
 

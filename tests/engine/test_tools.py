@@ -56,8 +56,8 @@ def test_ddp_two_processes_train_then_test(data_root, tmp_path):
 def test_tools_test_on_a_converted_torchvision_checkpoint(data_root, tmp_path):
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
+    from detkit.checkpoint.torchvision_names import torchvision_detector_to_detkit
     from detkit.config import load_config
-    from detkit.modeling.weights import torchvision_detector_to_detkit
     from detkit.utils.io import atomic_save
 
     torch.manual_seed(0)

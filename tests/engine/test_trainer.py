@@ -7,9 +7,9 @@ import shutil
 import pytest
 import torch
 
+from detkit.checkpoint import load_checkpoint
 from detkit.engine import Trainer, train_main
 from detkit.errors import TrainingError, WriteError
-from detkit.utils.io import load_checkpoint
 
 from .conftest import load_weights, tiny_config, truncate_file
 

@@ -111,18 +111,6 @@ def test_resnet_names_match_torchvision(depth):
     assert {k: v.shape for k, v in ours.state_dict().items()} == tv_state
 
 
-def test_imagenet_weights_load_into_c4_head(tmp_path):
-    tv = torchvision.models.resnet18()
-    torch.save(tv.state_dict(), tmp_path / "r18.pth")
-    model = tiny(
-        [f"model.backbone.weights={tmp_path / 'r18.pth'}", "model.backbone.norm=FrozenBN"],
-        base=TINY_C4,
-    )
-    assert torch.equal(model.backbone.conv1.weight, tv.conv1.weight)
-    assert torch.equal(model.roi_heads.box_head.res5[0].conv1.weight, tv.layer4[0].conv1.weight)
-    assert torch.equal(model.backbone.layer3[1].bn2.running_var, tv.layer3[1].bn2.running_var)
-
-
 def test_freeze_at():
     model = tiny(["model.backbone.freeze_at=2", "model.backbone.norm=BN"])
     assert not model.backbone.conv1.weight.requires_grad

@@ -175,9 +175,9 @@ def test_onnxruntime_backend_matches_torchvision_on_photos(
 
 def test_architecture_identical_to_torchvision(converted):
     """Every torchvision tensor has a detkit counterpart of the same shape and vice versa."""
+    from detkit.checkpoint.torchvision_names import torchvision_detector_to_detkit
     from detkit.config import load_config
     from detkit.modeling import build_model
-    from detkit.modeling.weights import torchvision_detector_to_detkit
 
     tv, _ = converted
     model = build_model(

@@ -162,9 +162,12 @@ def test_v2_matches_torchvision_one_image_and_batch(converted, photos):
 def test_v2_architecture_identical_to_torchvision(tv_state):
     """Every torchvision tensor has a detkit counterpart of the same shape and vice versa
     (except the BN counters of the frozen stem and res2, whose FrozenBN has none)."""
+    from detkit.checkpoint.torchvision_names import (
+        torchvision_detector_to_detkit,
+        torchvision_variant,
+    )
     from detkit.config import load_config
     from detkit.modeling import build_model
-    from detkit.modeling.weights import torchvision_detector_to_detkit, torchvision_variant
 
     assert torchvision_variant(tv_state) == "v2"
     model = build_model(load_config(CONFIG, ["model.num_classes=90"]))

@@ -1,12 +1,11 @@
-"""Loading weights from local files: torchvision ImageNet ResNets and torchvision Faster R-CNNs.
+"""torchvision's names in detkit: ImageNet ResNets and Faster R-CNNs (v1 and v2).
 
-Nothing is ever downloaded; every path is a file the user names. Files are read by
-``detkit.utils.io.load_state_file`` (the package's one loader); this module only renames tensors.
+Files are read by ``detkit.checkpoint.reader`` (the package's one loader); this module only renames
+tensors and checks that the renamed ones fit a model.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Dict
 
@@ -14,9 +13,6 @@ import torch
 from torch import Tensor, nn
 
 from detkit.errors import CheckpointError
-from detkit.utils.io import load_state_file
-
-logger = logging.getLogger("detkit")
 
 
 def imagenet_to_detkit(state: Dict[str, Tensor], c4: bool) -> Dict[str, Tensor]:
@@ -30,37 +26,6 @@ def imagenet_to_detkit(state: Dict[str, Tensor], c4: bool) -> Dict[str, Tensor]:
         else:
             out["backbone." + k] = v
     return out
-
-
-def load_backbone_weights(model: nn.Module, path: str) -> None:
-    """Load a torchvision ImageNet ResNet checkpoint (e.g. resnet101-*.pth) into the backbone."""
-    c4 = model.neck is None
-    state = imagenet_to_detkit(load_state_file(path), c4)
-    own = model.state_dict()
-    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if bad:
-        raise CheckpointError(
-            f"{path}: shapes differ for {bad[:3]} (is model.backbone.depth right?)"
-        )
-    result = model.load_state_dict(state, strict=False)
-    expected_missing = [
-        k for k in result.missing_keys if k.startswith("backbone.") or ".res5." in k
-    ]
-    if result.unexpected_keys:
-        logger.warning(
-            "%s: %d keys not used, e.g. %s",
-            path,
-            len(result.unexpected_keys),
-            result.unexpected_keys[:3],
-        )
-    if expected_missing:
-        logger.warning(
-            "%s: %d backbone keys missing, e.g. %s",
-            path,
-            len(expected_missing),
-            expected_missing[:3],
-        )
-    logger.info("loaded ImageNet backbone weights from %s (%d tensors)", path, len(state))
 
 
 # torchvision name -> detkit name, first match wins. Both torchvision layouts convert: v1

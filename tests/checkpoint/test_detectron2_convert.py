@@ -8,16 +8,14 @@ import numpy as np
 import pytest
 import torch
 
+from detkit.checkpoint import load_checkpoint, load_model_weights
+from detkit.checkpoint.config_match import configs_fitting
+from detkit.checkpoint.convert import caffe2_backbone_file
+from detkit.checkpoint.detectron2_names import caffe2_to_torchvision, detectron2_to_detkit
 from detkit.config import load_config
 from detkit.errors import CheckpointError, ConfigError
-from detkit.modeling.config_match import configs_fitting
-from detkit.modeling.detectron2 import (
-    caffe2_backbone_file,
-    caffe2_to_torchvision,
-    detectron2_to_detkit,
-)
-from detkit.utils.io import atomic_save, load_checkpoint, load_model_weights
-from tests.conftest import ROOT, tiny_config
+from detkit.utils.io import atomic_save
+from tests.helpers import ROOT, tiny_config
 
 
 class _RunsCode:
@@ -182,7 +180,7 @@ def test_mismatch_error_names_tensors_and_the_fitting_config(tmp_path):
     """A tiny C4 file given to the tiny FPN model: the error lists what is missing, unused and
     misshapen by name and shape (no config under configs/ fits a tiny model)."""
     from detkit.modeling import build_model
-    from tests.conftest import TINY_C4
+    from tests.helpers import TINY_C4
 
     c4 = build_model(tiny_config(base=TINY_C4))
     atomic_save({"model": c4.state_dict()}, tmp_path / "c4.pth")

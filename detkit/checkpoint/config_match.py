@@ -3,7 +3,7 @@
 A file that does not fit the chosen config usually fits another known one (the FPN file given to
 a C4 config, a torchvision v2 file to the v1 config, 20 VOC classes to an 80-class config). The
 candidates are found by building each config's model on the ``meta`` device (no memory, no
-initialisation: ~0.2 s per config) and comparing its tensor names and shapes with the file's, so
+initialisation) and comparing its tensor names and shapes with the file's, so
 the hint follows the configs as they are, not a table kept beside them. This runs only when
 loading has already failed.
 """
@@ -17,6 +17,9 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from detkit.config import load_config
+from detkit.modeling.build import build_model
+
 logger = logging.getLogger("detkit")
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
@@ -28,10 +31,6 @@ Shapes = Dict[str, Tuple[int, ...]]
 @functools.lru_cache(maxsize=None)
 def _config_shapes(path: Path, mtime: float) -> Optional[Shapes]:
     # cached per file version: the error path of a long session (tests, a notebook) scans once
-    from detkit.config import load_config
-
-    from .build import build_model
-
     try:
         cfg = load_config(path, ["model.backbone.weights="])
         with torch.device("meta"):

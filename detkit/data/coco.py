@@ -269,7 +269,7 @@ class COCODataset(DetectionDataset):
             )
             records = kept
         self.records = records
-        self._check_first_image()
+        self.check_image_files()
         logger.info(
             "loaded %s: %d images, %d boxes, %d classes",
             self.ann_file,
@@ -277,15 +277,6 @@ class COCODataset(DetectionDataset):
             sum(len(r["boxes"]) for r in self.records),
             len(self.class_names),
         )
-
-    def _check_first_image(self) -> None:
-        if self.records and not os.path.exists(self.records[0]["file_name"]):
-            logger.warning(
-                "image file %s (from %s) does not exist: is img_dir=%s right?",
-                self.records[0]["file_name"],
-                self.ann_file,
-                self.img_dir,
-            )
 
 
 def records_to_coco(

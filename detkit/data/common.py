@@ -101,6 +101,28 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def check_image_files(self) -> None:
+        """One stat per record, when the dataset is loaded: a missing image file is a ``DataError``
+        now (naming the count, the first few files and image ids, and where they are listed) rather
+        than when the sampler reaches it, hours into a run. With ``skip_broken`` a missing file is
+        an unreadable image like any other: one warning now, and it is skipped when read."""
+        missing = [r for r in self.records if not os.path.isfile(r["file_name"])]
+        if not missing:
+            return
+        shown = ", ".join(f"{r['file_name']} (image id {r['image_id']})" for r in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        problem = (
+            f"{len(missing)} of {len(self.records)} image files listed in "
+            f"{self.source or type(self).__name__} do not exist: {shown}{more}"
+        )
+        if len(missing) == len(self.records):
+            folder = os.path.dirname(missing[0]["file_name"])
+            problem += f" (none of them does: is the image folder {folder} right?)"
+        if self.skip_broken:
+            logger.warning("%s; data.skip_broken_images=true: they are skipped when read", problem)
+            return
+        raise DataError(f"{problem}; data.skip_broken_images=true skips unreadable images")
+
     def __getitem__(self, index: int) -> Optional[dict]:
         is_train = bool(getattr(self.mapper, "is_train", False))
         tries = min(len(self.records), 100) if (self.skip_broken and is_train) else 1

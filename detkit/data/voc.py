@@ -178,6 +178,7 @@ class VOCDataset(DetectionDataset):
                 len(self.records),
             )
             self.records = kept
+        self.check_image_files()
         logger.info(
             "loaded VOC %s (%s): %d images, %d boxes (%d difficult)",
             self.root,

@@ -192,10 +192,19 @@ def test_unreadable_image_error_is_the_error_itself(tiny_coco, workers):
     )
 
 
-def test_missing_training_image_in_a_worker(tiny_coco):
-    (tiny_coco[1] / "1.jpg").unlink()
+def test_missing_images_fail_the_build_unless_skip_broken_images(tiny_coco):
+    (tiny_coco[1] / "3.jpg").unlink()
+    with pytest.raises(DataError, match=r"1 of 3 image files .*3\.jpg \(image id 3\)"):
+        build_dataset(make_cfg(val=[_entry(tiny_coco)]), "val")
+    cfg = make_cfg(val=[_entry(tiny_coco)], data={"skip_broken_images": True})
+    assert len(build_dataset(cfg, "val")) == 3  # the file is skipped when read, as before
+
+
+def test_an_image_gone_after_loading_is_named_from_a_worker(tiny_coco):
     cfg = make_cfg(train=[_entry(tiny_coco)], data={"num_workers": 1}, solver={"ims_per_batch": 2})
-    batches = iter(build_train_loader(cfg, build_dataset(cfg, "train"), rank=0, world_size=1))
+    dataset = build_dataset(cfg, "train")
+    (tiny_coco[1] / "1.jpg").unlink()  # e.g. a network share that lost it during the run
+    batches = iter(build_train_loader(cfg, dataset, rank=0, world_size=1))
     try:
         with pytest.raises(DataError, match=r"^image file not found: .*1\.jpg \(image id 1 in "):
             for _ in range(4):  # two images, batches of two: image 1 comes in the first batch

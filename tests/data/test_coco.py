@@ -74,6 +74,7 @@ def test_degenerate_and_outside_boxes_warn_once_each(tmp_path, caplog):
         _ann(17, [0, 0, 100.004, 50]),
     ]
     ann_file = write_coco(tmp_path / "a.json", IMAGES, anns, CATS)
+    write_jpeg(tmp_path / "x.jpg", 100, 50)
     with caplog.at_level(logging.WARNING, logger="detkit"):
         ds = COCODataset(str(ann_file), str(tmp_path))
     np.testing.assert_allclose(
@@ -142,14 +143,16 @@ def test_image_size_mismatch_is_a_clear_error(tmp_path):
         ds[0]
 
 
-def test_mmdetection_sample_files():
+def test_mmdetection_sample_files(tmp_path):
     data = reference_data("mmdetection", "tests", "data")
-    ds = COCODataset(str(data / "coco_sample.json"), str(data))
+    for name in ("fake1.jpg", "fake2.jpg", "fake3.jpg"):  # the file lists images it does not hold
+        (tmp_path / name).touch()
+    ds = COCODataset(str(data / "coco_sample.json"), str(tmp_path))
     assert ds.class_names == ["bus", "car"] and len(ds) == 3
     assert [len(r["boxes"]) for r in ds.records] == [2, 1, 0]
-    assert len(COCODataset(str(data / "coco_sample.json"), str(data), filter_empty=True)) == 2
+    assert len(COCODataset(str(data / "coco_sample.json"), str(tmp_path), filter_empty=True)) == 2
     with pytest.raises(DataError, match="coco_wrong_format_sample.json: duplicate annotation id 1"):
-        COCODataset(str(data / "coco_wrong_format_sample.json"), str(data))
+        COCODataset(str(data / "coco_wrong_format_sample.json"), str(tmp_path))
 
 
 def test_faster_coco_eval_fixture_reads_images():
@@ -168,3 +171,45 @@ def test_faster_coco_eval_fixture_reads_images():
     for i in range(len(ds)):
         sample = ds[i]
         assert sample["image"].shape == (3, 256, 256)
+
+
+# -- image files checked when the dataset is loaded ----------------------------------------------
+def test_missing_image_files_are_named_when_loaded(tiny_coco):
+    ann_file, img_dir = tiny_coco
+    for i in (1, 3):
+        (img_dir / f"{i}.jpg").unlink()
+    with pytest.raises(DataError) as info:
+        COCODataset(str(ann_file), str(img_dir))
+    assert str(info.value) == (
+        f"2 of 3 image files listed in {ann_file} do not exist: {img_dir}/1.jpg (image id 1), "
+        f"{img_dir}/3.jpg (image id 3); data.skip_broken_images=true skips unreadable images"
+    )
+
+
+def test_many_missing_image_files_give_a_count_and_the_first_five(tmp_path):
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 8, "height": 8} for i in range(1, 8)]
+    ann_file = write_coco(tmp_path / "a.json", images, [], CATS)
+    with pytest.raises(DataError) as info:
+        COCODataset(str(ann_file), str(tmp_path))
+    message = str(info.value)
+    assert message.startswith(
+        f"7 of 7 image files listed in {ann_file} do not exist: {tmp_path}/1.jpg (image id 1), "
+    )
+    assert message.endswith(
+        f"{tmp_path}/5.jpg (image id 5) and 2 more (none of them does: is the image folder "
+        f"{tmp_path} right?); data.skip_broken_images=true skips unreadable images"
+    )
+    assert "6.jpg" not in message
+
+
+def test_skip_broken_images_warns_at_load_and_skips_the_file_when_read(tiny_coco, caplog):
+    ann_file, img_dir = tiny_coco
+    (img_dir / "2.jpg").unlink()
+    with caplog.at_level(logging.WARNING, logger="detkit"):
+        ds = COCODataset(str(ann_file), str(img_dir), skip_broken=True)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == (
+        f"1 of 3 image files listed in {ann_file} do not exist: {img_dir}/2.jpg (image id 2); "
+        "data.skip_broken_images=true: they are skipped when read"
+    )
+    assert len(ds) == 3 and ds[1] is None and ds[2]["image_id"] == 3

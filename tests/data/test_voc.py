@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 
 import numpy as np
@@ -130,3 +131,19 @@ def test_voc_missing_split_and_annotation(voc_folder):
     (voc_folder / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "val.txt").write_text("000404\n")
     with pytest.raises(DataError, match="VOC annotation not found: .*000404.xml"):
         VOCDataset(str(voc_folder / "VOCdevkit" / "VOC2007"), "val")
+
+
+def test_voc_missing_image_files_are_named_when_loaded(voc_folder, caplog):
+    root = voc_folder / "VOCdevkit" / "VOC2007"
+    (root / "JPEGImages" / "000009.jpg").unlink()
+    with pytest.raises(DataError) as info:
+        VOCDataset(str(root), "trainval")
+    assert str(info.value) == (
+        f"1 of 2 image files listed in {root} trainval do not exist: "
+        f"{root}/JPEGImages/000009.jpg (image id 9); "
+        "data.skip_broken_images=true skips unreadable images"
+    )
+    with caplog.at_level(logging.WARNING, logger="detkit"):
+        ds = VOCDataset(str(root), "trainval", skip_broken=True)
+    assert len(ds) == 2 and ds[1] is None
+    assert any("000009.jpg (image id 9)" in r.getMessage() for r in caplog.records)

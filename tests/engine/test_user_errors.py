@@ -35,16 +35,37 @@ def broken_data(data_root, tmp_path):
     return root, cfg_file
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_training_on_a_missing_image_is_one_line(broken_data, tmp_path, capsys, workers):
+def test_missing_training_images_are_one_line_before_any_step(broken_data, tmp_path, capsys):
     root, cfg_file = broken_data
-    args = [str(cfg_file), f"data.num_workers={workers}", "--output-dir", str(tmp_path / "out")]
-    assert load_tool("train").main(args) == 1
+    out = tmp_path / "out"
+    assert load_tool("train").main([str(cfg_file), "--output-dir", str(out)]) == 1
     (line,) = error_lines(capsys.readouterr().err)
     ann_file = root / "train" / "annotations.json"
-    assert f"DataError: image file not found: {root}/train/JPEGImages/" in line
-    assert f"in {ann_file}); data.skip_broken_images=true skips unreadable images" in line
-    assert "(image id " in line
+    assert f"DataError: 12 of 12 image files listed in {ann_file} do not exist: " in line
+    assert f"{root}/train/JPEGImages/000001.jpg (image id 1), " in line
+    assert f"is the image folder {root}/train/JPEGImages right?" in line
+    assert line.endswith("data.skip_broken_images=true skips unreadable images")
+    assert not list(out.glob("*.pth"))
+
+
+@pytest.mark.parametrize(
+    "override, allowed",
+    [
+        ("test.precision=bf61", "expected auto | fp32 | bf16 | fp16, got 'bf61'"),
+        ("test.merge=vot", "expected nms | soft_nms | vote, got 'vot'"),
+        ("test.parallel_images=0", "expected auto | an int >= 1, got 0"),
+    ],
+)
+def test_a_bad_config_value_is_one_line_before_anything_runs(
+    broken_data, tmp_path, capsys, override, allowed
+):
+    _, cfg_file = broken_data  # its images are missing: the config fails first
+    out = tmp_path / "out"
+    assert load_tool("train").main([str(cfg_file), override, "--output-dir", str(out)]) == 1
+    (line,) = error_lines(capsys.readouterr().err)
+    key = override.split("=")[0]
+    assert f"ConfigError: config key '{key}' (command line): {allowed}" in line
+    assert not out.exists() or not list(out.iterdir())
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -154,6 +154,14 @@ def test_test_loader_predicts_each_image_once(tiny_coco, world_size):
     assert sorted(seen) == [1, 2, 3]
 
 
+def test_test_loader_batches_one_image_for_an_unresolved_auto(tiny_coco):
+    # the inference layer turns auto into the images its predictor runs side by side; a config
+    # that reaches the loader unresolved predicts one image per call
+    cfg = make_cfg(val=[_entry(tiny_coco)], test={"ims_per_batch": "auto"})
+    loader = build_test_loader(cfg, build_dataset(cfg, "val"), rank=0, world_size=1)
+    assert [len(batch) for batch in loader] == [1, 1, 1]
+
+
 def _break_image(tiny_coco):
     ann_file, img_dir = tiny_coco
     (img_dir / "2.jpg").write_bytes(b"not a jpeg at all")

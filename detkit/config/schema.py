@@ -190,7 +190,9 @@ def check_value(value: Any, default: Any, key: str, label: str) -> Any:
 
     ``key`` is the full dotted key (``""`` for the whole config) and ``label`` where the value came
     from (a file, "command line"); both go into every error. Ints become floats where a float is
-    expected, so ``base_lr: 1`` works; everything else must already have the default's type.
+    expected, so ``base_lr: 1`` works; everything else must already have the default's type, and
+    be a value the key's constraint allows (``constraints.py``; an ``auto | int`` key has no other
+    type check).
     """
     if key in components():
         return _check_component(value, key, label)

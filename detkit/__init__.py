@@ -1,6 +1,6 @@
 """detkit: Faster R-CNN on ResNet backbones (C4 and FPN) in plain PyTorch."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def __getattr__(name):  # lazy, so `import detkit.config` stays light

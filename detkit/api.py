@@ -7,12 +7,15 @@ results[0]["boxes"], results[0]["scores"], results[0]["labels"], results[0]["nam
 
 det = Detector.from_checkpoint("output/last.pth", backend="onnxruntime")   # CPU inference
 
-Two backends give the same outputs (``detkit.export.runtime``): ``eager`` (the default: the PyTorch
+Two backends give the same outputs (``detkit.inference.backends``): ``eager`` (the default: the PyTorch
 model, CPU or GPU, every test-time option) and ``onnxruntime`` (the model exported once to ONNX,
 cached next to the checkpoint, run by onnxruntime on the CPU in float32 at the config's single test
 size; needs ``pip install 'detkit[export]'``). What the onnxruntime graph cannot do (test.scales,
 test.flip, test.precision=bf16/fp16, refinement, detectron2's resize conventions, a GPU) is refused
 with a ``BackendError`` when the Detector is built.
+
+Predicting never changes ``det.model``: the eager backend folds BN and changes the memory layout
+in a copy (``optimize_for_inference``), so ``det.model.state_dict()`` stays the one loaded.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 
 from .checkpoint import init_from_config, load_checkpoint, load_model_weights
 from .config import Config, load_config
-from .export.runtime import check_backend, make_predictor
+from .inference.backends import check_backend, make_predictor
 from .modeling import build_model
 from .structures.resize import resize_scale, resize_size
 from .utils.device import resolve_device
@@ -133,11 +136,10 @@ class Detector:
     def predictor(self) -> torch.nn.Module:
         """The model as the config tests it, built once by ``make_predictor`` for this backend:
         eager = ``build_predictor`` (as the trainer's evaluation: test.scales/test.flip
-        augmentation, test.precision autocast) on ``self.model`` made inference-only in place by
+        augmentation, test.precision autocast) on an inference-only copy of ``self.model`` made by
         ``optimize_for_inference`` (frozen BN folded into the convolutions and channels_last on
-        the CPU: same results up to float rounding; test.fuse_bn=false and
-        test.memory_format=contiguous keep the model as built); onnxruntime = the cached ONNX graph (exported on
-        first use)."""
+        the CPU: same results up to float rounding; ``self.model`` is left as loaded);
+        onnxruntime = the cached ONNX graph (exported on first use)."""
         if self._predictor is None:
             self._predictor = make_predictor(
                 self.model, self.cfg, self.backend, weights=self.weights

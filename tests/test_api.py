@@ -11,7 +11,7 @@ from detkit import Detector
 from detkit.config import load_config
 from detkit.modeling import build_model
 from detkit.utils.io import atomic_save
-from tests.conftest import ROOT, TINY_FPN
+from tests.helpers import ROOT, TINY_FPN
 
 sys.path.insert(0, str(ROOT / "tools"))
 

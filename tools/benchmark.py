@@ -45,9 +45,10 @@ from detkit.benchmark import (
     random_images,
     random_targets,
 )
+from detkit.checkpoint import init_from_config
 from detkit.checkpoint.torchvision_names import torchvision_detector_to_detkit
 from detkit.config import load_config
-from detkit.export.runtime import BACKENDS, check_backend, make_predictor
+from detkit.inference.backends import BACKENDS, check_backend, make_predictor
 from detkit.modeling import build_model
 from detkit.modeling.precision import autocast
 from detkit.utils.cli import tool_main, tool_parser
@@ -127,7 +128,7 @@ def torchvision_twin(num_classes: int):
 
 def build_pair(cfg, device, compare: bool, size=None):
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = init_from_config(build_model(cfg), cfg)  # model.backbone.weights, when set
     tv = None
     if compare:
         if model.neck is None or cfg.model.backbone.depth != 50:  # not torchvision's R50-FPN
@@ -207,8 +208,10 @@ def inference_fns(tv, images, h, w, precision: str, predictors: dict, d2=None):
     # the onnxruntime graph resizes every input (here at scale 1: it was exported at these sides)
     # and checks that the sample asks for that size
     sized = [dict(s, size=(h, w), scale=1.0) for s in samples]
+    # only the onnxruntime runner (and ParallelImages around it) names a backend
+    eager = {name: getattr(p, "backend", "eager") == "eager" for name, p in predictors.items()}
     fns = {
-        name: (lambda p=p, x=(samples if p.backend == "eager" else sized): p(x))
+        name: (lambda p=p, x=(samples if eager[name] else sized): p(x))
         for name, p in predictors.items()
     }
     if d2 is not None:  # detectron2 eats BGR float images (detkit flips RGB inside the model)

@@ -15,9 +15,12 @@ outputs ``boxes``, ``scores``, ``labels``; run it with onnxruntime:
     boxes, scores, labels = ort.InferenceSession("model.onnx").run(None, {"image": chw_uint8})
 
 TorchScript: ``import torchvision`` (for its nms/roi_align operators), then
-``torch.jit.load("model.pt")(chw_uint8_tensor)``. Not exported: test-time augmentation (test.scales,
-test.flip) and iterative box refinement (model.roi_heads.refine_iterations; switch it off with =0).
-With --check, the exported file is run on two image sizes and compared with the PyTorch model.
+``torch.jit.load("model.pt")(chw_uint8_tensor)``. A config asking for what the graph does not
+compute is refused with the key to set, as the onnxruntime backend refuses it: test-time
+augmentation (test.scales, test.flip), test.precision=bf16/fp16, iterative box refinement
+(model.roi_heads.refine_iterations) and detectron2's resize conventions; give the override on the
+command line (e.g. test.flip=false). With --check, the exported file is run on two image sizes and
+compared with the PyTorch model.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def main(argv=None) -> int:
         ".pt" if args.format == "torchscript" else ".onnx"
     )
     det = Detector.from_checkpoint(args.checkpoint, device="cpu", overrides=args.overrides)
-    export(det, output, args.format, opset=args.opset)  # an BackendError is a user error: exit 1
+    export(det, output, args.format, opset=args.opset)  # a BackendError is a user error: exit 1
     if args.check:
         fraction = check_export(det, output, args.format)
         if fraction < 0.99:

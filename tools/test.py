@@ -53,8 +53,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     from detkit.config import load_config
     from detkit.engine import evaluate_main
+    from detkit.engine.launch import enable_tf32
 
     cfg = load_config(args.config, args.overrides)
+    enable_tf32()  # TF32 matmuls on GPUs that have them: a process-wide choice the tool makes
     evaluate_main(cfg, args.weights, output_dir=args.output_dir, backend=args.backend)
 
 

@@ -63,8 +63,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     from detkit.config import load_config
     from detkit.engine import train_main
+    from detkit.engine.launch import enable_tf32
 
     cfg = load_config(args.config, args.overrides)
+    enable_tf32()  # TF32 matmuls on GPUs that have them: a process-wide choice the tool makes
     train_main(cfg, output_dir=args.output_dir, resume=args.resume)
 
 

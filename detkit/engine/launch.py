@@ -14,16 +14,16 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-import detkit
 from detkit.data import build_test_loader
 from detkit.errors import CheckpointError, WriteError
 from detkit.evaluation import build_evaluator
 from detkit.evaluation.common import write_json
-from detkit.export.runtime import check_backend, make_predictor
+from detkit.inference.backends import check_backend, make_predictor
 from detkit.inference.parallel import batch_side_by_side
 from detkit.modeling.build import build_model
 from detkit.utils.io import ensure_output_dir
 from detkit.utils.logger import setup_logging
+from detkit.version import __version__
 
 from .checkpoint import LAST, Checkpointer, load_model_weights
 from .distributed import DistContext, all_gather_objects, cleanup_distributed, init_distributed
@@ -34,14 +34,24 @@ from .trainer import Trainer, build_dataset_main_first, run_on_all_ranks
 logger = logging.getLogger("detkit")
 
 
+def enable_tf32() -> bool:
+    """Let float32 matmuls and convolutions use TF32 on CUDA GPUs that have it (Ampere and newer):
+    ``torch.set_float32_matmul_precision("high")``, a process-wide setting. tools/train.py and
+    tools/test.py call it; the package never does on its own. Returns whether it was set (only
+    when CUDA is available)."""
+    if not torch.cuda.is_available():
+        return False
+    torch.set_float32_matmul_precision("high")
+    logger.info("TF32 matmuls on: torch.set_float32_matmul_precision('high') (enable_tf32)")
+    return True
+
+
 def _log_environment(ctx: DistContext, cfg) -> None:
-    if ctx.device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
     gpu = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "none"
     logger.info(
         "detkit %s, torch %s, python %s; device %s (GPU: %s), %d process(es), %d CPU threads "
-        "(OMP_WAIT_POLICY=%s)",
-        detkit.__version__,
+        "(OMP_WAIT_POLICY=%s), float32 matmul precision %s",
+        __version__,
         torch.__version__,
         platform.python_version(),
         ctx.device,
@@ -49,6 +59,7 @@ def _log_environment(ctx: DistContext, cfg) -> None:
         ctx.world_size,
         torch.get_num_threads(),
         os.environ.get("OMP_WAIT_POLICY", "unset"),
+        torch.get_float32_matmul_precision(),  # "high" after enable_tf32
     )
     if cfg.source_file:
         logger.info("config: %s", cfg.source_file)
@@ -127,7 +138,7 @@ class _RecordingEvaluator:
 def evaluate_main(
     cfg, weights: str, output_dir: Optional[str] = None, backend: str = "eager"
 ) -> Dict[str, Any]:
-    """Predict the test split with ``weights`` through ``backend`` (``detkit.export.runtime``:
+    """Predict the test split with ``weights`` through ``backend`` (``detkit.inference.backends``:
     eager or onnxruntime), evaluate, write results and metrics; returns them."""
     if not os.path.isfile(weights):
         raise CheckpointError(f"checkpoint not found: {weights}")
@@ -158,7 +169,7 @@ def evaluate_main(
         # the inference the trainer's evaluation runs (eager: multi-scale / flip testing when
         # test.scales / test.flip ask, autocast per test.precision), or the exported graph
         predictor = make_predictor(model, cfg, backend, weights=weights)
-        _log_predictor(predictor, cfg)
+        _log_predictor(predictor, cfg, backend)
         batched = batch_side_by_side(cfg, predictor)
         if batched is not cfg:
             logger.info(
@@ -176,11 +187,11 @@ def evaluate_main(
         cleanup_distributed()
 
 
-def _log_predictor(predictor, cfg) -> None:
+def _log_predictor(predictor, cfg, backend: str) -> None:
     """One line on what runs the test: the backend (the graph file for onnxruntime), and for the
     eager backend its test-time augmentation and precision."""
-    if predictor.backend != "eager":
-        logger.info("backend: %s (graph %s)", predictor.backend, predictor.path)
+    if backend != "eager":
+        logger.info("backend: %s (graph %s)", backend, predictor.path)
         return
     if cfg.test.scales or cfg.test.flip:
         logger.info(
@@ -193,4 +204,4 @@ def _log_predictor(predictor, cfg) -> None:
     logger.info("backend: eager; test precision: %s", getattr(predictor, "precision", "fp32"))
 
 
-__all__ = ["LAST", "WriteError", "evaluate_main", "train_main"]
+__all__ = ["LAST", "WriteError", "enable_tf32", "evaluate_main", "train_main"]

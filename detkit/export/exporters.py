@@ -11,9 +11,12 @@ the file accepts any image size, and ``_trace`` fails the export if one got froz
   float32 [N, 4], ``scores`` float32 [N], ``labels`` int64 [N]. Runs in onnxruntime (CPU or GPU);
   needs the optional extra ``pip install detkit[export]`` (onnx, onnxruntime) only to export/check.
 
+A config asking for what the graph does not compute (``limits``: test-time augmentation, bf16/fp16,
+refinement, detectron2's resize conventions) is refused, as the onnxruntime backend refuses it.
+
 Both writers are atomic (``detkit.utils.io``): a failed export leaves no file. ``graph_module`` and
-``onnx_bytes`` are the pieces ``runtime`` (the onnxruntime backend) exports with, from a model and
-its config rather than a ``Detector``.
+``onnx_bytes`` are the pieces ``graph_cache`` (the onnxruntime backend's graph) exports with, from a
+model and its config rather than a ``Detector``; ``runtime.OnnxRuntimePredictor`` runs the file.
 
 Class names are stored with the file: in TorchScript as the ``class_names`` attribute (a list of
 strings, also in the ``extra_files`` entry ``class_names.json``), in ONNX as the metadata entry
@@ -30,61 +33,35 @@ import os
 import warnings
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 from detkit.errors import BackendError
 
 from ..utils.io import atomic_open, atomic_write_bytes
+from .limits import refuse_unless_graph_runs
 from .traceable import ExportableDetector
 
 logger = logging.getLogger("detkit")
 FORMATS = ("torchscript", "onnx")
-MIN_OPSET = (
-    16  # RoIAlign's coordinate_transformation_mode (aligned=True/False) exists from opset 16
-)
+# RoIAlign's coordinate_transformation_mode (aligned=True/False) exists from opset 16
+MIN_OPSET = 16
 
 
 def exportable(det) -> ExportableDetector:
-    """The export graph of a ``Detector`` (its model on CPU, its config's test sizes)."""
-    model = (
-        det.model if det.device.type == "cpu" else copy.deepcopy(det.model).cpu()
-    )  # leave det as it is
+    """The export graph of a ``Detector`` (its model on the CPU, its config's test sizes); tracing
+    changes nothing in the model, and a model on another device is copied: ``det`` stays as it is."""
+    model = det.model if det.device.type == "cpu" else copy.deepcopy(det.model).cpu()
     return graph_module(model, det.cfg)
 
 
 def graph_module(model, cfg) -> ExportableDetector:
-    """The export graph of a CPU ``model`` built from ``cfg`` (one pass at input.min_size_test)."""
-    # the graph computes the resized size as floor(side * scale) and resizes the normalised tensor
-    # bilinearly; detectron2's conventions (rounded size, PIL on the uint8 image) are not in it
-    for key, value, supported in unsupported_resize(cfg)[:1]:
-        raise BackendError(
-            f"{key}={value} cannot be exported (the exported graph resizes with "
-            f"{key}={supported}); export with {key}={supported} or run the model in PyTorch"
-        )
-    t = cfg.test
-    if t.scales or t.flip:
-        logger.warning(
-            "test-time augmentation (test.scales=%s, test.flip=%s) is not exported: the exported model "
-            "runs one pass at input.min_size_test=%s",
-            list(t.scales),
-            t.flip,
-            cfg.input.min_size_test,
-        )
+    """The export graph of a CPU ``model`` built from ``cfg`` (one pass at input.min_size_test);
+    a config asking for what the graph lacks (``limits.graph_problems``) is refused."""
+    refuse_unless_graph_runs(cfg, "the export", "run the model in PyTorch (backend eager)")
     model.eval()
     return ExportableDetector(
         model, min_size=cfg.input.min_size_test, max_size=cfg.input.max_size_test
     ).eval()
-
-
-def unsupported_resize(cfg) -> List[Tuple[str, str, str]]:
-    """(key, value, the value the graph has) for each resize convention of ``cfg`` the exported
-    graph does not contain."""
-    supported = {
-        "input.resize_rounding": (cfg.input.resize_rounding, "floor"),
-        "model.resize_interpolation": (cfg.model.resize_interpolation, "tensor_bilinear"),
-    }
-    return [(k, str(v), ok) for k, (v, ok) in supported.items() if v != ok]
 
 
 def example_image(height: int = 240, width: int = 320, seed: int = 0) -> torch.Tensor:
@@ -208,30 +185,6 @@ def onnx_bytes(
         entry.key, entry.value = key, value
     onnx.checker.check_model(model)
     return model.SerializeToString()
-
-
-class OnnxDetector:
-    """Runs an exported ONNX file with onnxruntime: ``OnnxDetector(path)(image) -> dict`` of numpy
-    arrays. The session is ``runtime.ort_session``'s (full graph optimisation, physical cores)."""
-
-    def __init__(self, path: str, providers: Optional[List[str]] = None):
-        from .runtime import ort_session
-
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"ONNX model not found: {path}")
-        self.session = ort_session(path, providers=providers)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.class_names = json.loads(meta.get("class_names", "[]"))
-
-    def __call__(self, image) -> dict:
-        """``image``: RGB uint8, (3, H, W) tensor/array or (H, W, 3) array."""
-        arr = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        if arr.ndim == 3 and arr.shape[0] != 3 and arr.shape[2] == 3:
-            arr = arr.transpose(2, 0, 1)
-        boxes, scores, labels = self.session.run(
-            None, {"image": np.ascontiguousarray(arr, dtype=np.uint8)}
-        )
-        return {"boxes": boxes, "scores": scores, "labels": labels}
 
 
 def export(det, path: str, fmt: str, opset: int = 17) -> str:

@@ -3,21 +3,17 @@ and the inference-only optimisations (BN folding, memory format)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
 from torch import nn
 
-from detkit.errors import ConfigError
 from detkit.modeling.backbones.norm import fuse_frozen_bn
 from detkit.modeling.precision import AutocastPredictor, resolve_precision, warn_if_slow_bf16
 from detkit.modeling.tta import MultiScaleFlip
 
 logger = logging.getLogger(__name__)
-
-
-def _config_error(cfg, key: str, problem: str) -> ConfigError:
-    return ConfigError(f"config key '{key}' ({cfg.origin(key)}): {problem}")
 
 
 def build_predictor(model: nn.Module, cfg) -> nn.Module:
@@ -45,42 +41,35 @@ def build_predictor(model: nn.Module, cfg) -> nn.Module:
     return predictor if precision == "fp32" else AutocastPredictor(predictor, precision)
 
 
-MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
-
-
 def optimize_for_inference(model: nn.Module, cfg) -> nn.Module:
-    """Make an inference-only model faster without changing what it computes beyond float rounding;
-    the tools, the Detector and the benchmark call it once on the model they build a predictor from.
+    """A faster inference-only copy of ``model``, computing the same up to float rounding; the
+    backends (``make_predictor``) call it on the model they build an eager predictor from.
 
     - ``test.fuse_bn``: fold frozen BN (and BN in eval mode) into the convolution before it
       (``fuse_frozen_bn``): one elementwise pass less per norm.
     - ``test.memory_format``: ``channels_last`` (NHWC) convolutions, ``contiguous`` (NCHW), or
-      ``auto``: channels_last on the CPU, contiguous elsewhere (not measured there). On a 2-core
-      Sapphire Rapids VM NHWC was faster for every model measured, folded or not: R50-FPN at
-      800 px 1.3x, R101-C4 (300 proposals) 1.05-1.1x, the GroupNorm quick-start model at 160 px
-      1.1x; with test.precision=bf16 NHWC is what makes bf16 fast (R101-C4 3.4x over NCHW bf16).
+      ``auto``: channels_last on the CPU (faster there for the models measured, folded or not, and
+      what makes bf16 fast; docs/benchmarks.md), contiguous elsewhere.
 
     bf16 stays test.precision's business (``build_predictor``): it changes results beyond float
     rounding, so it is never switched on here.
 
-    Changes ``model`` in place and returns it: afterwards it is an inference-only model (the folded
-    norms are gone, its state_dict no longer loads into a fresh model). Give it a model you own --
-    never the training model (the trainer's evaluation does not call it). Puts it in eval mode.
+    ``model`` itself is left as it is (its state_dict still loads into a fresh model and saves as
+    it was loaded): the folding and the layout change happen in a deep copy, in eval mode, which is
+    returned. With test.fuse_bn=false and test.memory_format=contiguous nothing changes and
+    ``model`` is returned, put in eval mode.
     """
-    model.eval()
     t = cfg.test
-    if t.memory_format not in MEMORY_FORMATS:
-        raise _config_error(
-            cfg,
-            "test.memory_format",
-            f"'{t.memory_format}' is not one of {', '.join(MEMORY_FORMATS)}",
-        )
-    if t.fuse_bn:
-        logger.debug("folded %d norms into the convolutions before them", fuse_frozen_bn(model))
     device = next(model.parameters()).device
     memory_format = t.memory_format
     if memory_format == "auto":
         memory_format = "channels_last" if device.type == "cpu" else "contiguous"
+    if not t.fuse_bn and memory_format != "channels_last":
+        return model.eval()
+    # the copy is made in eval mode: BN folds with the running statistics eval mode uses
+    optimized = copy.deepcopy(model).eval()
+    if t.fuse_bn:
+        logger.debug("folded %d norms into the convolutions before them", fuse_frozen_bn(optimized))
     if memory_format == "channels_last":
-        model.to(memory_format=torch.channels_last)
-    return model
+        optimized.to(memory_format=torch.channels_last)
+    return optimized

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.video.helpers import one_torch_thread
+from tests.helpers import one_torch_thread
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -6,26 +6,18 @@ sizes with ONE exported file. The sizes include 97x203, where the test scale 256
 floor(203 * scale) land exactly on 256 (an export that divides in float32 gets 255).
 """
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from detkit import Detector
 from detkit.errors import BackendError
+from detkit.evaluation.parity import match_fraction
 from detkit.export import ExportableDetector, export_torchscript, exportable, load_torchscript
-from detkit.export.check import default_check_images, match_fraction
-from tests.conftest import TINY_C4, TINY_FPN
-from tests.video.helpers import load_tool, save_tiny_checkpoint
-
-SIZES = [(240, 320), (333, 211), (97, 203), (600, 400)]
-
-
-def smooth_image(h, w, seed):
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
-    return cv2.resize(base, (w, h), interpolation=cv2.INTER_CUBIC)
+from detkit.export.check import default_check_images
+from tests.helpers import SIZES, TINY_C4, TINY_FPN, load_tool, save_tiny_checkpoint, smooth_image
 
 
 @pytest.fixture(scope="module", params=["fpn", "c4_context"])
@@ -63,18 +55,21 @@ def test_onnx_matches_pytorch_at_several_sizes_with_one_file(det, tmp_path):
     pytest.importorskip(
         "onnxruntime", reason="optional extra detkit[export] (onnxruntime) not installed"
     )
-    from detkit.export import OnnxDetector, export_onnx
+    from detkit.export import OnnxRuntimePredictor, export_onnx
 
     path = export_onnx(det, str(tmp_path / "m.onnx"))
-    onnx_det = OnnxDetector(path)
-    assert onnx_det.class_names == det.class_names
-    dims = onnx_det.session.get_inputs()[0].shape
+    cfg = det.cfg
+    runner = OnnxRuntimePredictor.open(
+        path, min_size=cfg.input.min_size_test, max_size=cfg.input.max_size_test
+    )
+    assert runner.class_names == det.class_names
+    dims = runner.session.get_inputs()[0].shape
     assert dims[0] == 3 and isinstance(dims[1], str) and isinstance(dims[2], str)  # dynamic H, W
     total = 0
     for i, (h, w) in enumerate(SIZES):
         image = smooth_image(h, w, seed=i)
-        ref, out = reference(det, image), onnx_det(image)
-        assert out["boxes"].dtype == np.float32 and out["labels"].dtype == np.int64
+        ref, out = reference(det, image), runner([det.sample(image)])[0]
+        assert out["boxes"].dtype == torch.float32 and out["labels"].dtype == torch.int64
         assert match_fraction(ref, out) >= 0.99, (h, w)
         assert len(out["boxes"]) <= len(ref["boxes"]) + 1  # no flood of extra detections either
         total += len(ref["boxes"])
@@ -130,6 +125,21 @@ def test_resize_conventions_the_graph_lacks_are_refused(tmp_path, override):
     with pytest.raises(BackendError, match=override.split("=")[0].replace(".", r"\.")):
         export_torchscript(det, str(tmp_path / "d.pt"))
     assert not (tmp_path / "d.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "override", ["test.scales=[96,128]", "test.flip=true", "test.precision=bf16"]
+)
+def test_the_export_refuses_what_the_graph_lacks_as_the_backend_does(tmp_path, override):
+    """Test-time augmentation and bf16/fp16 are not in the graph: the export refuses them (as the
+    onnxruntime backend does, from the same list) instead of dropping them with a warning."""
+    det = Detector.from_checkpoint(
+        str(save_tiny_checkpoint(tmp_path / "t.pth")), overrides=[override]
+    )
+    shown = override.replace(",", ", ")  # lists print as [96, 128]
+    with pytest.raises(BackendError, match=rf"the export cannot .*{re.escape(shown)} \(.*: set "):
+        export_torchscript(det, str(tmp_path / "t.pt"))
+    assert not (tmp_path / "t.pt").exists()
 
 
 def test_a_frozen_size_dependent_value_fails_the_export(tmp_path, monkeypatch):

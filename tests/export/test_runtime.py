@@ -13,13 +13,13 @@ import torch
 
 from detkit import Detector
 from detkit.errors import BackendError, WriteError
-from detkit.export import runtime
-from detkit.export.runtime import OnnxRuntimePredictor, check_backend, graph_key, make_predictor
+from detkit.export import graph_cache, runtime
+from detkit.export.graph_cache import graph_key
+from detkit.export.runtime import OnnxRuntimePredictor
+from detkit.inference.backends import check_backend, make_predictor
 from detkit.inference.parallel import ParallelImages
 from detkit.utils.threads import cpu_description, physical_cores
-from tests.conftest import TINY_C4, tiny_config
-from tests.export.test_export import SIZES, smooth_image
-from tests.video.helpers import save_tiny_checkpoint
+from tests.helpers import SIZES, TINY_C4, save_tiny_checkpoint, smooth_image, tiny_config
 
 pytest.importorskip("onnx", reason="optional extra detkit[export] (onnx) not installed")
 pytest.importorskip(
@@ -73,7 +73,7 @@ def assert_same_detections(eager, ort, images):
 
 def test_fpn_onnxruntime_equals_eager_at_several_sizes(fpn):
     _, eager, ort = fpn
-    assert ort.predictor.backend == ORT and eager.predictor.backend == "eager"
+    assert ort.predictor.backend == ORT and eager.backend == "eager"
     assert_same_detections(eager, ort, [smooth_image(h, w, i) for i, (h, w) in enumerate(SIZES)])
 
 
@@ -140,7 +140,7 @@ def test_second_construction_reuses_the_cached_file(fpn, monkeypatch):
     def no_export(*args, **kwargs):
         raise AssertionError("exported again although the cached graph fits")
 
-    monkeypatch.setattr(runtime, "onnx_bytes", no_export)
+    monkeypatch.setattr(graph_cache, "onnx_bytes", no_export)
     again = Detector.from_checkpoint(str(ckpt), backend=ORT).predictor
     assert again.path == path and os.stat(path).st_mtime_ns == mtime
     # from_config with the same weights is the same graph: same file
@@ -192,7 +192,7 @@ def test_unwritable_checkpoint_folder_falls_back_to_the_cache_folder(fpn, tmp_pa
         if os.access(tmp_path / "readonly", os.W_OK):
             pytest.skip("chmod does not stop this user (root) from writing")
         exported = open(first.predictor.path, "rb").read()
-        monkeypatch.setattr(runtime, "onnx_bytes", lambda *a, **k: exported)
+        monkeypatch.setattr(graph_cache, "onnx_bytes", lambda *a, **k: exported)
         path = Detector.from_checkpoint(str(ckpt), backend=ORT).predictor.path
     finally:
         os.chmod(tmp_path / "readonly", 0o755)
@@ -205,26 +205,26 @@ def test_failed_write_next_to_weights_falls_back_to_the_cache_folder(fpn, tmp_pa
     ckpt, _, first = fpn
     ckpt = copy_checkpoint(ckpt, tmp_path / "full")
     exported = open(first.predictor.path, "rb").read()
-    monkeypatch.setattr(runtime, "onnx_bytes", lambda *a, **k: exported)
-    write = runtime.atomic_write_bytes
+    monkeypatch.setattr(graph_cache, "onnx_bytes", lambda *a, **k: exported)
+    write = graph_cache.atomic_write_bytes
 
     def disk_full_there(data, path):
         if path.parent == tmp_path / "full":
             raise WriteError(f"cannot write {path}: No space left on device")
         return write(data, path)
 
-    monkeypatch.setattr(runtime, "atomic_write_bytes", disk_full_there)
+    monkeypatch.setattr(graph_cache, "atomic_write_bytes", disk_full_there)
     path = Detector.from_checkpoint(str(ckpt), backend=ORT).predictor.path
     assert os.path.dirname(path) == str(tmp_path / "cache")
     assert graphs(tmp_path / "full") == [] and list((tmp_path / "full").iterdir()) == [ckpt]
     # found there next time, without exporting
-    monkeypatch.setattr(runtime, "onnx_bytes", None)
+    monkeypatch.setattr(graph_cache, "onnx_bytes", None)
     assert Detector.from_checkpoint(str(ckpt), backend=ORT).predictor.path == path
 
 
 def test_no_weights_file_caches_in_the_cache_folder(fpn, tmp_path, monkeypatch):
     exported = open(fpn[2].predictor.path, "rb").read()
-    monkeypatch.setattr(runtime, "onnx_bytes", lambda *a, **k: exported)
+    monkeypatch.setattr(graph_cache, "onnx_bytes", lambda *a, **k: exported)
     path = Detector.from_config(tiny_config(), backend=ORT).predictor.path
     assert os.path.dirname(path) == str(tmp_path / "cache")
     assert os.path.basename(path).startswith("model.")
@@ -276,7 +276,7 @@ def test_eager_predictor_is_build_predictor(tmp_path):
     from detkit.modeling.tta import MultiScaleFlip
 
     predictor = make_predictor(build_model(cfg), cfg)
-    assert isinstance(unwrap(predictor), MultiScaleFlip) and predictor.backend == "eager"
+    assert isinstance(unwrap(predictor), MultiScaleFlip)
     one = make_predictor(build_model(cfg), tiny_config("test.flip=true", "test.parallel_images=1"))
     assert isinstance(one, MultiScaleFlip)  # test.parallel_images=1: nothing around it
 
@@ -312,8 +312,6 @@ def test_onnxruntime_threads_follow_torch_set_num_threads(monkeypatch):
     pytest.importorskip("onnxruntime")
     import onnx
     from onnx import TensorProto, helper
-
-    from detkit.export import runtime
 
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],

@@ -4,28 +4,10 @@ import pytest
 import torch
 import torchvision
 
-from detkit.modeling import build_model
 from detkit.modeling.backbones import ResNet
 from detkit.registry import ROI_POOLERS
-from tests.conftest import TINY_C4, TINY_FPN, tiny_config
-
-
-def tiny(overrides=(), base=TINY_FPN):
-    torch.manual_seed(0)
-    return build_model(tiny_config(*overrides, base=base))
-
-
-def sample(boxes=((20.0, 24.0, 60.0, 70.0),), labels=(1,), size=(96, 128), seed=0):
-    g = torch.Generator().manual_seed(seed)
-    img = torch.randint(0, 255, (3, *size), generator=g, dtype=torch.uint8)
-    return {
-        "image": img,
-        "height": size[0],
-        "width": size[1],
-        "image_id": seed,
-        "gt_boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-        "gt_labels": torch.tensor(labels, dtype=torch.int64),
-    }
+from tests.conftest import TINY_C4, TINY_FPN
+from tests.modeling.helpers import sample, tiny
 
 
 @pytest.mark.parametrize("base", [TINY_FPN, TINY_C4], ids=["fpn", "c4"])

@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torchvision.ops import box_iou
 
-from tests.conftest import ROOT, TESTDATA, reference_data
+from detkit.evaluation import parity
+from tests.helpers import ROOT, TESTDATA, reference_data
 
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -146,14 +146,9 @@ def d2_detections(instances) -> dict:
 
 
 def match_fraction(ref: dict, out: dict) -> float:
-    """Fraction of detectron2's detections that a detkit detection matches (same label, no shift:
-    both put background last)."""
-    if len(ref["boxes"]) == 0:
-        return 1.0 if len(out["boxes"]) == 0 else 0.0
-    iou = box_iou(ref["boxes"], torch.as_tensor(out["boxes"]))
-    same = ref["labels"][:, None] == torch.as_tensor(out["labels"])[None]
-    close = (ref["scores"][:, None] - torch.as_tensor(out["scores"])[None]).abs() <= 1e-3
-    return ((iou >= 0.99) & same & close).any(dim=1).float().mean().item()
+    """Fraction of detectron2's detections that a detkit detection matches under the parity
+    criterion (``detkit.evaluation.parity``; same labels, no shift: both put background last)."""
+    return parity.match_fraction(ref, out)
 
 
 @pytest.fixture(scope="module")

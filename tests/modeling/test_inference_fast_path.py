@@ -1,5 +1,6 @@
 """optimize_for_inference: folded norms and channels_last give the plain model's detections up to
-float rounding (tiny FPN/C4/v2-style models with random BN statistics, R50-FPN on photos)."""
+float rounding (tiny FPN/C4/v2-style models with random BN statistics, R50-FPN on photos), in a
+copy that leaves the model it was given as it was."""
 
 import copy
 
@@ -13,7 +14,8 @@ from detkit.errors import ConfigError
 from detkit.inference.predictor import build_predictor, optimize_for_inference
 from detkit.modeling import build_model
 from detkit.modeling.backbones.norm import FrozenBatchNorm2d, fixed_affine, fuse_frozen_bn
-from tests.conftest import ROOT, TINY_C4, TINY_FPN, tiny_config
+from tests.helpers import ROOT, TINY_C4, TINY_FPN, tiny_config
+from tests.modeling import torchvision_reference as parity
 
 # BN in the FPN and a conv head with BN after each conv: where the norms sit in ModuleLists
 TINY_V2 = [
@@ -99,15 +101,16 @@ def test_optimized_model_gives_the_plain_models_detections(name, base, extra, me
         ref = model([sample])[0]
         ref_features = model.extract_features(model.preprocess([sample]))
     fast = optimize_for_inference(model, cfg)
-    assert fast is model  # changed in place
-    assert not any(fixed_affine(m) for m in model.modules())  # every norm folded
-    conv = model.backbone.conv1.weight
+    assert fast is not model  # a copy: the model given stays as it was
+    assert any(fixed_affine(m) for m in model.modules())
+    assert not any(fixed_affine(m) for m in fast.modules())  # every norm folded
+    conv = fast.backbone.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) == (
         memory_format == "channels_last"
     )
     with torch.no_grad():
         out = build_predictor(fast, cfg)([sample])[0]
-        features = model.extract_features(model.preprocess([sample]))
+        features = fast.extract_features(fast.preprocess([sample]))
     for k, f in ref_features.items():
         assert (features[k] - f).abs().max() <= 1e-5 * f.abs().max(), k
     assert_same_detections(ref, out, max(sample["height"], sample["width"]))
@@ -122,9 +125,10 @@ def test_groupnorm_model_has_nothing_to_fold_and_keeps_its_detections():
     sample = photo_sample()
     with torch.no_grad():
         ref = model([sample])[0]
-        out = optimize_for_inference(model, cfg)([sample])[0]
-    assert model.state_dict().keys() == before.keys()
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+        fast = optimize_for_inference(model, cfg)
+        out = fast([sample])[0]
+    assert fast.state_dict().keys() == before.keys()
+    assert all(torch.equal(fast.state_dict()[k], v) for k, v in before.items())
     assert_same_detections(ref, out, 160)
 
 
@@ -147,8 +151,7 @@ def test_folding_a_conv_with_bias_and_groups_into_eval_bn():
 def test_fuse_bn_false_and_contiguous_leave_the_model_as_it_was():
     model, cfg = tiny_model(TINY_C4, "test.fuse_bn=false", "test.memory_format=contiguous")
     before = copy.deepcopy(model.state_dict())
-    optimize_for_inference(model, cfg)
-    after = model.state_dict()
+    after = optimize_for_inference(model, cfg).state_dict()
     assert after.keys() == before.keys() and all(
         torch.equal(after[k], v) for k, v in before.items()
     )
@@ -158,7 +161,7 @@ def test_fuse_bn_false_and_contiguous_leave_the_model_as_it_was():
 def test_auto_is_channels_last_on_the_cpu():
     model, cfg = tiny_model(TINY_FPN)
     assert cfg.test.memory_format == "auto"
-    optimize_for_inference(model, cfg)
+    model = optimize_for_inference(model, cfg)
     assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     assert not model.backbone.conv1.weight.is_contiguous()
 
@@ -170,7 +173,7 @@ def test_bf16_runs_on_the_folded_channels_last_model():
     sample = photo_sample()
     with torch.no_grad():
         ref = model([sample])[0]
-    optimize_for_inference(model, cfg)
+    model = optimize_for_inference(model, cfg)
     seen = {}
 
     def record(module, inputs, output):  # returns None: the output is not replaced
@@ -194,10 +197,16 @@ def test_bad_memory_format_is_a_clear_error():
 
 
 def test_a_model_in_training_mode_is_put_in_eval_mode_and_its_bn_folded():
-    """BN folds with its running statistics (what eval mode uses), never with batch statistics."""
+    """BN folds with its running statistics (what eval mode uses), never with batch statistics;
+    the model given keeps its mode."""
     model, cfg = tiny_model(TINY_FPN, *TINY_V2)
-    optimize_for_inference(model.train(), cfg)
-    assert not model.training and not any(fixed_affine(m) for m in model.modules())
+    trained = model.train()
+    model = optimize_for_inference(trained, cfg)
+    assert (
+        trained.training
+        and not model.training
+        and not any(fixed_affine(m) for m in model.modules())
+    )
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
@@ -217,28 +226,26 @@ def test_every_fixed_norm_of_every_shipped_config_is_folded(path):
 
 
 def optimized_detector(tv, folder):
-    """torchvision's weights converted (tools/convert_weights.py), in a Detector whose model went
-    through optimize_for_inference (test.* defaults: BN folded, channels_last on the CPU)."""
+    """torchvision's weights converted (tools/convert_weights.py), in a Detector whose predictor
+    runs the copy optimize_for_inference makes (test.* defaults: BN folded, channels_last on the
+    CPU), and that copy."""
     from detkit import Detector
-    from tests.modeling.test_torchvision_parity import convert
 
-    det = Detector.from_checkpoint(str(convert(tv, folder)))
-    assert optimize_for_inference(det.model, det.cfg) is det.model
-    assert fuse_frozen_bn(copy.deepcopy(det.model)) == 0  # all 53 frozen BN already folded
-    assert det.model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    return det
+    det = Detector.from_checkpoint(str(parity.convert(tv, folder)))
+    fast = optimize_for_inference(det.model, det.cfg)
+    assert fuse_frozen_bn(copy.deepcopy(fast)) == 0  # all 53 frozen BN already folded
+    assert fast.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    return det, fast
 
 
 @pytest.mark.slow
 def test_optimized_r50_fpn_matches_torchvision_on_photos(tmp_path):
     """The parity photos through the optimized model, against plain torchvision, with the parity
     test's calibrated model (each frozen BN's statistics from its input, as a trained network's):
-    >= 99% of torchvision's detections matched (measured: 100%)."""
-    from tests.modeling import test_torchvision_parity as parity
-
+    >= 99% of torchvision's detections matched."""
     photos = [parity.as_torchvision_input(parity.read_rgb(p)) for p in parity.photo_paths()]
     tv = parity.make_torchvision_model(calibrate_on=photos)
-    fraction = parity.torchvision_match(tv, optimized_detector(tv, tmp_path))
+    fraction = parity.torchvision_match(tv, optimized_detector(tv, tmp_path)[0])
     assert fraction >= 0.99, f"only {fraction:.3f} of torchvision's detections matched"
 
 
@@ -249,17 +256,15 @@ def test_optimized_r50_fpn_differs_from_torchvision_by_rounding_only(tmp_path):
     PyTorch's exact float rounding -- torchvision itself with channels_last or its BN folded keeps
     ~82% of them. Here: the FPN features equal plain torchvision's up to float rounding, and every
     detection at least 8 px on each side is matched."""
-    from tests.modeling import test_torchvision_parity as parity
-
     tv = parity.make_torchvision_model()
-    det = optimized_detector(tv, tmp_path)
+    det, fast = optimized_detector(tv, tmp_path)
     for path in parity.photo_paths():
         img = parity.read_rgb(path)
         x = parity.as_torchvision_input(img)
         with torch.no_grad():
             ref = tv([x])[0]
             tv_features = tv.backbone(tv.transform([x])[0].tensors)
-            features = det.model.extract_features(det.model.preprocess([det.sample(img)]))
+            features = fast.extract_features(fast.preprocess([det.sample(img)]))
         for level, key in zip(("0", "1", "2", "3", "pool"), ("p2", "p3", "p4", "p5", "p6")):
             f, ref_f = features[key], tv_features[level]
             assert f.shape == ref_f.shape

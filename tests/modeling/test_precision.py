@@ -14,8 +14,8 @@ from detkit.modeling.precision import (
     training_precision,
 )
 from detkit.modeling.tta import MultiScaleFlip
-from tests.conftest import TINY_FPN
-from tests.modeling.test_detector import sample, tiny
+from tests.helpers import TINY_FPN
+from tests.modeling.helpers import sample, tiny
 
 
 def cfg(*overrides):

@@ -3,7 +3,7 @@
 import torch
 
 from detkit.modeling.roi_heads import box_voting, nms_and_vote
-from tests.modeling.test_detector import sample, tiny
+from tests.modeling.helpers import sample, tiny
 
 
 def test_box_voting_is_score_weighted_mean():

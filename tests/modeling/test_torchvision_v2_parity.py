@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from torchvision.models.detection import fasterrcnn_resnet50_fpn_v2
 
-from tests.conftest import ROOT, reference_data
-from tests.modeling.test_torchvision_parity import match_fraction
+from tests.helpers import ROOT, reference_data
+from tests.modeling.torchvision_reference import match_fraction
 
 sys.path.insert(0, str(ROOT / "tools"))
 

@@ -236,7 +236,7 @@ def constraint_for(key: str) -> Optional[Constraint]:
 
 
 def choices(key: str) -> Tuple[Any, ...]:
-    """The values a ``OneOf`` key allows (for the code that consumes them, and its tests)."""
+    """The values a ``OneOf`` key allows (a test keeps them equal to what the consuming code takes)."""
     constraint = CONSTRAINTS[key]
     if not isinstance(constraint, OneOf):
         raise KeyError(f"config key '{key}' has no choices")

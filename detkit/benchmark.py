@@ -92,7 +92,7 @@ def measure_side_by_side(
     rotating): a machine that speeds up or slows down during the run (turbo, another process, the
     allocator warming up) then affects every implementation alike. Each gets at least ``iters``
     iterations and, when fast, enough more to fill ``min_seconds`` (at most 100x ``iters``): the
-    median of a few fast iterations moves by 10-20% between two runs on a CPU."""
+    median of a few fast iterations moves noticeably between two runs on a CPU."""
     names = list(fns)
     for name in names:
         for _ in range(warmup):
@@ -135,7 +135,8 @@ class OtherProcesses:
     """``with OtherProcesses() as other: ...`` then ``other.cores``: the CPU cores that other
     processes kept busy meanwhile, on average (all busy time of /proc/stat minus this process's
     own CPU time; None where /proc/stat does not exist). Two runs of one benchmark agree only
-    when this is near 0: on 2 cores one busy core elsewhere slows detkit's 2 threads by 30-50%."""
+    when this is near 0: on a machine with few cores, one core busy elsewhere slows every thread
+    of the timed model that must wait for it."""
 
     cores: Optional[float] = None
 

@@ -19,10 +19,11 @@ on a file system all nodes share so --resume finds the checkpoints)::
 
 ``--resume`` continues from ``last.pth`` in the output folder (its own copy of the newest periodic
 checkpoint; when it is damaged, the newest readable periodic one) and ends with the same weights as an
-uninterrupted run. After a TrainingError no checkpoint holds non-finite weights: resume with a lower
-learning rate, e.g. ``--resume solver.base_lr=0.005``. On a finished run ``--resume`` says so and
-exits 0 (raise solver.max_iter to train longer); in a folder without checkpoints it warns and starts
-from scratch.
+uninterrupted run. An iteration's checkpoint is written before its evaluation runs: after an
+evaluation that failed (or a run killed during it), ``--resume`` runs that evaluation first. After a
+TrainingError no checkpoint holds non-finite weights: resume with a lower learning rate, e.g.
+``--resume solver.base_lr=0.005``. On a finished run ``--resume`` says so and exits 0 (raise
+solver.max_iter to train longer); in a folder without checkpoints it warns and starts from scratch.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -138,6 +138,27 @@ def raise_if_any_rank_failed(error: Optional[BaseException], what: str) -> None:
     if failures:
         rank, message = failures[0]
         raise TrainingError(f"{what} failed on rank {rank}: {message}")
+
+
+def run_on_all_ranks(fn: Callable[[], Any], what: str) -> Any:
+    """Run ``fn`` on every rank; if it fails on any rank, raise on every rank (no rank is left
+    waiting in a collective for one that died)."""
+    error: Optional[BaseException] = None
+    try:
+        result = fn()
+    except Exception as e:  # re-raised below, after the other ranks have heard of it
+        error, result = e, None
+    raise_if_any_rank_failed(error, what)  # the other ranks raise TrainingError quoting it
+    return result
+
+
+def mean_over_ranks(values: Sequence[float]) -> List[float]:
+    """The mean of each value over the ranks (in float64), so every rank takes the same decision
+    from them; the values themselves for one process."""
+    if get_world_size() == 1:
+        return [float(v) for v in values]
+    summed = all_reduce_sum(torch.tensor([float(v) for v in values], dtype=torch.float64))
+    return [float(v) / get_world_size() for v in summed.tolist()]
 
 
 def reduce_flag(flag: bool) -> bool:

@@ -16,7 +16,7 @@ import torch
 from detkit.evaluation.common import format_table
 from detkit.utils.io import write_json
 
-from .checkpoint import FINAL
+from .checkpoint import FINAL, LAST
 
 logger = logging.getLogger("detkit")
 
@@ -157,3 +157,33 @@ def finished_run(
         "solver.max_time_minutes" if done < max_iter else "solver.max_iter",
     )
     return report.get("final") or {}
+
+
+def divergence_advice(cfg, output_dir: os.PathLike, last_saved: Optional[int]) -> str:
+    """What to run next after a diverged run, with the checkpoint it would continue from: the
+    advice must work as written (no checkpoint with non-finite weights exists, so last.pth, from
+    iteration ``last_saved``, is a good one)."""
+    s = cfg.solver
+    fixes = (
+        f"a lower solver.base_lr (now {s.base_lr:g}), a longer solver.warmup_iters "
+        f"(now {s.warmup_iters}) or solver.clip_grad_norm > 0 (now {s.clip_grad_norm:g})"
+    )
+    if last_saved is None:
+        return f"no checkpoint was written yet: start again with {fixes}"
+    out = Path(output_dir)
+    return (
+        f"no checkpoint was written after divergence. {out / LAST} (iteration "
+        f"{last_saved}) has finite weights; continue from it with {fixes}, e.g. "
+        f"python tools/train.py {cfg.source_file or 'CONFIG'} [this run's overrides] "
+        f"--output-dir {out} --resume solver.base_lr={s.base_lr / 2:g}"
+    )
+
+
+def warn_config_changes(saved: Dict[str, Any], now: Dict[str, Any], prefix: str = "") -> None:
+    """--resume: one warning per config value that differs from the checkpoint's."""
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            warn_config_changes(a, b, f"{prefix}{key}.")
+        elif a != b and key != "output_dir":
+            logger.warning("config %s%s differs from the checkpoint's: %r -> %r", prefix, key, a, b)

@@ -135,7 +135,7 @@ def test_outputs_of_a_run(data_root, tmp_path):
 
 def test_non_finite_loss_stops_naming_iteration_and_term(data_root, tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = Trainer._forward
+    original = Trainer.forward_losses
 
     def poisoned(self, batch):
         losses = original(self, batch)
@@ -144,7 +144,7 @@ def test_non_finite_loss_stops_naming_iteration_and_term(data_root, tmp_path, mo
             losses["loss_box"] = losses["loss_box"] * float("nan")
         return losses
 
-    monkeypatch.setattr(Trainer, "_forward", poisoned)
+    monkeypatch.setattr(Trainer, "forward_losses", poisoned)
     out = tmp_path / "diverged"
     with pytest.raises(TrainingError, match=r"non-finite loss at iteration 3: loss_box=nan"):
         train_main(tiny_config(data_root, ["solver.checkpoint_period=1"]), output_dir=str(out))
@@ -160,7 +160,7 @@ def test_non_finite_loss_stops_naming_iteration_and_term(data_root, tmp_path, mo
 def test_non_finite_update_writes_nothing_and_the_advice_resumes(data_root, tmp_path, monkeypatch):
     """Iteration 3's loss is finite but its gradient is NaN: the run stops at iteration 3 before
     any file sees the weights, and the resume command it prints continues from iteration 2."""
-    original = Trainer._forward
+    original = Trainer.forward_losses
 
     def nan_gradient(self, batch):
         losses = original(self, batch)
@@ -169,7 +169,7 @@ def test_non_finite_update_writes_nothing_and_the_advice_resumes(data_root, tmp_
             losses["loss_box"] = losses["loss_box"] + torch.sqrt((w * 0).sum())  # 0, grad NaN
         return losses
 
-    monkeypatch.setattr(Trainer, "_forward", nan_gradient)
+    monkeypatch.setattr(Trainer, "forward_losses", nan_gradient)
     out = tmp_path / "run"
     short = ["solver.checkpoint_period=1", "solver.max_iter=4", "solver.steps=[3]"]
     with pytest.raises(TrainingError) as info:  # --resume into an empty folder: a warning
@@ -247,7 +247,7 @@ class FakeClock:
             return values
 
         monkeypatch.setattr(Trainer, "run_step", run_step)
-        monkeypatch.setattr(Trainer, "_clock", staticmethod(lambda: self.now))
+        monkeypatch.setattr(Trainer, "clock", staticmethod(lambda: self.now))
 
 
 def budget_config(data_root, monkeypatch, seconds: float, *extra: str):

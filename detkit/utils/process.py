@@ -1,10 +1,9 @@
 """Process-wide settings the tools make once, at start-up (this module must not import torch).
 
 ``quiet_idle_threads()`` has to run before torch loads OpenMP: idle OpenMP threads then sleep
-instead of spinning. Measured on a 2-core VM (quick-start model, 320x480): idle, spinning threads
-are ~25% faster (median 75-80 ms against 98-108), but beside one other busy process spinning is 2x
-(GOMP_SPINCOUNT=20000) to 9x (libgomp's default spin) slower than sleeping, and in training 5-7x.
-``OMP_WAIT_POLICY=ACTIVE`` in the environment keeps spinning.
+instead of spinning. Spinning threads win a little on an otherwise idle machine, but beside any
+other busy process (another tool, a data loader) they take the cores that process needs and make
+both far slower (docs/benchmarks.md). ``OMP_WAIT_POLICY=ACTIVE`` in the environment keeps spinning.
 """
 
 from __future__ import annotations
@@ -22,11 +21,9 @@ def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for the next allocation instead of handing it back to the
     system (``mallopt``: a fixed 32 MiB mmap threshold, the largest glibc allows, and a 1 GiB trim
     threshold). By default glibc adjusts its thresholds as the process runs and may return and
-    re-fault the per-image buffers on every image: measured on the quick-start model (2-core VM,
-    320x480, idle), 4,800-5,000 minor page faults per image and a median of 115-122 ms by default,
-    0-15 faults and 99-113 ms with this (busy machine: 1,000-5,500 faults per image by default,
-    varying between processes); peak memory the same. Returns False where there is no glibc
-    ``mallopt`` (macOS, musl: nothing to do)."""
+    re-fault the per-image buffers on every image: thousands of minor page faults per image that
+    this avoids, at the same peak memory. Returns False where there is no glibc ``mallopt``
+    (macOS, musl: nothing to do)."""
     import ctypes
     import ctypes.util
 

@@ -9,6 +9,7 @@ import torchvision
 
 from detkit import Detector
 from detkit.config import load_config
+from detkit.errors import ConfigError
 from detkit.modeling import build_model
 from detkit.utils.io import atomic_save
 from tests.helpers import ROOT, TINY_FPN
@@ -66,7 +67,7 @@ def test_predict_accepts_paths_and_rejects_bad_arrays(tmp_path):
 
 def test_wrong_class_count_is_a_clear_error(tmp_path):
     tiny_checkpoint(tmp_path / "m.pth")
-    with pytest.raises(ValueError, match="num_classes"):
+    with pytest.raises(ConfigError, match=r"model\.num_classes' \(command line\): 5, but .* 3 "):
         Detector.from_config(
             load_config(None, TINY_FPN + ["model.num_classes=5"]), weights=str(tmp_path / "m.pth")
         )

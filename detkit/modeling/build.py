@@ -205,9 +205,11 @@ def build_model(cfg, class_names: Optional[List[str]] = None) -> FasterRCNN:
     Modules only, with their initial weights: no file is read (``model.backbone.weights`` is loaded
     by ``detkit.checkpoint.init_from_config``, a detector's weights by ``load_model_weights``)."""
     if class_names is not None and len(class_names) != cfg.model.num_classes:
-        raise ValueError(
-            f"model.num_classes is {cfg.model.num_classes} but the dataset has {len(class_names)} "
-            f"classes ({class_names[:5]}...); set model.num_classes={len(class_names)}"
+        raise _config_error(
+            cfg,
+            "model.num_classes",
+            f"{cfg.model.num_classes}, but the dataset has {len(class_names)} classes "
+            f"({class_names[:5]}...); set model.num_classes={len(class_names)}",
         )
     backbone = build_backbone(cfg)
     neck = build_neck(cfg, backbone)

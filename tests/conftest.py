@@ -1,6 +1,7 @@
 """Fixtures every test folder shares: the reference test data, the tiny model configs, the logger
 reset, the GPU skip (plain functions and constants are in tests/helpers.py)."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -31,34 +32,61 @@ def tiny_cfg():
     return tiny_config
 
 
-@pytest.fixture
-def detkit_log(caplog):
-    """caplog that also sees the ``detkit`` logger (INFO and above) after a tool's setup_logging
-    stopped its propagation."""
-    import logging
+class LogCapture(logging.Handler):
+    """The records of the ``detkit`` logger during one test: ``records``, ``messages``, ``text``."""
 
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records = []
+        self.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    @property
+    def messages(self) -> list:
+        return [r.getMessage() for r in self.records]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.format(r) for r in self.records)
+
+
+@pytest.fixture
+def detkit_log():
+    """What the ``detkit`` logger records (INFO and above) during the test, whatever a tool's
+    setup_logging does to propagation: the handler sits on the ``detkit`` logger itself, not on the
+    root logger that pytest's ``caplog`` listens to."""
     logger = logging.getLogger("detkit")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="detkit")
-    yield caplog
-    logger.removeHandler(caplog.handler)
+    capture = LogCapture()
+    logger.addHandler(capture)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    yield capture
+    logger.removeHandler(capture)
+    logger.setLevel(level)
 
 
 @pytest.fixture(autouse=True)
 def restore_detkit_logger():
-    """A tool's main, train_main and evaluate_main attach handlers to the ``detkit`` logger (and
-    stop its propagation); put it back so later tests' caplog still sees detkit's records."""
-    import logging
-
+    """Every test starts with the ``detkit`` logger as logging creates it (no handlers, level NOTSET,
+    propagating to the root, enabled) and leaves it so: code that configured it and did not put it
+    back (``train_main``, ``evaluate_main`` or a tool's main in a module-scoped fixture) cannot hide
+    a later test's records from ``caplog``."""
     logger = logging.getLogger("detkit")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    # a session fixture that ran a tool (set up before this fixture) may have stopped propagation
-    logger.propagate = True
+    _reset(logger)
     yield
-    for h in logger.handlers:
-        if h not in saved[0]:
-            h.close()
-    logger.handlers[:], logger.propagate, logger.level = saved
+    _reset(logger)
+
+
+def _reset(logger: logging.Logger) -> None:
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        if not isinstance(handler, LogCapture):
+            handler.close()
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
+    logger.disabled = False
 
 
 def pytest_collection_modifyitems(config, items):

@@ -33,7 +33,7 @@ from typing import Callable, Iterator, Optional, Sequence, Tuple, Type
 
 from detkit.errors import DetkitError
 
-from .logger import setup_logging
+from .logger import restored_logger, setup_logging
 
 USER_ERRORS: Tuple[Type[BaseException], ...] = (DetkitError, FileNotFoundError)
 
@@ -86,19 +86,21 @@ def tool_main(
     also: Sequence[Type[BaseException]] = (),
 ):
     """Decorate a tool's ``main(argv=None)``: set up the ``detkit`` console log (rank 0 under
-    torchrun), run it, and return its exit status (0 when it returns None, ``exit_code`` after a
-    user error, logged as one line; see :func:`user_errors`). ``main`` returns instead of exiting so
-    tests can call it in-process."""
+    torchrun) for the duration of the call, run it, and return its exit status (0 when it returns
+    None, ``exit_code`` after a user error, logged as one line; see :func:`user_errors`). ``main``
+    returns instead of exiting, and puts the logger back, so tests can call it in-process."""
 
     def decorate(fn: Callable[..., Optional[int]]) -> Callable[..., int]:
         @functools.wraps(fn)
         def main(argv: Optional[Sequence[str]] = None) -> int:
-            setup_logging(rank=_rank())
-            try:
-                with user_errors(exit_code, also):
-                    status = fn(argv)
-            except UserExit as e:
-                return e.code
+            # the handlers live as long as this call: a main run in-process leaves no state behind
+            with restored_logger():
+                setup_logging(rank=_rank())
+                try:
+                    with user_errors(exit_code, also):
+                        status = fn(argv)
+                except UserExit as e:
+                    return e.code
             return 0 if status is None else int(status)
 
         return main

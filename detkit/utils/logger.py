@@ -6,10 +6,11 @@ entry points (tools/train.py, tools/test.py), never at import time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from typing import Optional
+from typing import Iterator, Optional
 
 _FORMAT = "[%(asctime)s %(levelname)s] %(message)s"
 _DATE = "%m/%d %H:%M:%S"
@@ -39,7 +40,9 @@ def setup_logging(
 
     Rank 0 logs to stderr (``console=None`` means: only rank 0) and, with ``output_dir``, to
     ``<output_dir>/log.txt``; other ranks log to ``log_rank<r>.txt`` only, so a warning raised on a
-    single rank is never lost. Calling it again replaces the handlers it added before.
+    single rank is never lost. Calling it again replaces the handlers it added before. The logger
+    stops propagating (a root handler of the caller's would print every line twice): wrap the call
+    in :func:`restored_logger` where the process goes on afterwards (a tool's ``main`` in-process).
     """
     logger = logging.getLogger("detkit")
     logger.setLevel(level)
@@ -61,3 +64,22 @@ def _add(logger: logging.Logger, handler: logging.Handler, formatter: logging.Fo
     handler.setFormatter(formatter)
     setattr(handler, _OURS, True)
     logger.addHandler(handler)
+
+
+@contextlib.contextmanager
+def restored_logger() -> Iterator[logging.Logger]:
+    """Put the ``detkit`` logger back as it was (handlers, level, propagation) on exit, closing the
+    handlers added inside: a tool's ``main`` called in-process, by a test or a notebook, leaves no
+    console or file handler behind and lets the caller's own logging (pytest's ``caplog``) see
+    detkit's records again."""
+    logger = logging.getLogger("detkit")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    try:
+        yield logger
+    finally:
+        for handler in logger.handlers:
+            if handler not in handlers:
+                handler.close()
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate

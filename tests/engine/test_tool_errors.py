@@ -99,3 +99,19 @@ def test_unreadable_checkpoint_as_a_user_runs_the_tool(tmp_path):
     assert proc.returncode == 1 and not proc.stdout, proc.stdout
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line, nothing else
     assert f"CheckpointError: cannot read checkpoint {bad}" in proc.stderr
+
+
+def test_a_tool_run_in_process_leaves_the_logger_as_it_found_it(tmp_path, caplog):
+    """main sets up the detkit console log for its own run only: afterwards the caller's logging
+    (here pytest's caplog, on the root logger) sees detkit's records again."""
+    import logging
+
+    logger = logging.getLogger("detkit")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    missing = tmp_path / "missing.json"
+    status = load_tool("evaluate").main(["--gt", str(missing), "--results", str(missing)])
+    assert status != 0
+    assert (list(logger.handlers), logger.level, logger.propagate) == before
+    with caplog.at_level(logging.WARNING, logger="detkit"):
+        logger.warning("after the tool")
+    assert caplog.messages == ["after the tool"]

@@ -81,7 +81,7 @@ def test_onnxruntime_writes_the_eager_records(tmp_path, ckpt, detkit_log):
         assert stats["backend"] == backend and stats["frames"] == 12
         # the default --batch-size on the CPU: the frames test.parallel_images runs side by side
         assert stats["batch_size"] == min(physical_cores(), 8)
-    final = [r.getMessage() for r in detkit_log.records if "frames/s for the whole" in r.message]
+    final = [m for m in detkit_log.messages if "frames/s for the whole" in m]
     assert [("backend eager" in m, "backend onnxruntime" in m) for m in final] == [
         (True, False),
         (False, True),

@@ -163,6 +163,24 @@ def build_solver(model: nn.Module, s) -> Tuple[torch.optim.Optimizer, "WarmupSch
     return optimizer, schedule
 
 
+def clip_and_step(
+    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, clip_grad_norm: float
+) -> bool:
+    """Clip the gradients to a total norm of ``clip_grad_norm`` (0 = no clipping), step, and zero
+    the gradients. Returns False, without a step, when the norm is not finite and no fp16 loss
+    scaler is on (an enabled scaler skips such a step itself and lowers its scale)."""
+    if clip_grad_norm > 0:
+        scaler.unscale_(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+        if not scaler.is_enabled() and not torch.isfinite(norm):
+            return False
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return True
+
+
 class WarmupSchedule:
     """lr(it) = base_lr * warmup(it) * decay(it).
 

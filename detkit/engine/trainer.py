@@ -49,7 +49,7 @@ from .events import EventWriter
 from .hooks import Hook, default_hooks
 from .inference import bar_interval, run_inference
 from .reporting import divergence_advice, warn_config_changes
-from .solver import build_solver, check_solver, micro_batch_size
+from .solver import build_solver, check_solver, clip_and_step, micro_batch_size
 
 logger = logging.getLogger("detkit")
 
@@ -303,24 +303,11 @@ class Trainer:
                 self.scaler.scale(sum(losses.values()) / self.accumulate).backward()
             for k, v in values.items():
                 totals[k] = totals.get(k, 0.0) + v / self.accumulate
-        self._optimizer_step(iteration)
+        if not clip_and_step(self.optimizer, self.scaler, float(self.cfg.solver.clip_grad_norm)):
+            # gradients are all-reduced, so every rank sees the same norm and stops together
+            self._diverged(f"non-finite gradient norm at iteration {iteration}")
         self._check_weights(iteration)
         return totals
-
-    def _optimizer_step(self, iteration: int) -> None:
-        clip = float(self.cfg.solver.clip_grad_norm)
-        if clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            params = [
-                p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None
-            ]
-            norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            # gradients are all-reduced, so every rank sees the same norm and stops together
-            if not self.scaler.is_enabled() and not torch.isfinite(norm):
-                self._diverged(f"non-finite gradient norm at iteration {iteration}")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------ evaluation
     def eval_split(self) -> Optional[str]:

@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from detkit.engine.solver import WarmupSchedule, build_optimizer, param_groups, scaled_base_lr
+from detkit.engine.solver import (
+    WarmupSchedule,
+    build_optimizer,
+    clip_and_step,
+    param_groups,
+    scaled_base_lr,
+)
 
 
 def schedule(**kw):
@@ -188,3 +194,26 @@ def test_negative_time_budget_is_a_config_error():
     check_solver(load_config(None, ["solver.max_time_minutes=7"]))  # an int is a float
     with pytest.raises(ConfigError, match="'solver.max_time_minutes' .*expected a number >= 0"):
         load_config(None, ["solver.max_time_minutes=-1"])
+
+
+def _one_parameter_step(grad, clip):
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    w.grad = torch.tensor(grad)
+    opt = torch.optim.SGD([w], lr=1.0)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    return w, clip_and_step(opt, scaler, clip)
+
+
+def test_clip_and_step_clips_to_the_total_norm():
+    # gradient (3, 4) has norm 5; clipped to norm 1: (0.6, 0.8); one SGD step of lr 1 from (3, 4)
+    w, stepped = _one_parameter_step([3.0, 4.0], clip=1.0)
+    assert stepped and w.grad is None
+    assert w.detach().tolist() == pytest.approx([2.4, 3.2], abs=1e-5)
+    # no clipping: the whole gradient
+    w, stepped = _one_parameter_step([3.0, 4.0], clip=0.0)
+    assert stepped and w.detach().tolist() == [0.0, 0.0]
+
+
+def test_clip_and_step_refuses_a_non_finite_norm():
+    w, stepped = _one_parameter_step([float("nan"), 1.0], clip=1.0)
+    assert not stepped and w.detach().tolist() == [3.0, 4.0]

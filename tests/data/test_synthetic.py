@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
+import re
 
 import numpy as np
 import pytest
@@ -117,14 +117,16 @@ def test_bad_arguments(tmp_path):
         SyntheticDataset(str(tmp_path), image_size=(300, 200), num_images=1)
 
 
-def test_generation_speed_is_logged(tmp_path, record_property):
-    start = time.perf_counter()
-    generate_synthetic(tmp_path, num_images=40, image_size=(256, 384))
-    ms = 1000 * (time.perf_counter() - start) / 40
-    record_property("synthetic_ms_per_image", ms)
-    logging.getLogger("detkit").info(
-        "synthetic generation: %.1f ms/image at 256..384 px (%.0f s per 1000)", ms, ms
-    )
+def test_generation_logs_its_count_and_speed(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="detkit"):
+        generate_synthetic(tmp_path, num_images=4, image_size=(64, 96))
+    (line,) = [m for m in caplog.messages if m.startswith("generated synthetic train split")]
+    match = re.search(r": 4 images, \d+ boxes in [\d.]+ s .* ([\d.]+) ms/image\)$", line)
+    assert match and float(match.group(1)) > 0, line
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="detkit"):
+        generate_synthetic(tmp_path, num_images=4, image_size=(64, 96))  # complete: nothing to do
+    assert not [m for m in caplog.messages if m.startswith("generated synthetic")]
 
 
 @pytest.mark.slow

@@ -118,7 +118,11 @@ class EvalHook(Hook):
         t = self.trainer
         done = {r["iteration"] for r in t.eval_history}
         if t.start_iter > 0 and self._due(t.start_iter) and t.start_iter not in done:
-            logger.info("evaluating iteration %d, whose checkpoint it follows", t.start_iter)
+            logger.info(
+                "--resume: evaluating iteration %d first (its checkpoint was written before its "
+                "evaluation, which did not finish)",
+                t.start_iter,
+            )
             self._evaluate(t.start_iter)
 
     def after_step(self, iteration: int) -> None:

@@ -39,7 +39,7 @@ def test_a_failing_evaluation_finds_its_checkpoint_written(data_root, tmp_path, 
 
     # --resume evaluates iteration 4 first, then trains 5..6 and evaluates at the end
     train_main(cfg, output_dir=str(out), resume=True)
-    assert "evaluating iteration 4, whose checkpoint it follows" in (out / "log.txt").read_text()
+    assert "--resume: evaluating iteration 4 first" in (out / "log.txt").read_text()
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [r["iteration"] for r in history] == [2, 4, 6]
 

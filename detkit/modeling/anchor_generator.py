@@ -14,6 +14,12 @@ rule when the batch is not padded to a multiple of the largest stride (``size_di
 The same code serves the eager model and a traced export: while tracing, the grid and image sizes
 arrive as tensors (``Tensor.shape`` is traced), so the grids follow the input's shape; the cache,
 which would hand the trace one size's anchors as constants, is used in eager mode only.
+
+The cache may be read and filled by several threads at once (images side by side): it is only ever
+read with ``dict.get`` and written one key at a time, and it is replaced by a new dict when full,
+never cleared in place, so a thread holding the old one still finds what it put there. Two threads
+that miss on the same key both compute it (the same anchors): cheaper than a lock, which would also
+keep the module from being copied or pickled.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 ORDERS = ("ratio_major", "size_major")
+MAX_CACHED_SIZES = 64  # (grid sizes, image size) pairs kept per generator: COCO has many sizes
 
 
 def cell_anchors(
@@ -93,7 +100,7 @@ class AnchorGenerator(nn.Module):
         ]
         self.strides = [int(s) for s in strides]
         self.offset = float(offset)
-        self._cache: Dict[Tuple, List[Tensor]] = {}
+        self._cache: Dict[Tuple, List[Tensor]] = {}  # see the module docstring
 
     @property
     def num_anchors_per_cell(self) -> int:
@@ -112,21 +119,31 @@ class AnchorGenerator(nn.Module):
             raise ValueError(
                 f"{len(grid_sizes)} feature maps but anchor sizes for {len(self.cell_anchors)} levels"
             )
-        strides = self.strides or [None] * len(grid_sizes)
         if torch.jit.is_tracing():
-            return [
-                self._grid(g, image_size, c.to(device), st)
-                for g, c, st in zip(grid_sizes, self.cell_anchors, strides)
-            ]
-        key = (tuple(grid_sizes), tuple(image_size), str(device))
-        if key not in self._cache:
-            if len(self._cache) > 64:
-                self._cache.clear()
-            self._cache[key] = [
-                self._grid(g, image_size, c.to(device), st)
-                for g, c, st in zip(grid_sizes, self.cell_anchors, strides)
-            ]
-        return self._cache[key]
+            return self._anchors(grid_sizes, image_size, device)
+        # inference-mode tensors cannot be saved for backward: a training step after an evaluation
+        # under torch.inference_mode must not get the evaluation's anchors
+        key = (
+            tuple(grid_sizes),
+            tuple(image_size),
+            str(device),
+            torch.is_inference_mode_enabled(),
+        )
+        cache = self._cache
+        anchors = cache.get(key)
+        if anchors is None:
+            anchors = self._anchors(grid_sizes, image_size, device)
+            if len(cache) >= MAX_CACHED_SIZES:
+                cache = self._cache = {}
+            cache[key] = anchors
+        return anchors
+
+    def _anchors(self, grid_sizes, image_size, device) -> List[Tensor]:
+        strides = self.strides or [None] * len(grid_sizes)
+        return [
+            self._grid(g, image_size, c.to(device), st)
+            for g, c, st in zip(grid_sizes, self.cell_anchors, strides)
+        ]
 
     def _grid(
         self, grid: Tuple[int, int], image_size: Tuple[int, int], base: Tensor, stride

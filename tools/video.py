@@ -61,8 +61,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--batch-size",
         type=int,
-        help="frames per model call (default: on the CPU as many as test.parallel_images runs side "
-        "by side, the physical cores; 1 on a GPU; 1 gives the lowest latency for a camera)",
+        help="frames per model call (default: test.ims_per_batch, whose auto is as many as "
+        "test.parallel_images runs side by side on the CPU, 1 on a GPU; 1 gives the lowest "
+        "latency for a camera)",
     )
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"
@@ -122,10 +123,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     det = build_detector(args)
     if args.batch_size is None:
-        from detkit.inference.parallel import resolve_parallel_images
+        from detkit.inference.parallel import resolve_test_batch
 
-        args.batch_size = resolve_parallel_images(det.cfg, det.device)
-        logger.info("--batch-size %d (frames side by side: test.parallel_images)", args.batch_size)
+        args.batch_size = resolve_test_batch(det.cfg, det.device)
+        logger.info("--batch-size %d (test.ims_per_batch)", args.batch_size)
     result = detect_source(  # DataError, WriteError, ConfigError: user errors, exit 1
         det,
         args.input,

@@ -19,7 +19,7 @@ from detkit.errors import CheckpointError, WriteError
 from detkit.evaluation import build_evaluator
 from detkit.evaluation.common import write_json
 from detkit.inference.backends import check_backend, make_predictor
-from detkit.inference.parallel import batch_side_by_side
+from detkit.inference.parallel import with_test_batch
 from detkit.modeling.build import build_model
 from detkit.utils.io import ensure_output_dir
 from detkit.utils.logger import setup_logging
@@ -170,8 +170,8 @@ def evaluate_main(
         # test.scales / test.flip ask, autocast per test.precision), or the exported graph
         predictor = make_predictor(model, cfg, backend, weights=weights)
         _log_predictor(predictor, cfg, backend)
-        batched = batch_side_by_side(cfg, predictor)
-        if batched is not cfg:
+        batched = with_test_batch(cfg, ctx.device)
+        if cfg.test.ims_per_batch == "auto" and batched.test.ims_per_batch > 1:
             logger.info(
                 "test.ims_per_batch=%d: that many images side by side (test.parallel_images)",
                 batched.test.ims_per_batch,

@@ -28,7 +28,7 @@ from detkit.checkpoint import init_from_config
 from detkit.data import build_dataset, build_test_loader, build_train_loader
 from detkit.errors import ConfigError, TrainingError
 from detkit.evaluation import build_evaluator
-from detkit.inference.parallel import ParallelImages, batch_side_by_side, resolve_parallel_images
+from detkit.inference.parallel import ParallelImages, resolve_parallel_images, with_test_batch
 from detkit.inference.predictor import build_predictor
 from detkit.modeling.build import build_model, check_backbone_init
 from detkit.modeling.precision import autocast, training_precision
@@ -337,7 +337,7 @@ class Trainer:
         images = resolve_parallel_images(self.cfg, self.ctx.device)
         if images > 1 and self.ctx.world_size == 1:
             predictor = ParallelImages(predictor, images)
-        cfg = batch_side_by_side(self.cfg, predictor)
+        cfg = with_test_batch(self.cfg, self.ctx.device)
         loader = build_test_loader(cfg, dataset, self.ctx.rank, self.ctx.world_size)
         with preserve_rng():  # evaluating must not change the training run that follows
             return run_inference(predictor, loader, evaluator, desc=f"eval {split} @ {iteration}")

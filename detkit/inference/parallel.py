@@ -1,72 +1,100 @@
-"""Several images of one call at once on the CPU (``test.parallel_images``).
+"""Several images of one call at once on the CPU (``test.parallel_images``), and the batch size
+that goes with it (``test.ims_per_batch``).
 
 On a CPU with few cores the convolutions of one image do not keep every core busy all the time:
 each operator's threads meet at a barrier, waking sleeping threads costs time, and RoIAlign, NMS and
 the Python between operators run on one core. Running the images of a batch side by side, each in
 its own thread with its share of the cores (two images with one thread each on 2 cores), keeps the
-cores busy instead. The results are the same (each image runs the same operators; only the split of
-work among threads differs, which changes nothing in detkit's CPU kernels beyond float rounding).
+cores busy instead. The results are those of one image at a time (each image runs the same
+operators; only the split of work among threads differs, which changes nothing in detkit's CPU
+kernels beyond float rounding). The measured gain is in docs/benchmarks.md.
 
-``ParallelImages`` wraps either backend's predictor; it changes nothing for a call with one image.
+This is the only place in detkit that runs the model in threads or changes torch's thread count;
+the model itself is single-threaded and may be called from several threads at once.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from typing import Dict, List, Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from detkit.config.config import DEFAULTS
 from detkit.errors import ConfigError
-from detkit.utils.threads import MAX_THREADS, ThreadPool, physical_cores
+from detkit.utils.threads import physical_cores
+
+MAX_IMAGES = 8  # auto never runs more images side by side than this, whatever the core count
+
+
+def _auto_or_size(cfg, key: str):
+    """The value of ``key`` ("test.<name>"): "auto" or an int >= 1, else a ConfigError (the schema
+    checks these values at load; a config built another way is checked here)."""
+    value = getattr(cfg.test, key.split(".")[-1])
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ConfigError(
+        f"config key '{key}' ({cfg.origin(key)}): {value!r} is not auto or an integer >= 1"
+    )
 
 
 def resolve_parallel_images(cfg, device: torch.device, cores: Optional[int] = None) -> int:
-    """``test.parallel_images`` made concrete: auto = the physical cores on the CPU (capped at 8),
-    1 on other devices (a GPU runs a batch as one call)."""
-    value = cfg.test.parallel_images
-    if isinstance(value, str) and value.strip().isdigit():  # a command-line override: "2"
-        value = int(value)
-    if value == "auto":
-        if torch.device(device).type != "cpu":
-            return 1
-        if cores is None:
-            cores = physical_cores()
-        return max(1, min(int(cores), MAX_THREADS))
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(
-            f"config key 'test.parallel_images' ({cfg.origin('test.parallel_images')}): "
-            f"'{value}' is not auto or an integer >= 1 (1 = one image at a time)"
-        )
-    return int(value)
+    """``test.parallel_images`` made concrete: auto = the physical cores on the CPU (at most
+    MAX_IMAGES), 1 on other devices (a GPU runs a batch as one call); an integer as given."""
+    value = _auto_or_size(cfg, "test.parallel_images")
+    if value != "auto":
+        return value
+    if torch.device(device).type != "cpu":
+        return 1
+    return max(1, min(int(cores if cores is not None else physical_cores()), MAX_IMAGES))
 
 
-def batch_side_by_side(cfg, predictor: nn.Module):
-    """``cfg`` with test.ims_per_batch = the images ``predictor`` runs side by side, when it is a
-    ``ParallelImages`` and test.ims_per_batch was left to defaults.yaml (tools/test.py and the
-    trainer's evaluation on the CPU); else ``cfg`` itself. Same results, more images per second."""
-    if not isinstance(predictor, ParallelImages) or cfg.origin("test.ims_per_batch") != DEFAULTS:
+def resolve_test_batch(cfg, device: torch.device, cores: Optional[int] = None) -> int:
+    """``test.ims_per_batch`` made concrete, for every loader and tool that batches test images:
+    auto = the images ``resolve_parallel_images`` runs side by side (1 off the CPU); an integer as
+    given, however it was written."""
+    value = _auto_or_size(cfg, "test.ims_per_batch")
+    return resolve_parallel_images(cfg, device, cores) if value == "auto" else value
+
+
+def with_test_batch(cfg, device: torch.device):
+    """``cfg`` with test.ims_per_batch made concrete by ``resolve_test_batch`` (``cfg`` itself when
+    it already is), for code that reads the batch size from the config: the test loader of
+    tools/test.py and of the trainer's evaluation."""
+    batch = resolve_test_batch(cfg, device)
+    if cfg.test.ims_per_batch == batch:
         return cfg
-    return cfg.with_overrides([f"test.ims_per_batch={predictor.images}"])
+    return cfg.with_overrides([f"test.ims_per_batch={batch}"])
 
 
 class ParallelImages(nn.Module):
-    """``predictor(samples)`` with up to ``images`` samples predicted at once, each in its own
-    thread with ``max(1, threads // n)`` of the ``threads`` CPU threads (torch's, which the
-    onnxruntime backend follows); outputs in the order of ``samples``. Grad/inference mode and
-    autocast are per thread in PyTorch: each worker takes the caller's grad and inference mode, and
-    the wrapped predictor enters its own autocast."""
+    """``predictor(samples)`` with up to ``images`` samples predicted at once, each in a worker
+    thread of its own; outputs in the order of ``samples``. A call with one sample goes straight
+    through, in the caller's thread.
+
+    Each worker runs with ``max(1, threads // images)`` of the ``threads`` CPU threads (torch's;
+    the onnxruntime backend follows torch's setting of the thread it runs in). In PyTorch (OpenMP)
+    ``torch.set_num_threads`` sets the count of the calling thread, and also the count that threads
+    started later begin with: so each worker sets its share once, when the pool starts all its
+    workers together, and the caller then puts its own count back as the count for later threads.
+    No call changes a thread count after that. Grad/inference mode and autocast are per thread in
+    PyTorch: each call carries the caller's grad and inference mode into the workers, and the
+    wrapped predictor enters its own autocast.
+
+    The pool is made on the first call with several samples, and made again in a process forked
+    after that (threads do not survive ``fork``)."""
 
     def __init__(self, predictor: nn.Module, images: int, threads: Optional[int] = None):
         super().__init__()
         self.predictor = predictor
         self.images = int(images)
         self.threads = int(threads or torch.get_num_threads())
+        self.threads_per_image = max(1, self.threads // self.images)
         self.backend = getattr(predictor, "backend", "eager")
-        self._pool = ThreadPool(self.images, "image")
-        self._lock = threading.Lock()
+        self._pool: Optional[Tuple[int, ThreadPoolExecutor]] = None  # (pid, pool)
+        self._pool_lock = threading.Lock()
 
     def __getattr__(self, name: str):
         try:
@@ -79,27 +107,46 @@ class ParallelImages(nn.Module):
         n = min(self.images, len(samples))
         if n < 2:
             return self.predictor(samples)
-        per_image = max(1, self.threads // n)
         grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
         parts = [samples[i::n] for i in range(n)]
 
         def run(part: List[dict]) -> List[Dict[str, Tensor]]:
-            torch.set_num_threads(per_image)
             with torch.inference_mode(inference), torch.set_grad_enabled(grad):
                 return [self.predictor([s])[0] for s in part]
 
-        saved = torch.get_num_threads()
-        with self._lock:  # one batch at a time through the pool
-            try:
-                results = list(self._pool.get().map(run, parts))
-            finally:
-                torch.set_num_threads(saved)  # the workers' setting is also torch's global one
+        results = list(self.pool().map(run, parts))
         out: List[Optional[Dict[str, Tensor]]] = [None] * len(samples)
         for i, part in enumerate(results):
             out[i::n] = part
         return out  # type: ignore[return-value]
 
+    def pool(self) -> ThreadPoolExecutor:
+        """The worker threads of this process, each with its share of torch's threads."""
+        with self._pool_lock:
+            if self._pool is None or self._pool[0] != os.getpid():
+                self._pool = (os.getpid(), self._start_workers())
+            return self._pool[1]
+
+    def _start_workers(self) -> ThreadPoolExecutor:
+        share, callers = self.threads_per_image, torch.get_num_threads()
+        pool = ThreadPoolExecutor(self.images, thread_name_prefix="detkit-image")
+        started = threading.Barrier(self.images, timeout=60)
+
+        def start() -> None:
+            # a thread takes the count for new threads on its first torch call, not before: were
+            # that after the caller's reset below, it would undo the share set here
+            torch.get_num_threads()
+            torch.set_num_threads(share)
+            started.wait()  # every worker holds a task until all have started and set their share
+
+        try:
+            for task in [pool.submit(start) for _ in range(self.images)]:
+                task.result()
+        finally:
+            torch.set_num_threads(callers)  # the count later threads start with, as it was
+        return pool
+
     def __del__(self):
         pool = self.__dict__.get("_pool")
-        if pool is not None:
-            pool.shutdown()
+        if pool is not None and pool[0] == os.getpid():
+            pool[1].shutdown(wait=False)

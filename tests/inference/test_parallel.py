@@ -1,19 +1,25 @@
 """test.parallel_images: the images of one call side by side in threads on the CPU give the results
-of one image at a time, in order, under the caller's grad/inference mode, with torch's thread
-setting put back."""
+of one image at a time, in order, under the caller's grad/inference mode, each worker with its
+share of torch's threads and the caller's thread setting untouched; test.ims_per_batch made
+concrete by one function."""
 
 import os
+import threading
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from detkit import Detector
 from detkit.errors import ConfigError
-from detkit.inference.parallel import ParallelImages, resolve_parallel_images
-from tests.conftest import tiny_config
-from tests.export.test_export import smooth_image
-from tests.video.helpers import save_tiny_checkpoint
+from detkit.inference.parallel import (
+    ParallelImages,
+    resolve_parallel_images,
+    resolve_test_batch,
+    with_test_batch,
+)
+from tests.helpers import save_tiny_checkpoint, smooth_image, tiny_config
 
 SIZES = [(240, 320), (333, 211), (97, 203), (200, 200), (150, 330)]
 
@@ -43,17 +49,48 @@ def test_side_by_side_equals_one_at_a_time_in_order(ckpt, backend, tmp_path, mon
     one = Detector.from_checkpoint(str(ckpt), backend=backend, overrides=["test.parallel_images=1"])
     two = Detector.from_checkpoint(str(ckpt), backend=backend, overrides=["test.parallel_images=2"])
     assert isinstance(two.predictor, ParallelImages) and two.predictor.backend == backend
-    threads = torch.get_num_threads()
     expected = [one.predict([im])[0] for im in images()]
     got = two.predict(images(), batch_size=5)  # 3 images in one thread, 2 in the other
     assert_same(expected, got)
     assert sum(len(r["boxes"]) for r in got) > 0  # not vacuous
-    assert torch.get_num_threads() == threads  # the workers' setting is undone
-    if backend == "onnxruntime":  # the workers ran a session of their own thread count
-        from detkit.export.runtime import session_threads
 
-        inner, per_image = two.predictor.predictor, max(1, threads // 2)
-        assert set(inner._sessions) == (set() if per_image == session_threads() else {per_image})
+
+class ThreadProbe(nn.Module):
+    """A predictor that reports, per sample, the thread it ran in and that thread's torch threads."""
+
+    def forward(self, samples):
+        return [
+            {
+                "index": s["index"],
+                "thread": threading.get_ident(),
+                "threads": torch.get_num_threads(),
+            }
+            for s in samples
+        ]
+
+
+def threads_of_a_new_thread() -> int:
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_each_worker_has_its_share_and_the_callers_setting_stays():
+    caller = torch.get_num_threads()
+    wrapped = ParallelImages(ThreadProbe(), images=2, threads=4)
+    samples = [{"index": i} for i in range(5)]
+    out = wrapped(samples)
+    assert [o["index"] for o in out] == list(range(5))  # in the order of the samples
+    workers = {o["thread"] for o in out}
+    assert 1 <= len(workers) <= 2 and threading.get_ident() not in workers
+    assert all(o["threads"] == 2 for o in out)  # 4 threads // 2 images
+    assert out == wrapped(samples)  # the same workers, their share kept, every call
+    assert torch.get_num_threads() == caller
+    assert threads_of_a_new_thread() == caller  # threads started later begin as before
+    alone = wrapped(samples[:1])  # one sample: straight through, in the caller's thread
+    assert alone[0]["thread"] == threading.get_ident() and alone[0]["threads"] == caller
 
 
 def test_workers_take_the_callers_inference_mode(ckpt):
@@ -75,6 +112,36 @@ def test_an_error_in_a_worker_reaches_the_caller(ckpt):
     assert len(det.predictor([good, good])) == 2  # and the pool still works
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_side_by_side_works_in_a_process_forked_after_use(ckpt):
+    """Threads do not survive fork: a child forked after the parent ran images side by side runs
+    them side by side too (in threads of its own), with the parent's results."""
+    import multiprocessing
+
+    det = Detector.from_checkpoint(str(ckpt), overrides=["test.parallel_images=1"])
+    wrapped = ParallelImages(det.predictor, images=2, threads=2)  # one thread per image
+    samples = [det.sample(im) for im in images()[:4]]
+    with torch.no_grad():
+        expected = wrapped(samples)
+
+    def child():
+        with torch.no_grad():
+            got = wrapped(samples)
+        same = all(
+            torch.equal(a["labels"], b["labels"]) and torch.allclose(a["boxes"], b["boxes"])
+            for a, b in zip(got, expected)
+        )
+        os._exit(0 if same and len(got) == len(samples) else 3)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(timeout=120)
+    if process.is_alive():
+        process.kill()
+        pytest.fail("images side by side hung in a forked child")
+    assert process.exitcode == 0
+
+
 def test_resolve_parallel_images():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_parallel_images(tiny_config(), cpu, cores=2) == 2
@@ -82,150 +149,34 @@ def test_resolve_parallel_images():
     assert resolve_parallel_images(tiny_config(), cuda, cores=2) == 1
     assert resolve_parallel_images(tiny_config("test.parallel_images=3"), cpu) == 3
     for bad in ("0", "many"):
-        with pytest.raises(
-            ConfigError, match=r"test.parallel_images.*expected auto \| an int >= 1"
-        ):
+        with pytest.raises(ConfigError, match="test.parallel_images"):
             resolve_parallel_images(tiny_config(f"test.parallel_images={bad}"), cpu)
 
 
-# RoI pooling: chunks of RoIs side by side on the CPU (torchvision's CPU kernels use one core)
-@pytest.fixture
-def two_threads():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(saved)
-
-
-def fpn_features_and_boxes(dtype=torch.float32, rois=120):
-    g = torch.Generator().manual_seed(0)
-    feats = [
-        torch.randn(2, 8, 64 // s, 96 // s, generator=g)
-        .to(dtype)
-        .contiguous(memory_format=torch.channels_last)
-        for s in (1, 2, 4)
-    ]
-    xy = torch.rand(rois, 2, generator=g) * torch.tensor([300.0, 200.0])
-    wh = torch.rand(rois, 2, generator=g) * 250 + 1
-    boxes = torch.cat([xy, (xy + wh).minimum(torch.tensor([384.0, 256.0]))], 1)
-    return feats, [boxes[: rois // 3], boxes[rois // 3 :]]
-
-
-@pytest.mark.parametrize("name", ["ROIAlign", "ROIPool"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_roi_chunks_side_by_side_equal_one_call(name, dtype, two_threads, monkeypatch):
-    from detkit.modeling import poolers
-    from detkit.registry import ROI_POOLERS
-
-    pooler = ROI_POOLERS.get(name)(output_size=7, in_strides=(4, 8, 16))
-    feats, boxes = fpn_features_and_boxes(dtype)
-    calls = []
-    real = poolers.run_side_by_side
-    monkeypatch.setattr(poolers, "run_side_by_side", lambda c: calls.append(len(c)) or real(c))
-    with torch.inference_mode():
-        split = pooler(feats, boxes, (256, 384))
-        assert calls and max(calls) == 2  # at least one level was pooled in two chunks
-        monkeypatch.setattr(poolers, "roi_threads", lambda feature, rois: 1)
-        one = pooler(feats, boxes, (256, 384))
-    assert split.dtype == dtype and split.shape == (120, 8, 7, 7)
-    assert torch.equal(split, one)
-    assert split.abs().sum() > 0
-
-
-def test_roi_threads_follow_the_calling_threads_torch_setting(two_threads):
-    from detkit.modeling.poolers import MIN_ROIS_PER_THREAD, roi_threads
-
-    feature = torch.zeros(1, 4, 8, 8)
-    rois = torch.zeros(1000, 5)
-    assert roi_threads(feature, rois[: 2 * MIN_ROIS_PER_THREAD]) == 2
-    assert roi_threads(feature, rois[: 2 * MIN_ROIS_PER_THREAD - 1]) == 1  # too few to hand over
-    torch.set_num_threads(1)  # e.g. a ParallelImages worker's share on 2 cores
-    assert roi_threads(feature, rois) == 1
-
-
-@pytest.mark.parametrize("name", ["ROIAlign", "ROIPool"])
-def test_training_roi_chunks_give_one_calls_values_and_gradients(name, two_threads, monkeypatch):
-    """RoIAlign's forward and backward run in chunks side by side in training too (same forward,
-    gradients up to float rounding); RoIPool has no such path and keeps one call."""
-    from detkit.modeling import poolers
-    from detkit.registry import ROI_POOLERS
-
-    pooler = ROI_POOLERS.get(name)(output_size=7, in_strides=(4, 8, 16))
-    chunked = []
-    real = poolers._RoIAlignSideBySide.apply
-    monkeypatch.setattr(
-        poolers._RoIAlignSideBySide, "apply", lambda *a: chunked.append(a[-1]) or real(*a)
+def test_test_batch_auto_follows_the_images_side_by_side_and_an_integer_is_kept(tmp_path):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto = tiny_config("test.ims_per_batch=auto")
+    assert resolve_test_batch(auto, cpu, cores=2) == 2
+    assert resolve_test_batch(auto, cpu, cores=32) == 8
+    assert resolve_test_batch(auto, cuda, cores=2) == 1
+    assert (
+        resolve_test_batch(tiny_config("test.ims_per_batch=auto", "test.parallel_images=1"), cpu)
+        == 1
     )
-    if name == "ROIAlign":  # the chunked backward is RoIAlign's gradient (finite differences)
-        feature = torch.randn(1, 3, 16, 20, dtype=torch.float64, requires_grad=True)
-        rois = torch.tensor([[0, 4.0, 6.0, 60.0, 50.0]] * 40, dtype=torch.float64)
-        rois[:, 1:] += torch.arange(40, dtype=torch.float64)[:, None] / 3
-        chunks = lambda f: pooler.pool_chunks_with_grad(f, rois, 0.25, 2)  # noqa: E731
-        torch.autograd.gradcheck(chunks, (feature,), atol=1e-6)
-        chunked.clear()
-    feats, boxes = fpn_features_and_boxes(rois=150)
-    weights = torch.randn(150, 8, 7, 7, generator=torch.Generator().manual_seed(1))
-    results = []
-    for split in (True, False):
-        if not split:
-            monkeypatch.setattr(poolers, "roi_threads", lambda feature, rois: 1)
-        leaves = [f.clone().contiguous().requires_grad_() for f in feats]
-        out = pooler(leaves, boxes, (256, 384))
-        (out * weights).sum().backward()
-        results.append((out.detach(), [f.grad for f in leaves]))
-    (split_out, split_grads), (one_out, one_grads) = results
-    assert chunked == ([2] * len(chunked) if name == "ROIAlign" else [])  # 2 chunks per level
-    assert len(chunked) >= (1 if name == "ROIAlign" else 0)
-    assert torch.equal(split_out, one_out)
-    for a, b in zip(split_grads, one_grads):
-        assert b.abs().sum() > 0
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert (
+        resolve_test_batch(tiny_config("test.ims_per_batch=auto", "test.parallel_images=3"), cpu)
+        == 3
+    )
+    # an integer is used as given, whichever file or override it came from
+    from detkit.config import load_config
 
-
-def test_run_side_by_side_order_modes_and_errors():
-    from detkit.utils.threads import MAX_THREADS, run_side_by_side
-
-    assert run_side_by_side([lambda i=i: i for i in range(5)]) == [0, 1, 2, 3, 4]
-    with torch.inference_mode():
-        out = run_side_by_side([lambda: torch.ones(2) * 2] * 3)
-    assert all(t.is_inference() for t in out)
-
-    def boom():
-        raise RuntimeError("chunk failed")
-
-    with pytest.raises(RuntimeError, match="chunk failed"):
-        run_side_by_side([lambda: 1, boom])
-    with pytest.raises(ValueError, match="at most"):
-        run_side_by_side([lambda: 1] * (MAX_THREADS + 1))
-
-
-def _side_by_side_in_child(queue):
-    from detkit.utils.threads import run_side_by_side
-
-    queue.put(run_side_by_side([lambda i=i: i * i for i in range(3)]))
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_pools_work_again_in_a_forked_child(ckpt):
-    """The parent's pool threads do not survive fork: the child makes its own pool (else its work
-    would wait forever in the parent's queue)."""
-    import multiprocessing
-
-    from detkit.utils.threads import run_side_by_side
-
-    assert run_side_by_side([lambda: 1, lambda: 2]) == [1, 2]  # the parent's pool exists
-    det = Detector.from_checkpoint(str(ckpt), overrides=["test.parallel_images=2"])
-    samples = [det.sample(im) for im in images()[:2]]
-    det.predictor(samples)  # and ParallelImages' pool too
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    child = context.Process(target=_side_by_side_in_child, args=(queue,))
-    child.start()
-    child.join(timeout=60)
-    if child.is_alive():
-        child.kill()
-        pytest.fail("run_side_by_side hung in a forked child")
-    assert child.exitcode == 0 and queue.get(timeout=5) == [0, 1, 4]
-    pool = det.predictor._pool
-    pool._pid = -1  # as a forked child sees it: the pool is made again, and works
-    assert len(det.predictor(samples)) == 2 and pool._pid == os.getpid()
+    file = tmp_path / "one.yaml"
+    file.write_text("test: {ims_per_batch: 1}\n")
+    for cfg in (tiny_config("test.ims_per_batch=1"), load_config(str(file))):
+        assert resolve_test_batch(cfg, cpu, cores=4) == 1
+        assert with_test_batch(cfg, cpu) is cfg
+    assert resolve_test_batch(tiny_config("test.ims_per_batch=3"), cuda) == 3
+    concrete = with_test_batch(
+        tiny_config("test.ims_per_batch=auto", "test.parallel_images=2"), cpu
+    )
+    assert concrete.test.ims_per_batch == 2

@@ -127,10 +127,14 @@ class Trainer:
         self.step_values: Dict[str, float] = {}  # the newest iteration's lr, seconds and losses
         self.final_metrics: Dict[str, Any] = {}
         self.hooks: List[Hook] = []
-        for hook in default_hooks(cfg) if hooks is None else hooks:
+        self.register_hooks(default_hooks(cfg) if hooks is None else hooks)
+        self.budget.setup_seconds += self.clock() - started
+
+    def register_hooks(self, hooks: List[Hook]) -> None:
+        """Add ``hooks``, to run after those already registered, in their order."""
+        for hook in hooks:
             hook.trainer = self
             self.hooks.append(hook)
-        self.budget.setup_seconds += self.clock() - started
 
     def call_hooks(self, point: str, *args) -> None:
         """``point`` (before_train, after_step, after_eval, after_train) of every hook, in order."""

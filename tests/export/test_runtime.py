@@ -104,6 +104,25 @@ def test_predictor_is_a_parameterless_module(fpn):
     assert all(isinstance(v, torch.Tensor) for v in out.values())
 
 
+def test_another_thread_setting_gets_a_session_of_its_own(fpn, monkeypatch):
+    """A caller running under another thread count (ParallelImages' workers) gets a session made
+    once for that count, with the same detections."""
+    _, _, ort = fpn
+    p = unwrap(ort.predictor)
+    own = p.session.get_session_options().intra_op_num_threads
+    sample = ort.sample(smooth_image(120, 90, 0))
+    expected = p([sample])[0]
+    monkeypatch.setattr(runtime, "session_threads", lambda: own + 1)
+    got = p([sample])[0]
+    sessions = p.sessions_by_threads()
+    assert list(sessions) == [own + 1]
+    assert sessions[own + 1].get_session_options().intra_op_num_threads == own + 1
+    p([sample])
+    assert p.sessions_by_threads().keys() == sessions.keys()  # made once
+    torch.testing.assert_close(got["boxes"], expected["boxes"], rtol=0, atol=1e-3)
+    assert torch.equal(got["labels"], expected["labels"])
+
+
 def test_record_size_is_the_one_boxes_map_to(fpn):
     """Eager maps boxes to the sample's "height"/"width"; so does the onnxruntime predictor."""
     _, eager, ort = fpn

@@ -100,4 +100,3 @@ def make_predictor(
         )
     # the images of one call side by side on the CPU (test.parallel_images); one image: unchanged
     return ParallelImages(predictor, images) if images > 1 else predictor
-

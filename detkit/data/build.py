@@ -325,8 +325,9 @@ def build_test_loader(
     cfg: Any, dataset, rank: Optional[int] = None, world_size: Optional[int] = None
 ) -> Loader:
     """Each image exactly once over all ranks, in dataset order, ``test.ims_per_batch`` per rank.
-    ``auto`` is made concrete by the inference layer (``batch_side_by_side``: the images its
-    predictor runs side by side); a config that reaches here with ``auto`` batches one image."""
+    ``auto`` is made concrete by the inference layer (``detkit.inference.parallel.with_test_batch``:
+    the images run side by side on the CPU); a config that reaches here with ``auto`` batches one
+    image."""
     sampler = InferenceSampler(len(dataset), *rank_and_world_size(rank, world_size))
     batch_size = _get(_get(cfg, "test", {}), "ims_per_batch", 1)
     batch_size = 1 if batch_size == "auto" else int(batch_size)

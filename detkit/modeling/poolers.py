@@ -14,31 +14,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from functools import partial
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
-from torchvision.ops import roi_align, roi_pool
 
+from ..layers import roi_align, roi_pool
 from ..registry import ROI_POOLERS
-from ..utils.threads import cpu_split, run_side_by_side
-
-MIN_ROIS_PER_THREAD = 16  # fewer RoIs per thread cost more in hand-over than they save
-
-
-def roi_threads(feature: Tensor, rois: Tensor) -> int:
-    """Chunks of RoIs to pool ``rois`` from ``feature`` in, side by side: ``cpu_split`` (torch's
-    threads of the calling thread on the CPU, else 1)."""
-    return 1 if torch.jit.is_tracing() else cpu_split(feature, rois.shape[0], MIN_ROIS_PER_THREAD)
-
-
-def in_chunks(pool: Callable[[Tensor], Tensor], rois: Tensor, threads: int) -> Tensor:
-    """``pool(rois)`` computed as ``threads`` chunks of RoIs side by side: each RoI is pooled on
-    its own, so the result is that of one call."""
-    parts = run_side_by_side([partial(pool, chunk) for chunk in rois.tensor_split(threads)])
-    return torch.cat(parts)
 
 
 def boxes_to_rois(boxes: List[Tensor]) -> Tensor:
@@ -82,33 +64,11 @@ class _MultiLevelPooler(nn.Module):
         self.in_strides = [int(s) for s in in_strides]
 
     def pool_level(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
-        """Pool float32 ``rois`` (R, 5) from one level; returns (R, C, S, S) in the feature's dtype.
-
-        torchvision's CPU RoIAlign/RoIPool run on one core and copy a channels_last map to NCHW in
-        every call. For CPU inference with several threads the map is made NCHW float32 once and
-        chunks of RoIs are pooled side by side (``roi_threads``); each RoI is pooled on its own, so
-        the numbers are those of one call."""
-        threads = roi_threads(feature, rois)
-        if threads > 1 and not (torch.is_grad_enabled() and feature.requires_grad):
-            dense = feature.to(torch.float32, memory_format=torch.contiguous_format)
-            return in_chunks(partial(self.pool, dense, scale=scale), rois, threads).to(
-                feature.dtype
-            )
-        if threads > 1:  # training: where the pooler has a backward in chunks (RoIAlign)
-            pooled = self.pool_chunks_with_grad(feature.float(), rois, scale, threads)
-            if pooled is not None:
-                return pooled.to(feature.dtype)
+        """Pool float32 ``rois`` (R, 5) from one level; returns (R, C, S, S) in the feature's dtype."""
         return self.pool(feature.float(), rois, scale).to(feature.dtype)
 
     def pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
         raise NotImplementedError  # implemented by the two registered poolers below
-
-    def pool_chunks_with_grad(
-        self, feature: Tensor, rois: Tensor, scale: float, threads: int
-    ) -> Optional[Tensor]:
-        """Training: ``threads`` chunks of RoIs pooled side by side, backward too; None where the
-        pooler has no such path (then one call)."""
-        return None
 
     def forward(
         self, features: Sequence[Tensor], boxes: List[Tensor], image_size: Tuple[int, int]
@@ -184,13 +144,6 @@ class ROIAlign(_MultiLevelPooler):
     def pool(self, feature, rois, scale):
         return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
 
-    def pool_chunks_with_grad(self, feature, rois, scale, threads):
-        if _ROI_ALIGN_BACKWARD is None:  # a torchvision without the operator: one call
-            return None
-        size = _pair(self.output_size)
-        args = (scale, size, self.sampling_ratio, self.aligned, threads)
-        return _RoIAlignSideBySide.apply(feature, rois, *args)
-
 
 @ROI_POOLERS.register()
 class ROIPool(_MultiLevelPooler):
@@ -213,39 +166,3 @@ class ROIPool(_MultiLevelPooler):
 
     def pool(self, feature, rois, scale):
         return roi_pool(feature, rois, self.output_size, scale)
-
-
-_ROI_ALIGN_BACKWARD = getattr(torch.ops.torchvision, "_roi_align_backward", None)
-
-
-class _RoIAlignSideBySide(torch.autograd.Function):
-    """torchvision's RoIAlign, forward and backward, in chunks of RoIs side by side on the CPU (its
-    CPU backward runs on one core: ~12% of a quick-start training step). The forward gives the
-    numbers of one call; the backward adds the chunks' gradients, so the feature gradient differs
-    from one call's by float rounding only."""
-
-    @staticmethod
-    def forward(ctx, feature, rois, scale, size, sampling_ratio, aligned, threads):
-        ctx.save_for_backward(rois)
-        ctx.args = (scale, size, sampling_ratio, aligned, threads, tuple(feature.shape))
-
-        def pool(chunk: Tensor) -> Tensor:
-            return torch.ops.torchvision.roi_align(
-                feature, chunk, scale, *size, sampling_ratio, aligned
-            )
-
-        return in_chunks(pool, rois, threads)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (rois,) = ctx.saved_tensors
-        scale, size, sampling_ratio, aligned, threads, shape = ctx.args
-        calls = [
-            partial(_ROI_ALIGN_BACKWARD, g, r, scale, *size, *shape, sampling_ratio, aligned)
-            for g, r in zip(grad.tensor_split(threads), rois.tensor_split(threads))
-        ]
-        parts = run_side_by_side(calls)
-        total = parts[0]
-        for part in parts[1:]:
-            total += part
-        return total, None, None, None, None, None, None

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..structures import BoxCoder, ImageList, batched_nms, box_iou, clip_boxes, nonempty
+from ..layers import batched_nms
+from ..structures import BoxCoder, ImageList, box_iou, clip_boxes, nonempty
 from .matcher import Matcher
 from .sampler import sample_balanced
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..structures import BoxCoder, ImageList, batched_nms, box_iou, clip_boxes, nonempty
+from ..layers import batched_nms
+from ..structures import BoxCoder, ImageList, box_iou, clip_boxes, nonempty
 from .anchor_generator import AnchorGenerator
 from .matcher import Matcher
 from .sampler import sample_balanced

@@ -1,21 +1,17 @@
 """Box math on Tensor[N, 4] in XYXY absolute pixels (continuous coordinates, width = x2 - x1).
 
-IoU, NMS and RoI pooling come from ``torchvision.ops`` (nothing to compile); this module adds the
-pieces detkit needs around them: the box coder, clipping and small-box removal.
+IoU comes from ``torchvision.ops`` (NMS and RoI pooling are kernels: ``detkit.layers``); this module
+adds the box math detkit needs around them: the box coder, clipping and small-box removal.
 """
 
 from __future__ import annotations
 
 import math
-from functools import partial
-from typing import List, Sequence, Tuple
+from typing import Sequence, Tuple
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms as _torchvision_batched_nms
-from torchvision.ops import box_iou, nms  # noqa: F401  (re-exported)
-
-from ..utils.threads import cpu_split, run_side_by_side
+from torchvision.ops import box_iou  # noqa: F401  (re-exported)
 
 # exp() of a larger log-scale delta would explode; 1000/16 is the ratio used since Fast R-CNN.
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -32,64 +28,6 @@ def clip_boxes(boxes: Tensor, size: Tuple[int, int]) -> Tensor:
         x = boxes[..., 0::2].clamp(min=0, max=w)
         y = boxes[..., 1::2].clamp(min=0, max=h)
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
-
-
-def batched_nms(
-    boxes: Tensor, scores: Tensor, groups: Tensor, iou_thresh: float, num_groups: int = 0
-) -> Tensor:
-    """NMS within each group (class or level); kept indices by descending score.
-
-    Eagerly this is torchvision's ``batched_nms`` (what its Faster R-CNN runs; the parity test
-    needs the same decisions). A traced graph (export) runs one NMS per group ``0..num_groups-1``
-    instead: torchvision traces its coordinate-offset trick, whose offsets reach num_groups x the
-    image size, where float32 loses the precision IoU needs, and its per-group loop iterates over
-    ``torch.unique`` (data-dependent). ``num_groups`` is fixed by the architecture."""
-    if not torch.jit.is_tracing():
-        if boxes.device.type == "cpu" and boxes.numel() > TORCHVISION_CPU_PER_GROUP:
-            return _per_group_side_by_side(boxes, scores, groups, iou_thresh)
-        return _torchvision_batched_nms(boxes, scores, groups, iou_thresh)
-    if num_groups < 1:
-        raise ValueError("batched_nms needs num_groups >= 1 while tracing (one NMS per group)")
-    keeps = []
-    for g in range(num_groups):
-        idx = torch.where(groups == g)[0]
-        keeps.append(idx[nms(boxes[idx], scores[idx], iou_thresh)])
-    keep = torch.cat(keeps)
-    return keep[torch.sort(scores[keep], descending=True)[1]]
-
-
-# torchvision's batched_nms runs one NMS per group above this many box coordinates on the CPU (its
-# coordinate trick below); detkit does the same, with the groups side by side
-TORCHVISION_CPU_PER_GROUP = 4000
-
-
-def _per_group_side_by_side(
-    boxes: Tensor, scores: Tensor, groups: Tensor, iou_thresh: float
-) -> Tensor:
-    """torchvision's per-group batched NMS with the groups' NMS calls (one core each on the CPU)
-    spread over torch's threads: the same kept boxes in the same order."""
-    members = [torch.where(groups == g)[0] for g in torch.unique(groups)]
-
-    def run(share: List[Tensor]) -> List[Tensor]:
-        return [idx[nms(boxes[idx], scores[idx], iou_thresh)] for idx in share]
-
-    threads = cpu_split(boxes, len(members), 1)
-    if threads == 1:
-        results = [run(members)]
-    else:
-        shares: List[List[Tensor]] = [[] for _ in range(threads)]
-        work = [0] * threads  # NMS costs ~n^2: the largest groups first, each to the least loaded
-        for idx in sorted(members, key=len, reverse=True):
-            j = work.index(min(work))
-            shares[j].append(idx)
-            work[j] += len(idx) ** 2
-        results = run_side_by_side([partial(run, share) for share in shares])
-    keep_mask = torch.zeros_like(scores, dtype=torch.bool)
-    for kept in results:
-        for k in kept:
-            keep_mask[k] = True
-    keep = torch.where(keep_mask)[0]
-    return keep[scores[keep].sort(descending=True)[1]]
 
 
 def nonempty(boxes: Tensor, min_size: float) -> Tensor:

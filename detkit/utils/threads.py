@@ -1,10 +1,6 @@
-"""Threads for CPU work that PyTorch's kernels leave on one core (torchvision's RoIAlign, RoIPool
-and NMS on the CPU are single-threaded and release the GIL).
-
-``run_side_by_side(calls)`` runs independent pieces of work at once; ``cpu_split(tensor, items,
-min_items)`` says into how many pieces to cut it: torch's thread count of the calling thread (a
-``ParallelImages`` worker has its share), 1 off the CPU or while tracing. ``ThreadPool`` is made
-again in a forked child. ``physical_cores`` and ``cpu_description`` read /proc/cpuinfo.
+"""The CPU this process runs on, read from /proc/cpuinfo: its physical cores (how many threads
+are worth running: images side by side, onnxruntime's intra-op threads) and a one-line description
+for a benchmark's header. Reading only: nothing here starts a thread or changes a setting.
 """
 
 from __future__ import annotations
@@ -12,71 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
-
-import torch
-from torch import Tensor
-
-T = TypeVar("T")
-MAX_THREADS = 8  # the most threads either kind of side-by-side work uses
-
-
-class ThreadPool:
-    """A ThreadPoolExecutor made on first use, and made again in a forked child: threads do not
-    survive ``fork``, and the parent's executor would queue the child's work forever."""
-
-    def __init__(self, workers: int, name: str):
-        self.workers, self.name = workers, name
-        self._executor: Optional[ThreadPoolExecutor] = None
-        self._pid = 0
-        self._lock = threading.Lock()
-
-    def get(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None or self._pid != os.getpid():
-                self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
-                self._pid = os.getpid()
-            return self._executor
-
-    def shutdown(self) -> None:
-        if self._executor is not None and self._pid == os.getpid():
-            self._executor.shutdown(wait=False)
-
-
-_shared_pool = ThreadPool(MAX_THREADS - 1, "side-by-side")
-
-
-def run_side_by_side(calls: Sequence[Callable[[], T]]) -> List[T]:
-    """Each zero-argument call on its own thread (the caller runs the first, a shared pool the
-    others), the caller's grad and inference mode carried into the workers; the results in order.
-    For single-threaded CPU kernels that release the GIL (torchvision's RoIAlign/RoIPool): each call
-    computes its own part, so the results are those of the calls one after another. The calls must
-    not wait on other work of the shared pool (``ParallelImages`` keeps its own pool for that)."""
-    if len(calls) > MAX_THREADS:
-        raise ValueError(f"{len(calls)} calls side by side; at most {MAX_THREADS}")
-    if len(calls) < 2:
-        return [call() for call in calls]
-    grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-
-    def in_caller_mode(call: Callable[[], T]) -> T:
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-            return call()
-
-    pool = _shared_pool.get()
-    futures = [pool.submit(in_caller_mode, call) for call in calls[1:]]
-    first = calls[0]()
-    return [first] + [f.result() for f in futures]
-
-
-def cpu_split(tensor: Tensor, items: int, min_items: int) -> int:
-    """Pieces to cut ``items`` independent units of CPU work on ``tensor`` into: torch's thread
-    count (of the calling thread), at least ``min_items`` units each, at most MAX_THREADS; 1 for
-    other devices (their kernels are parallel) and while tracing (an export keeps one call)."""
-    if tensor.device.type != "cpu" or torch.jit.is_tracing():
-        return 1
-    return max(1, min(torch.get_num_threads(), items // min_items, MAX_THREADS))
+from typing import Dict, Tuple
 
 
 @functools.lru_cache(maxsize=8)

@@ -63,6 +63,25 @@ def test_anchors_equal_torchvision_including_odd_top_level():
     assert torch.equal(ours, expected)
 
 
+def test_anchors_stay_torchvisions_past_the_cache_and_in_training_after_inference():
+    """More image sizes than the cache keeps, twice over: every call still gets torchvision's
+    anchors for its size; anchors made under inference_mode are not handed to a training step
+    (autograd cannot save inference tensors)."""
+    sizes, ratios = ((32,), (64,)), (0.5, 1.0, 2.0)
+    tv = TVAnchorGenerator(sizes, (ratios,) * 2)
+    ours = AnchorGenerator([list(s) for s in sizes], ratios)
+    images = [(64 + 32 * (i // 9), 64 + 32 * (i % 9)) for i in range(80)]
+    for h, w in images + images[::-1]:
+        grids = [(h // 4, w // 4), (h // 8, w // 8)]
+        feats = [torch.zeros(1, 1, *g) for g in grids]
+        expected = tv(TVImageList(torch.zeros(1, 3, h, w), [(h, w)]), feats)[0]
+        assert torch.equal(torch.cat(ours(grids, (h, w), "cpu")), expected), (h, w)
+    grids = [(16, 16), (8, 8)]
+    with torch.inference_mode():
+        assert all(a.is_inference() for a in ours(grids, (64, 64), "cpu"))
+    assert not any(a.is_inference() for a in ours(grids, (64, 64), "cpu"))
+
+
 def test_matcher_thresholds_and_ignore():
     iou = torch.tensor([[0.8, 0.5, 0.2, 0.0]])
     matched, labels = Matcher(0.7, 0.3)(iou)
@@ -101,32 +120,3 @@ def test_image_list_padding():
     il = ImageList.from_tensors([torch.ones(3, 10, 20), torch.ones(3, 33, 5)], 32)
     assert il.tensor.shape == (2, 3, 64, 32) and il.image_sizes == [(10, 20), (33, 5)]
     assert il.tensor[0, :, 10:].abs().sum() == 0
-
-
-@pytest.mark.parametrize("n,groups", [(1500, 4), (3000, 80), (2000, 1), (900, 3)])
-def test_batched_nms_groups_side_by_side_equal_torchvision(n, groups, monkeypatch):
-    """Above torchvision's switch to one NMS per group (4000 coordinates on the CPU) the groups run
-    side by side on torch's threads; the kept boxes and their order are torchvision's, ties too."""
-    from torchvision.ops import batched_nms as torchvision_batched_nms
-
-    from detkit.structures import boxes as box_module
-
-    g = torch.Generator().manual_seed(n + groups)
-    xy = torch.rand(n, 2, generator=g) * 400
-    b = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 120 + 1], 1)
-    scores = torch.rand(n, generator=g)
-    scores[::5] = 0.5  # ties
-    labels = torch.randint(0, groups, (n,), generator=g)
-    calls = []
-    real = box_module.run_side_by_side
-    monkeypatch.setattr(box_module, "run_side_by_side", lambda c: calls.append(len(c)) or real(c))
-    saved = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        ours = box_module.batched_nms(b, scores, labels, 0.5, groups)
-    finally:
-        torch.set_num_threads(saved)
-    assert torch.equal(ours, torchvision_batched_nms(b, scores, labels, 0.5))
-    assert 0 < len(ours) < n
-    per_group = 4 * n > box_module.TORCHVISION_CPU_PER_GROUP
-    assert calls == ([2] if per_group and groups > 1 else [])

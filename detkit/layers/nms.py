@@ -1,0 +1,32 @@
+"""Non-maximum suppression: torchvision's, and one NMS per group while tracing."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms as _torchvision_batched_nms
+from torchvision.ops import nms
+
+__all__ = ["batched_nms", "nms"]
+
+
+def batched_nms(
+    boxes: Tensor, scores: Tensor, groups: Tensor, iou_thresh: float, num_groups: int = 0
+) -> Tensor:
+    """NMS within each group (class or level); kept indices by descending score.
+
+    Eagerly this is torchvision's ``batched_nms`` (what its Faster R-CNN runs; the parity test
+    needs the same decisions). A traced graph (export) runs one NMS per group ``0..num_groups-1``
+    instead: torchvision traces its coordinate-offset trick, whose offsets reach num_groups x the
+    image size, where float32 loses the precision IoU needs, and its per-group loop iterates over
+    ``torch.unique`` (data-dependent). ``num_groups`` is fixed by the architecture."""
+    if not torch.jit.is_tracing():
+        return _torchvision_batched_nms(boxes, scores, groups, iou_thresh)
+    if num_groups < 1:
+        raise ValueError("batched_nms needs num_groups >= 1 while tracing (one NMS per group)")
+    keeps = []
+    for g in range(num_groups):
+        idx = torch.where(groups == g)[0]
+        keeps.append(idx[nms(boxes[idx], scores[idx], iou_thresh)])
+    keep = torch.cat(keeps)
+    return keep[torch.sort(scores[keep], descending=True)[1]]

@@ -70,16 +70,18 @@ def with_test_batch(cfg, device: torch.device):
 
 
 class ParallelImages(nn.Module):
-    """``predictor(samples)`` with up to ``images`` samples predicted at once, each in a worker
-    thread of its own; outputs in the order of ``samples``. A call with one sample goes straight
-    through, in the caller's thread.
+    """``predictor(samples)`` with up to ``images`` samples predicted at once: the samples dealt in
+    turn to up to ``images`` worker threads, each predicting its share one sample at a time; outputs
+    in the order of ``samples``. A call with one sample goes straight through, in the caller's
+    thread.
 
     Each worker runs with ``max(1, threads // images)`` of the ``threads`` CPU threads (torch's;
     the onnxruntime backend follows torch's setting of the thread it runs in). In PyTorch (OpenMP)
     ``torch.set_num_threads`` sets the count of the calling thread, and also the count that threads
     started later begin with: so each worker sets its share once, when the pool starts all its
     workers together, and the caller then puts its own count back as the count for later threads.
-    No call changes a thread count after that. Grad/inference mode and autocast are per thread in
+    No call changes a thread count after that (so a call with fewer samples than ``images``
+    leaves the other workers' threads unused). Grad/inference mode and autocast are per thread in
     PyTorch: each call carries the caller's grad and inference mode into the workers, and the
     wrapped predictor enters its own autocast.
 

@@ -255,7 +255,9 @@ def test_optimized_r50_fpn_differs_from_torchvision_by_rounding_only(tmp_path):
     about half of its detections are thinner than 8 px (some 0.1 px), where IoU >= 0.99 asks for
     PyTorch's exact float rounding -- torchvision itself with channels_last or its BN folded keeps
     ~82% of them. Here: the FPN features equal plain torchvision's up to float rounding, and every
-    detection at least 8 px on each side is matched."""
+    detection at least 8 px on each side is matched, by IoU >= 0.99 or, for a long thin box where
+    a sub-pixel rounding shift costs more IoU than that (an 1800 x 10 px box moved 0.08 px:
+    IoU 0.985, same label and score), by corners within 0.1 px."""
     tv = parity.make_torchvision_model()
     det, fast = optimized_detector(tv, tmp_path)
     for path in parity.photo_paths():
@@ -272,5 +274,5 @@ def test_optimized_r50_fpn_differs_from_torchvision_by_rounding_only(tmp_path):
         sides = ref["boxes"][:, 2:] - ref["boxes"][:, :2]
         thick = {k: v[sides.min(1).values >= 8] for k, v in ref.items()}
         assert len(thick["boxes"]) > 10, "the reference model should produce detections to compare"
-        fraction = parity.match_fraction(thick, det.predict([img])[0])
+        fraction = parity.match_fraction(thick, det.predict([img])[0], corner_tol=0.1)
         assert fraction >= 0.99, f"{path.name}: only {fraction:.3f} matched"

@@ -57,10 +57,10 @@ def read_rgb(path):
     return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
 
 
-def match_fraction(ref, out):
+def match_fraction(ref, out, **criterion):
     """Fraction of torchvision's detections ``ref`` matched by detkit's ``out`` under the parity
     criterion (``detkit.evaluation.parity``); torchvision label i is detkit label i - 1."""
-    return parity.match_fraction({**ref, "labels": ref["labels"] - 1}, out)
+    return parity.match_fraction({**ref, "labels": ref["labels"] - 1}, out, **criterion)
 
 
 def convert(tv, folder):

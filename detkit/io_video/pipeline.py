@@ -39,7 +39,7 @@ class RunStats:
     model_s: float = 0.0  # time inside the model calls (main thread)
     decode_s: float = 0.0  # time decoding (reader thread)
     output_s: float = 0.0  # time drawing and writing (output thread)
-    backend: str = "eager"  # what ran the model (detkit.export.runtime.BACKENDS)
+    backend: str = "eager"  # what ran the model (detkit.inference.backends.BACKENDS)
 
     @property
     def pipeline_fps(self) -> float:

@@ -99,7 +99,7 @@ class Res5Head(nn.Module):
     Never dilated (detectron2's C4 head is not either): a dilated res5 is the DC5 backbone."""
 
     # This head is the backbone's res5 stage, so it is built like the backbone: the builder passes
-    # these model.backbone keys on (and ImageNet weights load layer4 here, see modeling/weights.py).
+    # these model.backbone keys on (and ImageNet weights load layer4 here, see checkpoint/torchvision_names.py).
     backbone_args = (
         "depth",
         "norm",

@@ -53,6 +53,9 @@ def test_side_by_side_equals_one_at_a_time_in_order(ckpt, backend, tmp_path, mon
     got = two.predict(images(), batch_size=5)  # 3 images in one thread, 2 in the other
     assert_same(expected, got)
     assert sum(len(r["boxes"]) for r in got) > 0  # not vacuous
+    if backend == "onnxruntime":  # the workers' sessions: of their share of the threads, if other
+        sessions = two.predictor.predictor.sessions_by_threads()
+        assert set(sessions) <= {two.predictor.threads_per_image}
 
 
 class ThreadProbe(nn.Module):

@@ -21,6 +21,7 @@ in a copy (``optimize_for_inference``), so ``det.model.state_dict()`` stays the 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
@@ -67,6 +68,7 @@ class Detector:
         self.backend, self.weights = backend, weights
         self.model = model.to(self.device).eval()
         self._predictor: Optional[torch.nn.Module] = None
+        self._build_lock = threading.Lock()
 
     @property
     def class_names(self) -> List[str]:
@@ -140,10 +142,11 @@ class Detector:
         ``optimize_for_inference`` (frozen BN folded into the convolutions and channels_last on
         the CPU: same results up to float rounding; ``self.model`` is left as loaded);
         onnxruntime = the cached ONNX graph (exported on first use)."""
-        if self._predictor is None:
-            self._predictor = make_predictor(
-                self.model, self.cfg, self.backend, weights=self.weights
-            ).eval()
+        with self._build_lock:  # two threads' first predict build it once
+            if self._predictor is None:
+                self._predictor = make_predictor(
+                    self.model, self.cfg, self.backend, weights=self.weights
+                ).eval()
         return self._predictor
 
     @torch.no_grad()

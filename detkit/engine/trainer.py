@@ -338,10 +338,12 @@ class Trainer:
         # the inference tools/test.py runs (test.scales/flip, test.precision; on the CPU images side
         # by side, one process), so that best.pth is the checkpoint that tests best
         predictor = build_predictor(self.model, self.cfg)
-        images = resolve_parallel_images(self.cfg, self.ctx.device)
-        if images > 1 and self.ctx.world_size == 1:
+        images = (
+            resolve_parallel_images(self.cfg, self.ctx.device) if self.ctx.world_size == 1 else 1
+        )
+        if images > 1:
             predictor = ParallelImages(predictor, images)
-        cfg = with_test_batch(self.cfg, self.ctx.device)
+        cfg = with_test_batch(self.cfg, self.ctx.device, images)
         loader = build_test_loader(cfg, dataset, self.ctx.rank, self.ctx.world_size)
         with preserve_rng():  # evaluating must not change the training run that follows
             return run_inference(predictor, loader, evaluator, desc=f"eval {split} @ {iteration}")

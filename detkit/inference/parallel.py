@@ -59,11 +59,16 @@ def resolve_test_batch(cfg, device: torch.device, cores: Optional[int] = None) -
     return resolve_parallel_images(cfg, device, cores) if value == "auto" else value
 
 
-def with_test_batch(cfg, device: torch.device):
+def with_test_batch(cfg, device: torch.device, images: Optional[int] = None):
     """``cfg`` with test.ims_per_batch made concrete by ``resolve_test_batch`` (``cfg`` itself when
     it already is), for code that reads the batch size from the config: the test loader of
-    tools/test.py and of the trainer's evaluation."""
-    batch = resolve_test_batch(cfg, device)
+    tools/test.py and of the trainer's evaluation. ``images``: the images the caller really runs
+    side by side, when it decided otherwise than ``test.parallel_images`` alone (the trainer's
+    evaluation under several processes runs one at a time), which ``auto`` then follows."""
+    if images is not None and _auto_or_size(cfg, "test.ims_per_batch") == "auto":
+        batch = images
+    else:
+        batch = resolve_test_batch(cfg, device)
     if cfg.test.ims_per_batch == batch:
         return cfg
     return cfg.with_overrides([f"test.ims_per_batch={batch}"])

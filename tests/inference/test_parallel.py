@@ -183,3 +183,10 @@ def test_test_batch_auto_follows_the_images_side_by_side_and_an_integer_is_kept(
         tiny_config("test.ims_per_batch=auto", "test.parallel_images=2"), cpu
     )
     assert concrete.test.ims_per_batch == 2
+    # a caller that runs fewer images side by side (the trainer's evaluation under several
+    # processes: one at a time) gets auto resolved to that; an integer stays as given
+    auto2 = tiny_config("test.ims_per_batch=auto", "test.parallel_images=2")
+    assert with_test_batch(auto2, cpu, images=1).test.ims_per_batch == 1
+    assert (
+        with_test_batch(tiny_config("test.ims_per_batch=3"), cpu, images=1).test.ims_per_batch == 3
+    )

@@ -7,15 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-# load_tool, one_torch_thread and save_tiny_checkpoint are re-exported for the other folders' tests
-# until they import them from tests.helpers
-from tests.helpers import (  # noqa: F401
-    CLASS_NAMES,
-    load_tool,
-    one_torch_thread,
-    reference_data,
-    save_tiny_checkpoint,
-)
+from tests.helpers import reference_data
 
 # mmcv's test.mp4: 168 frames, 294x240, 25 fps
 TEST_MP4 = ("mmcv", "tests", "data", "test.mp4")

@@ -89,7 +89,9 @@ def test_each_worker_has_its_share_and_the_callers_setting_stays():
     workers = {o["thread"] for o in out}
     assert 1 <= len(workers) <= 2 and threading.get_ident() not in workers
     assert all(o["threads"] == 2 for o in out)  # 4 threads // 2 images
-    assert out == wrapped(samples)  # the same workers, their share kept, every call
+    again = wrapped(samples)  # every call: worker threads, each with its share
+    assert [o["index"] for o in again] == list(range(5)) and all(o["threads"] == 2 for o in again)
+    assert threading.get_ident() not in {o["thread"] for o in again}
     assert torch.get_num_threads() == caller
     assert threads_of_a_new_thread() == caller  # threads started later begin as before
     alone = wrapped(samples[:1])  # one sample: straight through, in the caller's thread

@@ -104,13 +104,15 @@ def test_freeze_at():
 def test_tiny_model_overfits_one_image():
     """A tiny model trained on one image finds its box with IoU > 0.9 and the right label.
 
-    The learning rate decays to 0 (cosine) so that the model settles: at a constant rate the top
-    box after 120 or 200 steps moved between IoU 0.69 and 0.98 with the float rounding that the
-    CPU thread count brings (measured with 1, 2 and 3 threads); with the decay, 0.94-0.99."""
+    The learning rate starts at 0.005 and decays to 0 (cosine) so that the model settles whatever
+    the float rounding of the CPU thread count: from 0.01 the top box's IoU ranged from 0.69 to
+    0.995 with 1 to 3 threads on two CPUs; from 0.005 it stays at 0.96 or more with 1 to 4."""
     model = tiny(["model.num_classes=2", "model.roi_heads.score_thresh_test=0.0"]).train()
     s = sample(boxes=((30.0, 20.0, 90.0, 70.0),), labels=(1,), size=(96, 128))
     s["image"][:, 20:70, 30:90] = torch.tensor([250, 40, 40], dtype=torch.uint8)[:, None, None]
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.005, momentum=0.9
+    )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 120)
     for _ in range(120):
         losses = model([s])

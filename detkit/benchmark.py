@@ -70,7 +70,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], object], device: torch.device) -> float:
+def timed(fn: Callable[[], object], device: torch.device) -> float:
     sync(device)
     t0 = time.perf_counter()
     fn()
@@ -106,7 +106,7 @@ def measure_side_by_side(
         for name in names[rounds % len(names) :] + names[: rounds % len(names)]:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            times[name].append(_timed(fns[name], device))
+            times[name].append(timed(fns[name], device))
             if device.type == "cuda":
                 used = torch.cuda.max_memory_allocated(device) / 2**20
                 peak[name] = used if peak[name] != peak[name] else max(peak[name], used)

@@ -7,17 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-# Re-exported for test modules not yet moved to ``tests.helpers`` (the shared constants and
-# functions live there now; conftest.py keeps the fixtures).
-from tests.helpers import (  # noqa: F401
-    ROOT,
-    TESTDATA,
-    TINY_C4,
-    TINY_FPN,
-    error_lines,
-    reference_data,
-    tiny_config,
-)
+from tests.helpers import reference_data, tiny_config
 
 
 @pytest.fixture(scope="session")

@@ -146,7 +146,7 @@ def test_p10_and_drift_of_the_timed_iterations(monkeypatch):
     steady_then_slow = [0.1] * 20 + [0.15] * 20
     assert bm.drift(steady_then_slow) == pytest.approx(0.5)
     clock = itertools.cycle(steady_then_slow)
-    monkeypatch.setattr(bm, "_timed", lambda fn, device: next(clock))
+    monkeypatch.setattr(bm, "timed", lambda fn, device: next(clock))
     (row,) = bm.measure_side_by_side(
         {"x": lambda: None}, "infer", "fp32", 2, torch.device("cpu"), warmup=0, iters=40
     )

@@ -53,8 +53,8 @@ STAT_NAMES = (
 
 _MATCH_THRESHOLDS = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)
 _EPS = np.spacing(1)  # the epsilon pycocotools adds to the precision denominator
-_PAIR_CHUNK = 2_000_000  # detection x ground-truth pairs per IoU batch (bounds memory)
-_MATCH_CELLS = 4_000_000  # groups x detections x ground truths per matching batch
+PAIR_CHUNK = 2_000_000  # detection x ground-truth pairs per IoU batch (bounds memory)
+MATCH_CELLS = 4_000_000  # groups x detections x ground truths per matching batch
 _NO_MATCH, _MATCH, _MATCH_IGNORED = 0, 1, 2
 
 
@@ -161,7 +161,7 @@ def _candidate_pairs(g: Dict, d: Dict) -> Tuple[np.ndarray, np.ndarray, np.ndarr
     lo = 0
     while lo < len(n_pairs):
         hi = max(
-            int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + _PAIR_CHUNK, "right")), lo + 1
+            int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + PAIR_CHUNK, "right")), lo + 1
         )
         per = n_pairs[lo:hi]
         grp = np.repeat(np.arange(hi - lo), per)
@@ -209,7 +209,7 @@ def _match_all(g: Dict, d: Dict) -> np.ndarray:
     for w in np.unique(width):
         members = np.flatnonzero(width == w)
         members = members[np.argsort(-n_det[members], kind="stable")]  # most detections first
-        step = max(1, _MATCH_CELLS // (int(n_det[members[0]]) * int(w)))
+        step = max(1, MATCH_CELLS // (int(n_det[members[0]]) * int(w)))
         for i in range(0, len(members), step):
             det_index, out = _match_groups(members[i : i + step], int(w), problem)
             codes[:, :, det_index] = out.transpose(1, 2, 0)

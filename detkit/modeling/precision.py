@@ -56,14 +56,14 @@ def resolve_precision(cfg, device: torch.device) -> str:
 
 
 def warn_if_slow_bf16(precision: str, device: torch.device) -> None:
-    if precision == "bf16" and device.type == "cpu" and not _cpu_has_fast_bf16():
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
         logger.warning(
             "test.precision=bf16 on a CPU without bf16 instructions: PyTorch falls back to "
             "convolutions many times slower than fp32; use it to check bf16 accuracy, not for speed"
         )
 
 
-def _cpu_has_fast_bf16() -> bool:
+def cpu_has_fast_bf16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

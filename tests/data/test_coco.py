@@ -12,7 +12,7 @@ import torch
 from detkit.data import COCODataset
 from detkit.data.transforms import InferenceMapper
 from detkit.errors import DataError
-from tests.conftest import reference_data
+from tests.helpers import reference_data
 
 from .helpers import write_coco, write_jpeg
 

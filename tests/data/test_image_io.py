@@ -8,7 +8,7 @@ from PIL import Image
 
 from detkit.data.image_io import read_image
 from detkit.errors import DataError
-from tests.conftest import reference_data
+from tests.helpers import reference_data
 
 PILLOW = ("Pillow", "Tests", "images")
 MMCV = ("mmcv", "tests", "data")

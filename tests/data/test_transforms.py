@@ -12,7 +12,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from detkit.data.transforms import InferenceMapper, TrainMapper, resize_scale
 from detkit.modeling import build_model
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 MEAN = [123.675, 116.28, 103.53]
 STD = [58.395, 57.12, 57.375]

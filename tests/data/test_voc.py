@@ -11,7 +11,7 @@ import pytest
 from detkit.data import VOCDataset, parse_voc_xml, write_voc_xml
 from detkit.data.voc import VOC_CLASSES, voc_image_ids
 from detkit.errors import DataError
-from tests.conftest import reference_data
+from tests.helpers import reference_data
 
 from .helpers import write_jpeg
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from detkit.engine import train_main
-
-from .conftest import tiny_config
+from tests.engine.helpers import tiny_config
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -17,8 +17,7 @@ from detkit.checkpoint import load_checkpoint, load_model_weights
 from detkit.engine.checkpoint import Checkpointer
 from detkit.errors import CheckpointError, WriteError
 from detkit.utils.io import atomic_save
-
-from .conftest import REPO
+from tests.engine.helpers import REPO
 
 
 def state(it):

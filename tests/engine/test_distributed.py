@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from .conftest import TINY_MODEL
+from tests.engine.helpers import TINY_MODEL
 
 WORLD = 2
 

@@ -10,8 +10,7 @@ from detkit.checkpoint import load_checkpoint
 from detkit.engine import Trainer, train_main
 from detkit.engine.distributed import DistContext
 from detkit.engine.hooks import Hook, default_hooks
-
-from .conftest import load_weights, tiny_config
+from tests.engine.helpers import load_weights, tiny_config
 
 
 def fail_evaluation(monkeypatch, when):

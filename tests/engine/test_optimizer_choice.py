@@ -5,8 +5,7 @@ import pytest
 
 from detkit.checkpoint import load_checkpoint
 from detkit.engine import train_main
-
-from .conftest import tiny_config
+from tests.engine.helpers import tiny_config
 
 
 def test_adamw_run_checkpoints_adamw_state(data_root, tmp_path):

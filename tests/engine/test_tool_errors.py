@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from .conftest import load_tool, run_tool, tiny_config
+from tests.engine.helpers import load_tool, run_tool, tiny_config
 
 
 def damaged(tmp_path, kind: str):

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from .conftest import REPO, load_tool, run_tool, tiny_config, tiny_overrides
+from tests.engine.helpers import REPO, load_tool, run_tool, tiny_config, tiny_overrides
 
 
 def images_predicted(log_text: str, desc: str = "test") -> int:

@@ -8,9 +8,8 @@ import torch
 
 from detkit.modeling import build_model
 from detkit.utils.io import atomic_save
+from tests.engine.helpers import load_tool, tiny_config
 from tests.helpers import error_lines
-
-from .conftest import load_tool, tiny_config
 
 # every detection kept: the metrics then compare hundreds of boxes, not a handful above 0.05
 KEEP_ALL = ["model.roi_heads.score_thresh_test=0.0"]

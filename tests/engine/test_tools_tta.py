@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from .conftest import run_tool, tiny_config
+from tests.engine.helpers import run_tool, tiny_config
 
 
 @pytest.mark.slow

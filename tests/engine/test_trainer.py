@@ -10,8 +10,7 @@ import torch
 from detkit.checkpoint import load_checkpoint
 from detkit.engine import Trainer, train_main
 from detkit.errors import TrainingError, WriteError
-
-from .conftest import load_weights, tiny_config, truncate_file
+from tests.engine.helpers import load_weights, tiny_config, truncate_file
 
 
 def assert_same_weights(a, b):

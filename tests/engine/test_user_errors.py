@@ -16,9 +16,8 @@ from detkit.errors import ConfigError
 from detkit.modeling import build_model
 from detkit.modeling.build import check_backbone_init
 from detkit.utils.io import atomic_save
-from tests.conftest import error_lines
-
-from .conftest import REPO, load_tool, tiny_config
+from tests.engine.helpers import REPO, load_tool, tiny_config
+from tests.helpers import error_lines
 
 
 @pytest.fixture

@@ -182,6 +182,6 @@ def test_batching_does_not_change_results(monkeypatch):
         dets_per_image=60,
         crowd_frac=0.2,
     )
-    monkeypatch.setattr(fast_coco, "_MATCH_CELLS", 30)  # many tiny matching batches
-    monkeypatch.setattr(fast_coco, "_PAIR_CHUNK", 5)  # many tiny IoU batches
+    monkeypatch.setattr(fast_coco, "MATCH_CELLS", 30)  # many tiny matching batches
+    monkeypatch.setattr(fast_coco, "PAIR_CHUNK", 5)  # many tiny IoU batches
     assert_engines_agree(gt, dets)

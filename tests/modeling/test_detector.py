@@ -6,7 +6,7 @@ import torchvision
 
 from detkit.modeling.backbones import ResNet
 from detkit.registry import ROI_POOLERS
-from tests.conftest import TINY_C4, TINY_FPN
+from tests.helpers import TINY_C4, TINY_FPN
 from tests.modeling.helpers import sample, tiny
 
 

@@ -122,7 +122,7 @@ def test_bf16_on_a_cpu_without_bf16_instructions_warns(fast, monkeypatch, caplog
 
     import detkit.modeling.precision as precision
 
-    monkeypatch.setattr(precision, "_cpu_has_fast_bf16", lambda: fast)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: fast)
     # the tools' logging setup (run by earlier tests) stops detkit's records at its own handlers
     monkeypatch.setattr(logging.getLogger("detkit"), "propagate", True)
     with caplog.at_level("WARNING", logger="detkit"):

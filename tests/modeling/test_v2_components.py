@@ -10,7 +10,7 @@ from detkit.modeling.backbones import FPN
 from detkit.modeling.backbones.norm import FrozenBatchNorm2d
 from detkit.modeling.box_heads import ConvFCHead
 from detkit.modeling.rpn import RPNHead
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def _fpn(norm):

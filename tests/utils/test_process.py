@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from detkit.utils import process
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_quiet_idle_threads_keeps_the_users_choice(monkeypatch):

@@ -1,0 +1,109 @@
+"""Tiny training setups for the engine tests (plain functions and constants; the fixtures are in
+conftest.py): ResNet-18 GN + a 32-channel FPN on 64-80 px synthetic
+images (2 classes), so a training iteration takes a fraction of a second on a CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Sequence
+
+import torch
+
+from detkit.config import Config, load_config
+from tests.helpers import TINY_FPN
+
+REPO = Path(__file__).resolve().parents[2]
+
+# the tiny FPN of tests/conftest.py, two classes, smaller anchors, fewer proposals and RoIs
+TINY_MODEL = TINY_FPN + [
+    "model.num_classes=2",
+    "model.backbone.gn_groups=8",
+    "model.rpn.anchor_sizes=[[8],[16],[32],[64],[128]]",
+    "model.rpn.pre_nms_topk_train=300",
+    "model.rpn.post_nms_topk_train=100",
+    "model.rpn.pre_nms_topk_test=200",
+    "model.rpn.post_nms_topk_test=50",
+    "model.roi_heads.batch_size_per_image=32",
+    "model.roi_heads.detections_per_image=20",
+]
+TINY_INPUT = [
+    "input.min_size_train=[64]",
+    "input.max_size_train=96",
+    "input.min_size_test=64",
+    "input.max_size_test=96",
+]
+TINY_SOLVER = [
+    "solver.ims_per_batch=2",
+    "solver.reference_batch_size=2",
+    "solver.base_lr=0.01",
+    "solver.max_iter=6",
+    "solver.steps=[4]",
+    "solver.warmup_iters=2",
+    "solver.checkpoint_period=2",
+    "solver.log_period=1",
+    "solver.eval_period=0",
+    "solver.seed=7",
+    "data.num_workers=0",
+]
+
+
+def synthetic(root: Path, split: str, n: int) -> str:
+    return (
+        f"data.{'train' if split == 'train' else split}.datasets=[{{name: SyntheticDataset, root: {root}, "
+        f"split: {'train' if split == 'train' else 'val'}, num_images: {n}, num_classes: 2, "
+        f"image_size: [64, 80], seed: 3}}]"
+    )
+
+
+def tiny_overrides(root: Path, extra: Sequence[str] = ()) -> List[str]:
+    return (
+        TINY_MODEL
+        + TINY_INPUT
+        + TINY_SOLVER
+        + [synthetic(root, "train", 12), synthetic(root, "val", 6), synthetic(root, "test", 6)]
+        + list(extra)
+    )
+
+
+def tiny_config(root: Path, extra: Sequence[str] = ()) -> Config:
+    return load_config(None, tiny_overrides(root, extra))
+
+
+def load_weights(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def run_tool(
+    args: Sequence[str], timeout: float = 300, env_extra: dict = None
+) -> subprocess.CompletedProcess:
+    """Run a tools/ script (or torchrun) in a subprocess from the repository root."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        **(env_extra or {}),
+    }
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def load_tool(name: str):
+    """tools/<name>.py as a module: its ``main(argv)`` returns the exit status (tools use
+    ``detkit.utils.cli.tool_main``), so a test can run a tool in-process, without a new Python."""
+    spec = importlib.util.spec_from_file_location(
+        f"detkit_tools_{name}", REPO / "tools" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def truncate_file(path: Path, keep: int = 100) -> None:
+    """Damage a checkpoint in place (as a torn write or a bad disk would)."""
+    with open(path, "r+b") as f:
+        f.truncate(keep)

@@ -8,6 +8,7 @@ an error names the file (or "command line") that actually contains the bad key, 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import os
 import textwrap
@@ -19,7 +20,7 @@ import yaml
 from detkit.errors import ConfigError
 from detkit.utils.io import atomic_write_text
 
-from .constraints import Auto, constraint_for
+from .constraints import Auto, check_relations, constraint_for
 from .schema import (
     check_value,
     defaults,
@@ -246,6 +247,10 @@ def _merge_layers(
     for layer, label in layers:
         merge_layer(data, layer, label, origins)
         _record_origins(layer, label, "", origins)
+    check_relations(
+        lambda key: functools.reduce(lambda node, part: node[part], key.split("."), data),
+        lambda key: origins.get(key, DEFAULTS),
+    )
     return data, origins
 
 

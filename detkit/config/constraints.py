@@ -241,3 +241,22 @@ def choices(key: str) -> Tuple[Any, ...]:
     if not isinstance(constraint, OneOf):
         raise KeyError(f"config key '{key}' has no choices")
     return constraint.values
+
+
+# Pairs of keys whose values must keep an order: (lower key, upper key). A Matcher labels IoU >= fg as
+# foreground and IoU < bg as background, so bg above fg would leave no consistent label.
+ORDERED_PAIRS = (
+    ("model.rpn.bg_iou_thresh", "model.rpn.fg_iou_thresh"),
+    ("model.roi_heads.bg_iou_thresh", "model.roi_heads.fg_iou_thresh"),
+)
+
+
+def check_relations(lookup, origin) -> None:
+    """Refuse a config whose ``ORDERED_PAIRS`` are out of order, naming both keys, their values and
+    where each was set. ``lookup(key)`` gives a dotted key's value, ``origin(key)`` where it was set."""
+    for low, high in ORDERED_PAIRS:
+        if lookup(low) > lookup(high):
+            raise ConfigError(
+                f"config key '{low}' ({origin(low)}) = {lookup(low)} must not exceed "
+                f"'{high}' ({origin(high)}) = {lookup(high)}"
+            )

@@ -219,3 +219,22 @@ def test_every_shipped_config_loads():
     assert files
     for path in files:
         load_config(path)
+
+
+def test_matcher_thresholds_keep_their_order(tmp_path):
+    """bg_iou_thresh above fg_iou_thresh leaves no consistent label: refused at load, naming both
+    keys, their values and where each was set; fine when both move together."""
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["model.rpn.bg_iou_thresh=0.8"])
+    assert str(info.value) == (
+        "config key 'model.rpn.bg_iou_thresh' (command line) = 0.8 must not exceed "
+        "'model.rpn.fg_iou_thresh' (defaults.yaml) = 0.7"
+    )
+    file = tmp_path / "heads.yaml"
+    file.write_text("model: {roi_heads: {fg_iou_thresh: 0.4}}\n")
+    with pytest.raises(ConfigError, match=rf"'model.roi_heads.fg_iou_thresh' \({file}\) = 0.4"):
+        load_config(str(file))
+    with pytest.raises(ConfigError, match="must not exceed"):
+        load_config(None).with_overrides(["model.rpn.fg_iou_thresh=0.2"])
+    cfg = load_config(None, ["model.rpn.bg_iou_thresh=0.8", "model.rpn.fg_iou_thresh=0.9"])
+    assert (cfg.model.rpn.bg_iou_thresh, cfg.model.rpn.fg_iou_thresh) == (0.8, 0.9)

@@ -11,7 +11,7 @@ that would do (nothing is dropped silently).
 from __future__ import annotations
 
 import functools
-from typing import List
+from typing import List, Sequence
 
 from detkit.errors import BackendError
 
@@ -55,10 +55,11 @@ def graph_problems(cfg) -> List[str]:
     return problems
 
 
-def refuse_unless_graph_runs(cfg, what: str, instead: str) -> None:
-    """Raise :class:`BackendError` listing :func:`graph_problems` when there are any: ``what``
-    cannot run this as configured (``instead``: what runs all of it)."""
-    problems = graph_problems(cfg)
+def refuse_unless_graph_runs(cfg, what: str, instead: str, also: Sequence[str] = ()) -> None:
+    """Raise :class:`BackendError` listing ``also`` (the caller's own problems, e.g. a device) and
+    :func:`graph_problems` when there are any: ``what`` cannot run this as configured (``instead``:
+    what runs all of it)."""
+    problems = list(also) + graph_problems(cfg)
     if problems:
         raise BackendError(
             f"{what} cannot run this as configured: {'; '.join(problems)}; or {instead}"

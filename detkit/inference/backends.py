@@ -29,7 +29,7 @@ from torch import nn
 
 from detkit.errors import BackendError
 from detkit.export.graph_cache import cached_graph
-from detkit.export.limits import graph_problems
+from detkit.export.limits import refuse_unless_graph_runs
 from detkit.export.runtime import OnnxRuntimePredictor
 
 from .parallel import ParallelImages, resolve_parallel_images
@@ -50,19 +50,15 @@ def check_backend(cfg, backend: str, device: Union[str, torch.device]) -> None:
     if backend == "eager":
         return
     _require_onnxruntime()
-    problems = []
     device = torch.device(device)
-    if device.type != "cpu":
-        problems.append(
-            f"device={device} (it runs on the CPU: use device=cpu, or backend eager on {device})"
-        )
-    problems += graph_problems(cfg)
-    if problems:
-        raise BackendError(
-            "backend onnxruntime cannot run this as configured: "
-            + "; ".join(problems)
-            + "; or use backend eager, which runs all of it"
-        )
+    on_cpu = (
+        []
+        if device.type == "cpu"
+        else [f"device={device} (it runs on the CPU: use device=cpu, or backend eager on {device})"]
+    )
+    refuse_unless_graph_runs(
+        cfg, "backend onnxruntime", "use backend eager, which runs all of it", also=on_cpu
+    )
 
 
 def _require_onnxruntime() -> None:

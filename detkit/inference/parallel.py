@@ -23,27 +23,15 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from detkit.errors import ConfigError
 from detkit.utils.threads import physical_cores
 
 MAX_IMAGES = 8  # auto never runs more images side by side than this, whatever the core count
 
 
-def _auto_or_size(cfg, key: str):
-    """The value of ``key`` ("test.<name>"): "auto" or an int >= 1, else a ConfigError (the schema
-    checks these values at load; a config built another way is checked here)."""
-    value = getattr(cfg.test, key.split(".")[-1])
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return value
-    raise ConfigError(
-        f"config key '{key}' ({cfg.origin(key)}): {value!r} is not auto or an integer >= 1"
-    )
-
-
 def resolve_parallel_images(cfg, device: torch.device, cores: Optional[int] = None) -> int:
     """``test.parallel_images`` made concrete: auto = the physical cores on the CPU (at most
     MAX_IMAGES), 1 on other devices (a GPU runs a batch as one call); an integer as given."""
-    value = _auto_or_size(cfg, "test.parallel_images")
+    value = cfg.test.parallel_images  # auto | int >= 1, checked at load
     if value != "auto":
         return value
     if torch.device(device).type != "cpu":
@@ -55,7 +43,7 @@ def resolve_test_batch(cfg, device: torch.device, cores: Optional[int] = None) -
     """``test.ims_per_batch`` made concrete, for every loader and tool that batches test images:
     auto = the images ``resolve_parallel_images`` runs side by side (1 off the CPU); an integer as
     given, however it was written."""
-    value = _auto_or_size(cfg, "test.ims_per_batch")
+    value = cfg.test.ims_per_batch
     return resolve_parallel_images(cfg, device, cores) if value == "auto" else value
 
 
@@ -65,7 +53,7 @@ def with_test_batch(cfg, device: torch.device, images: Optional[int] = None):
     tools/test.py and of the trainer's evaluation. ``images``: the images the caller really runs
     side by side, when it decided otherwise than ``test.parallel_images`` alone (the trainer's
     evaluation under several processes runs one at a time), which ``auto`` then follows."""
-    if images is not None and _auto_or_size(cfg, "test.ims_per_batch") == "auto":
+    if images is not None and cfg.test.ims_per_batch == "auto":
         batch = images
     else:
         batch = resolve_test_batch(cfg, device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -85,6 +85,9 @@ class GroundTruth:
     ann_bbox: np.ndarray  # float64 (G, 4) XYWH
     ann_area: np.ndarray  # float64 (G,), the "area" field (what COCO's area ranges use)
     ann_crowd: np.ndarray  # bool (G,)
+    # bool (G,) or None: ground truth to ignore besides crowd and out-of-area boxes (VOC's
+    # 'difficult', the error analysis' relabelled classes); ORed with crowd, as COCO's MATLAB code
+    ann_ignore: Optional[np.ndarray] = None
 
 
 def load_coco_gt(gt: PathOrDict) -> GroundTruth:

@@ -1,0 +1,1 @@
+"""Error analysis of detection results: why a detector fails."""

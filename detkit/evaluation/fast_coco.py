@@ -17,6 +17,10 @@ quantities without looping over images in Python:
   101 recall thresholds with a left-sided search.  Categories without (non-ignored) ground truth
   give -1, and the summary numbers average the entries that are not -1.
 
+The thresholds and ``maxDets`` are parameters (:class:`EvalParams`), as pycocotools' ``Params``: the
+error analysis (:mod:`detkit.analysis`) evaluates at IoU 0.75/0.5/0.1 with maxDets 100, and marks
+extra ground truth as ignored (``GroundTruth.ann_ignore``, ORed with crowd as COCO's MATLAB code does).
+
 Only the matching is sequential (detection after detection); it runs once per detection rank for all
 (image, category) groups at the same time, padded into buckets of similar size, and skips the
 detections and ground truths that overlap nothing at IoU >= 0.5.
@@ -51,11 +55,44 @@ STAT_NAMES = (
     "ARl",
 )
 
-_MATCH_THRESHOLDS = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)
 _EPS = np.spacing(1)  # the epsilon pycocotools adds to the precision denominator
 PAIR_CHUNK = 2_000_000  # detection x ground-truth pairs per IoU batch (bounds memory)
 MATCH_CELLS = 4_000_000  # groups x detections x ground truths per matching batch
 _NO_MATCH, _MATCH, _MATCH_IGNORED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    """What pycocotools' ``Params`` lets a caller change: IoU thresholds and maxDets (ascending)."""
+
+    iou_thresholds: Tuple[float, ...] = tuple(IOU_THRESHOLDS.tolist())
+    max_dets: Tuple[int, ...] = MAX_DETS
+
+    @property
+    def match_thresholds(self) -> np.ndarray:
+        # pycocotools matches at min(t, 1 - 1e-10) so that t = 1 can still be met
+        return np.minimum(np.asarray(self.iou_thresholds, np.float64), 1 - 1e-10)
+
+
+COCO_PARAMS = EvalParams()
+
+
+@dataclass
+class Matching:
+    """The evaluator's per-detection decisions, for callers that need more than the curves.
+
+    ``dets`` holds the kept detections (the best ``max(max_dets)`` per image and category) as arrays:
+    ``orig`` (index into the input :class:`Detections`), ``img``/``cat`` (indices into the image and
+    category id lists), ``score``, ``rank`` (within its image and category), ``box``, ``outside``
+    (A, N: box area outside each area range). ``codes`` (A, T, N): 0 unmatched, 1 matched to regular
+    ground truth, 2 matched to ignored ground truth. ``n_gt`` (K, A): non-ignored ground truth.
+    """
+
+    dets: Dict[str, np.ndarray]
+    codes: np.ndarray
+    n_gt: np.ndarray
+    img_ids: np.ndarray
+    cat_ids: np.ndarray
 
 
 @dataclass
@@ -72,13 +109,25 @@ def evaluate_fast(
     gt: GroundTruth, dets: Detections, img_ids: Optional[np.ndarray] = None
 ) -> COCOEvalOutput:
     """COCO bbox evaluation of ``dets`` on the images ``img_ids`` (default: all ground-truth images)."""
+    precision, recall, _ = evaluate_with(gt, dets, img_ids, COCO_PARAMS)
+    return COCOEvalOutput(summarize(precision, recall), precision, recall, gt.cat_ids)
+
+
+def evaluate_with(
+    gt: GroundTruth,
+    dets: Detections,
+    img_ids: Optional[np.ndarray] = None,
+    params: EvalParams = COCO_PARAMS,
+) -> Tuple[np.ndarray, np.ndarray, Matching]:
+    """pycocotools' ``evaluate()`` + ``accumulate()`` with ``params``: precision (T, R, K, A, M),
+    recall (T, K, A, M) and the :class:`Matching` they were cumulated from."""
     img_ids = gt.image_ids if img_ids is None else np.unique(np.asarray(img_ids, np.int64))
     cat_ids = gt.cat_ids
     g = _index_gt(gt, img_ids, cat_ids)
-    d = _index_dets(dets, img_ids, cat_ids)
-    codes = _match_all(g, d)
-    precision, recall = _accumulate(g, d, codes, len(cat_ids))
-    return COCOEvalOutput(summarize(precision, recall), precision, recall, cat_ids)
+    d = _index_dets(dets, img_ids, cat_ids, params.max_dets[-1])
+    codes = _match_all(g, d, params.match_thresholds)
+    precision, recall, n_gt = _accumulate(g, d, codes, len(cat_ids), params)
+    return precision, recall, Matching(d, codes, n_gt, img_ids, cat_ids)
 
 
 def _area_outside(area: np.ndarray) -> np.ndarray:
@@ -93,7 +142,8 @@ def _index_gt(gt: GroundTruth, img_ids: np.ndarray, cat_ids: np.ndarray) -> Dict
     key = img * len(cat_ids) + cat
     order = np.argsort(key, kind="stable")  # group by (image, category), file order inside
     crowd = gt.ann_crowd[keep][order]
-    ignore = _area_outside(gt.ann_area[keep][order]) | crowd[None]
+    flagged = crowd if gt.ann_ignore is None else crowd | gt.ann_ignore[keep][order]
+    ignore = _area_outside(gt.ann_area[keep][order]) | flagged[None]
     return {
         "key": key[order],
         "cat": cat[order],
@@ -104,7 +154,7 @@ def _index_gt(gt: GroundTruth, img_ids: np.ndarray, cat_ids: np.ndarray) -> Dict
 
 
 def _index_dets(
-    dets: Detections, img_ids: np.ndarray, cat_ids: np.ndarray
+    dets: Detections, img_ids: np.ndarray, cat_ids: np.ndarray, max_det: int
 ) -> Dict[str, np.ndarray]:
     keep = np.flatnonzero(np.isin(dets.image_id, img_ids) & np.isin(dets.category_id, cat_ids))
     img = np.searchsorted(img_ids, dets.image_id[keep])
@@ -113,7 +163,7 @@ def _index_dets(
     score = dets.score[keep]
     order = np.lexsort((-score, key))  # stable: equal scores keep their results-list order
     rank = _rank_in_group(key[order])
-    top = order[rank < MAX_DETS[-1]]  # pycocotools keeps the best max(MAX_DETS) per group
+    top = order[rank < max_det]  # pycocotools keeps the best max(maxDets) per group
     box = dets.bbox[keep][top]
     return {
         "key": key[top],
@@ -121,7 +171,7 @@ def _index_dets(
         "img": img[top],
         "score": score[top],
         "orig": keep[top],
-        "rank": rank[rank < MAX_DETS[-1]],
+        "rank": rank[rank < max_det],
         "box": box,
         "outside": _area_outside(box[:, 2] * box[:, 3]),
     }
@@ -149,7 +199,7 @@ def pairwise_iou(dbox: np.ndarray, gbox: np.ndarray, crowd: np.ndarray) -> np.nd
     return iou
 
 
-def _candidate_pairs(g: Dict, d: Dict) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _candidate_pairs(g: Dict, d: Dict, lowest: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All (det, gt, iou) in the same group with iou >= the lowest threshold, in (group, det, gt) order."""
     dk, ds, dc = np.unique(d["key"], return_index=True, return_counts=True)  # keys are sorted
     gk, gs, gc = np.unique(g["key"], return_index=True, return_counts=True)
@@ -170,7 +220,7 @@ def _candidate_pairs(g: Dict, d: Dict) -> Tuple[np.ndarray, np.ndarray, np.ndarr
         det = ds[lo:hi][grp] + local // n_gt
         gt = gs[lo:hi][grp] + local % n_gt
         iou = pairwise_iou(d["box"][det], g["box"][gt], g["crowd"][gt])
-        hit = iou >= _MATCH_THRESHOLDS[0]
+        hit = iou >= lowest
         out.append((det[hit], gt[hit], iou[hit]))
         lo = hi
     if not out:
@@ -178,14 +228,15 @@ def _candidate_pairs(g: Dict, d: Dict) -> Tuple[np.ndarray, np.ndarray, np.ndarr
     return tuple(np.concatenate(parts) for parts in zip(*out))
 
 
-def _match_all(g: Dict, d: Dict) -> np.ndarray:
+def _match_all(g: Dict, d: Dict, thresholds: np.ndarray) -> np.ndarray:
     """(A, T, N_det) int8 codes: 0 unmatched, 1 matched to regular GT, 2 matched to ignored GT."""
-    A, T = len(AREA_RANGES), len(IOU_THRESHOLDS)
+    A, T = len(AREA_RANGES), len(thresholds)
     codes = np.zeros((A, T, d["key"].size), np.int8)
-    pair_det, pair_gt, pair_iou = _candidate_pairs(g, d)
+    pair_det, pair_gt, pair_iou = _candidate_pairs(g, d, float(thresholds.min()))
     if pair_det.size == 0:
         return codes
-    # only detections / ground truths with some IoU >= 0.5 take part; renumber them per group
+    # only detections / ground truths with some IoU >= the lowest threshold take part; renumber
+    # them per group
     dets, det_inv = np.unique(pair_det, return_inverse=True)
     gts, gt_inv = np.unique(pair_gt, return_inverse=True)
     _, det_group, n_det = np.unique(d["key"][dets], return_inverse=True, return_counts=True)
@@ -204,6 +255,7 @@ def _match_all(g: Dict, d: Dict) -> np.ndarray:
         "gt_col": gt_col,
         "gt_ignore": g["ignore"][:, gts],
         "gt_crowd": g["crowd"][gts],
+        "thresholds": thresholds,
     }
     width = 1 << np.ceil(np.log2(n_gt)).astype(int)  # bucket groups by padded GT count
     for w in np.unique(width):
@@ -234,20 +286,25 @@ def _match_groups(members: np.ndarray, w: int, p: Dict) -> Tuple[np.ndarray, np.
     crowd[slot[p["gt_group"]][mine], p["gt_col"][mine]] = p["gt_crowd"][mine]
     mine = slot[p["det_group"]] >= 0
     rows, cols = slot[p["det_group"]][mine], p["det_col"][mine]
-    out = _greedy_match(ious, ignore, crowd, p["n_det"][members])
+    out = _greedy_match(ious, ignore, crowd, p["n_det"][members], p["thresholds"])
     return p["det"][mine], out[rows, cols]
 
 
 def _greedy_match(
-    ious: np.ndarray, ignore: np.ndarray, crowd: np.ndarray, n_det: np.ndarray
+    ious: np.ndarray,
+    ignore: np.ndarray,
+    crowd: np.ndarray,
+    n_det: np.ndarray,
+    thresholds: np.ndarray,
 ) -> np.ndarray:
     """Greedy matching for B groups at once.
 
     ious (B, D, G) padded with -1, detections in score order; ignore (B, A, G); crowd (B, G);
-    n_det (B,) real detections per group, sorted descending.  Returns (B, D, A, T) int8 codes.
+    n_det (B,) real detections per group, sorted descending; thresholds (T,) as matched.
+    Returns (B, D, A, T) int8 codes.
     """
     B, D, G = ious.shape
-    A, T = ignore.shape[1], len(_MATCH_THRESHOLDS)
+    A, T = ignore.shape[1], len(thresholds)
     taken = np.zeros((B, A, T, G), bool)
     regular = ~ignore[:, :, None, :]
     reusable = crowd[:, None, None, :]
@@ -255,7 +312,7 @@ def _greedy_match(
     for k in range(D):
         nb = int(np.count_nonzero(n_det > k))
         iou = ious[:nb, k]
-        cand = (iou[:, None, None, :] >= _MATCH_THRESHOLDS[None, None, :, None]) & (
+        cand = (iou[:, None, None, :] >= thresholds[None, None, :, None]) & (
             ~taken[:nb] | reusable[:nb]
         )
         cand_regular = cand & regular[:nb]
@@ -273,8 +330,11 @@ def _greedy_match(
     return out
 
 
-def _accumulate(g: Dict, d: Dict, codes: np.ndarray, K: int) -> Tuple[np.ndarray, np.ndarray]:
-    A, T, R, M = len(AREA_RANGES), len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(MAX_DETS)
+def _accumulate(
+    g: Dict, d: Dict, codes: np.ndarray, K: int, params: EvalParams
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    A, R = len(AREA_RANGES), len(RECALL_THRESHOLDS)
+    T, M = len(params.iou_thresholds), len(params.max_dets)
     npig = np.stack(
         [np.bincount(g["cat"], weights=~g["ignore"][a], minlength=K) for a in range(A)], axis=1
     ).astype(np.int64)  # (K, A) non-ignored GT
@@ -287,8 +347,8 @@ def _accumulate(g: Dict, d: Dict, codes: np.ndarray, K: int) -> Tuple[np.ndarray
     precision = -np.ones((T, R, K, A, M))
     recall = -np.ones((T, K, A, M))
     if K == 0:
-        return precision, recall
-    for m, max_det in enumerate(MAX_DETS):
+        return precision, recall, npig
+    for m, max_det in enumerate(params.max_dets):
         keep = rank < max_det
         if keep.all():
             tp, fp, cat_m = tp_all, fp_all, cat
@@ -297,7 +357,7 @@ def _accumulate(g: Dict, d: Dict, codes: np.ndarray, K: int) -> Tuple[np.ndarray
         prec, rec = _precision_recall(tp, fp, cat_m, npig, T)
         precision[..., m] = prec.reshape(A, T, K, R).transpose(1, 3, 2, 0)
         recall[..., m] = rec.reshape(A, T, K).transpose(1, 2, 0)
-    return precision, recall
+    return precision, recall, npig
 
 
 def _precision_recall(

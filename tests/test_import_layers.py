@@ -2,9 +2,9 @@
 (function-local imports included), and no module imports from a layer above its own.
 
 Layers, bottom to top (a module may import from its own layer or below):
-errors -> utils -> config, structures -> modeling, data, evaluation -> checkpoint -> export ->
-inference -> engine, api, io_video, benchmark. Imports under ``if TYPE_CHECKING:`` are annotations
-only and never run, so they are not edges.
+errors -> utils -> config, structures -> modeling, data, evaluation -> checkpoint, analysis ->
+export -> inference -> engine, api, io_video, benchmark. Imports under ``if TYPE_CHECKING:`` are
+annotations only and never run, so they are not edges.
 """
 
 import ast
@@ -18,7 +18,7 @@ LAYERS = [
     ["detkit.utils"],
     ["detkit.config", "detkit.structures", "detkit.registry", "detkit.layers", "detkit.ops"],
     ["detkit.modeling", "detkit.data", "detkit.evaluation", "detkit.visualization"],
-    ["detkit.checkpoint"],
+    ["detkit.checkpoint", "detkit.analysis"],
     ["detkit.export"],
     ["detkit.inference"],
     ["detkit.engine", "detkit.api", "detkit.io_video", "detkit.benchmark"],

@@ -4,6 +4,7 @@ from detkit import Detector
 det = Detector.from_checkpoint("output/last.pth", device="cuda")
 results = det.predict(["street.jpg"])          # or RGB uint8 HxWx3 numpy arrays
 results[0]["boxes"], results[0]["scores"], results[0]["labels"], results[0]["names"]
+det.predict(images, score_thresh="output/analysis/thresholds.json")   # per-class operating points
 
 det = Detector.from_checkpoint("output/last.pth", backend="onnxruntime")   # CPU inference
 
@@ -27,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from .analysis.thresholds import ThresholdSource, load_thresholds
 from .checkpoint import init_from_config, load_checkpoint, load_model_weights
 from .config import Config, load_config
 from .inference.backends import check_backend, make_predictor
@@ -151,22 +153,40 @@ class Detector:
 
     @torch.no_grad()
     def predict(
-        self, images: Sequence[ImageLike], batch_size: int = 1
+        self,
+        images: Sequence[ImageLike],
+        batch_size: int = 1,
+        score_thresh: ThresholdSource = None,
     ) -> List[Dict[str, np.ndarray]]:
-        """One dict per image: boxes (N, 4) XYXY original pixels, scores (N,), labels (N,) 0-based, names."""
+        """One dict per image: boxes (N, 4) XYXY original pixels, scores (N,), labels (N,) 0-based, names.
+
+        ``score_thresh`` keeps, in each image, the detections with ``score >= threshold[label]``
+        (on top of the config's ``model.roi_heads.score_thresh_test``): None (the default) keeps
+        all; a number applies to every class; a dict ``{class name: score}`` or the path of a
+        thresholds file written by the error analysis (``detkit.analysis.thresholds``: the
+        per-class best-F1 operating points) gives each class its own, and classes it leaves out
+        use the file's ``default`` if it has one, else keep everything. A wrong class name, a
+        score outside [0, 1] or an unreadable file is a ``ConfigError`` before any image is run."""
+        thresholds = load_thresholds(score_thresh, self.class_names, base=0.0)
         if isinstance(images, (str, os.PathLike, np.ndarray)):
             images = [images]
         results = []
         for start in range(0, len(images), batch_size):
             batch = [self.sample(im) for im in images[start : start + batch_size]]
-            results += [self._to_numpy(o) for o in self.predictor(batch)]
+            results += [self._to_numpy(o, thresholds) for o in self.predictor(batch)]
         return results
 
-    def _to_numpy(self, out: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
+    def _to_numpy(
+        self, out: Dict[str, torch.Tensor], thresholds: Optional[np.ndarray] = None
+    ) -> Dict[str, np.ndarray]:
+        boxes, scores = out["boxes"].cpu().numpy(), out["scores"].cpu().numpy()
         labels = out["labels"].cpu().numpy().astype(np.int64)
+        if thresholds is not None:
+            keep = scores >= thresholds[labels]
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         return {
-            "boxes": out["boxes"].cpu().numpy(),
-            "scores": out["scores"].cpu().numpy(),
+            "boxes": boxes,
+            "scores": scores,
             "labels": labels,
             "names": [self.class_names[i] for i in labels],
         }

@@ -12,7 +12,7 @@ from detkit.config import load_config
 from detkit.errors import ConfigError
 from detkit.modeling import build_model
 from detkit.utils.io import atomic_save
-from tests.helpers import ROOT, TINY_FPN
+from tests.helpers import CLASS_NAMES, ROOT, TINY_FPN, save_tiny_checkpoint, smooth_image
 
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -106,3 +106,39 @@ def test_device_cuda_without_cuda_is_a_clear_error(tmp_path, monkeypatch):
     ):
         Detector.from_checkpoint(str(tmp_path / "m.pth"), device="cuda")
     assert Detector.from_checkpoint(str(tmp_path / "m.pth"), device="auto").device.type == "cpu"
+
+
+def test_predict_with_per_class_score_thresholds(tmp_path):
+    """score_thresh as a dict or a thresholds file keeps, per image, exactly the detections of the
+    unthresholded call whose score reaches their class's threshold, in the same order."""
+    from detkit.analysis.thresholds import write_thresholds
+
+    every_box = [
+        "model.roi_heads.score_thresh_test=0.0",
+        "model.roi_heads.detections_per_image=1000",
+        "input.min_size_test=64",
+        "input.max_size_test=128",
+    ]
+    det = Detector.from_checkpoint(str(save_tiny_checkpoint(tmp_path / "m.pth", every_box)))
+    assert det.class_names == CLASS_NAMES == ["cat", "dog", "car"]
+    images = [smooth_image(90, 120, seed) for seed in range(2)]
+    full = det.predict(images)
+    scores = np.concatenate([r["scores"] for r in full])
+    labels = np.concatenate([r["labels"] for r in full])
+    assert set(labels.tolist()) == {0, 1, 2}  # the checks below mean something
+    car = float(np.median(scores[labels == 2]))
+    thresholds = {"cat": 0.0, "dog": 1.0, "car": car}
+    path = write_thresholds(tmp_path / "thr.json", {"cat": 0.0, "dog": 1.0, "car": None}, {})
+    for source, table in ((thresholds, [0.0, 1.0, car]), (path, [0.0, 1.0, 0.0])):
+        for ref, out in zip(full, det.predict(images, score_thresh=source)):
+            keep = ref["scores"] >= np.array(table)[ref["labels"]]
+            assert 0 < keep.sum() < len(keep)
+            assert np.array_equal(out["boxes"], ref["boxes"][keep])
+            assert np.array_equal(out["scores"], ref["scores"][keep])
+            assert np.array_equal(out["labels"], ref["labels"][keep])
+            assert out["names"] == [det.class_names[i] for i in out["labels"]]
+            assert 1 not in out["labels"] and (out["scores"][out["labels"] == 2] >= table[2]).all()
+    (single,) = det.predict(images[:1], score_thresh=0.3)
+    assert np.array_equal(single["scores"], full[0]["scores"][full[0]["scores"] >= 0.3])
+    with pytest.raises(ConfigError, match=r"'cars' \(did you mean 'car'\?\)"):
+        det.predict(images, score_thresh={"cars": 0.5})

@@ -8,6 +8,7 @@
     python tools/video.py ckpt.pth --input street.jpg --output street_det.jpg  # one image -> one file (+ .jsonl)
     python tools/video.py ckpt.pth --input clip.mp4 test.flip=true test.scales=[600,800]   # test-time switches
     python tools/video.py ckpt.pth --input clip.mp4 --backend onnxruntime      # CPU: the exported graph
+    python tools/video.py ckpt.pth --input clip.mp4 --score-thresh thresholds.json   # per-class thresholds
 
 Outputs: for a video or camera, the annotated video (mp4v, the source's frame rate and size; with
 --every N, fps / N) and ``<output>.jsonl`` beside it; for images, annotated images in the output
@@ -35,6 +36,15 @@ prepare_inference_process()  # first, before torch loads OpenMP (see detkit/util
 from detkit.utils.cli import tool_main, tool_parser
 
 
+def score_thresh_arg(text: str):
+    """--score-thresh: a number, or else the path of a thresholds file (read once the model's
+    class names are known, by detkit.io_video.detect_source)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = tool_parser(__doc__)
     p.add_argument("model", help="a detkit checkpoint (.pth) or a YAML config (then --weights)")
@@ -51,9 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--score-thresh",
-        type=float,
+        type=score_thresh_arg,
         default=0.5,
-        help="keep detections scoring at least this (0.5)",
+        help="keep detections scoring at least this (0.5), or per class: a thresholds file "
+        "(JSON, e.g. the error analysis' best-F1 operating points; classes it leaves out use its "
+        "default, else 0.5)",
     )
     p.add_argument("--classes", help="comma-separated class names to keep, e.g. person,car")
     p.add_argument("--every", type=int, default=1, help="process every N-th frame (1)")

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -179,12 +179,20 @@ class OutputWriter(_Worker):
 
 def filter_detections(
     dets: Dict[str, np.ndarray],
-    score_thresh: float = 0.0,
+    score_thresh: Union[float, np.ndarray] = 0.0,
     keep_labels: Optional[Sequence[int]] = None,
 ) -> Dict[str, np.ndarray]:
-    """Keep detections with score >= score_thresh and (when given) a label in keep_labels."""
+    """Keep detections with score >= score_thresh and (when given) a label in keep_labels.
+
+    ``score_thresh`` is one number for every class or an array (K,) of minimum scores per label
+    (``detkit.analysis.thresholds.load_thresholds``): then a detection needs score >=
+    ``score_thresh[label]``."""
     scores = np.asarray(dets["scores"])
-    keep = scores >= score_thresh
+    if np.ndim(score_thresh) == 0:
+        keep = scores >= score_thresh
+    else:
+        labels = np.asarray(dets["labels"], dtype=np.int64).reshape(-1)
+        keep = scores >= np.asarray(score_thresh)[labels]
     if keep_labels is not None:
         keep &= np.isin(np.asarray(dets["labels"]), np.asarray(list(keep_labels), dtype=np.int64))
     return {
@@ -202,7 +210,7 @@ def run_pipeline(
     writer=None,
     jsonl=None,
     batch_size: int = 1,
-    score_thresh: float = 0.0,
+    score_thresh: Union[float, np.ndarray] = 0.0,
     keep_labels: Optional[Sequence[int]] = None,
     progress: bool = True,
     backend: str = "eager",
@@ -212,6 +220,7 @@ def run_pipeline(
     ``infer`` maps a list of RGB frames to one detection dict (numpy boxes/scores/labels) per frame.
     ``writer`` (a video or image-folder writer) and ``jsonl`` may be None. The writers are closed here.
     ``backend`` names what ``infer`` runs, for the stats and the final log line.
+    ``score_thresh``: one minimum score, or an array (K,) of them per label (``filter_detections``).
     """
     stats = RunStats(backend=backend)
     reader = FrameReader(source, max_queue=max(4, 3 * batch_size))

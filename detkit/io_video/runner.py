@@ -4,6 +4,7 @@
     from detkit.io_video import detect_source
     det = Detector.from_checkpoint("model_final.pth", device="cuda")
     result = detect_source(det, "clip.mp4", output="out/clip_det.mp4", score_thresh=0.5)
+    # or per-class operating points from the error analysis: score_thresh="thresholds.json"
     result.stats.pipeline_fps, result.stats.model_fps, result.video, result.jsonl
 
 Inference switches of the detector's config (multi-scale, flip, precision; ``test.*``) apply
@@ -17,15 +18,17 @@ image, with ``x.jsonl`` beside it).
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Union
 
 import cv2
 import numpy as np
 import torch
 
+from detkit.analysis.thresholds import ThresholdSource, load_thresholds
 from detkit.errors import ConfigError
 
 from .pipeline import Infer, RunStats, run_pipeline
@@ -39,6 +42,7 @@ from .writers import (
 )
 
 logger = logging.getLogger("detkit")
+DEFAULT_SCORE_THRESH = 0.5  # detect_source's and tools/video.py's minimum score
 
 
 @dataclass
@@ -83,6 +87,26 @@ def class_indices(
             f"unknown class name(s) {unknown}; the model's classes are {list(class_names)}"
         )
     return [list(class_names).index(n) for n in names]
+
+
+def score_thresholds(
+    score_thresh: Union[ThresholdSource, np.ndarray], class_names: Sequence[str]
+) -> Union[float, np.ndarray]:
+    """What ``filter_detections`` takes: a number as given, an array (K,) per label checked for its
+    length, a dict or thresholds file read by ``load_thresholds`` (``ConfigError`` when wrong);
+    None keeps every detection (0.0)."""
+    if score_thresh is None:
+        return 0.0
+    if isinstance(score_thresh, numbers.Real) and not isinstance(score_thresh, bool):
+        return score_thresh
+    if isinstance(score_thresh, np.ndarray):
+        if score_thresh.shape != (len(class_names),):
+            raise ConfigError(
+                f"score_thresh array has shape {score_thresh.shape}; expected one threshold per "
+                f"class ({len(class_names)},): {list(class_names)}"
+            )
+        return score_thresh
+    return load_thresholds(score_thresh, class_names, base=DEFAULT_SCORE_THRESH)
 
 
 def default_output(spec, is_images: bool, root: str = "output/video") -> str:
@@ -131,7 +155,7 @@ def detect_source(
     spec,
     *,
     output: Optional[str] = None,
-    score_thresh: float = 0.5,
+    score_thresh: Union[ThresholdSource, np.ndarray] = DEFAULT_SCORE_THRESH,
     classes: Optional[Sequence[str]] = None,
     every: int = 1,
     max_frames: Optional[int] = None,
@@ -141,10 +165,16 @@ def detect_source(
     capture_factory: Callable = cv2.VideoCapture,
     infer: Optional[Infer] = None,
 ) -> RunResult:
-    """Open ``spec`` (see ``open_source``), run the detector, write the outputs; returns the stats."""
+    """Open ``spec`` (see ``open_source``), run the detector, write the outputs; returns the stats.
+
+    ``score_thresh``: the minimum score of a detection that is drawn and written: one number for
+    every class, an array (K,) per label, or per-class operating points as a dict ``{class name:
+    score}`` or the path of a thresholds file (``detkit.analysis.thresholds``; classes it gives no
+    score use its ``default``, else ``DEFAULT_SCORE_THRESH``)."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     keep = class_indices(classes, det.class_names)
+    score_thresh = score_thresholds(score_thresh, det.class_names)
     source = open_source(
         spec,
         every=every,

@@ -416,3 +416,67 @@ def test_a_source_error_in_the_reader_thread_reaches_the_caller(tmp_path):
             jsonl=JsonLinesWriter(str(tmp_path / "d.jsonl")),
             progress=False,
         )
+
+
+def test_per_class_thresholds_array_in_filter_detections():
+    dets = {
+        "boxes": np.array([[1, 2, 3, 4], [5, 6, 7, 8], [0, 0, 9, 9], [2, 2, 4, 4]], np.float32),
+        "scores": np.array([0.9, 0.6, 0.3, 0.2], np.float32),
+        "labels": np.array([2, 0, 2, 1]),
+    }
+    kept = filter_detections(dets, score_thresh=np.array([0.7, 0.2, 0.3]))
+    assert kept["labels"].tolist() == [2, 2, 1] and kept["scores"].tolist() == pytest.approx(
+        [0.9, 0.3, 0.2]
+    )
+    assert kept["boxes"].tolist() == [[1, 2, 3, 4], [0, 0, 9, 9], [2, 2, 4, 4]]
+    kept = filter_detections(dets, np.array([0.0, 0.0, 0.95]), keep_labels=[0, 2])
+    assert kept["labels"].tolist() == [0]
+    empty = {k: v[:0] for k, v in dets.items()}
+    assert filter_detections(empty, np.array([0.5, 0.5, 0.5]))["boxes"].shape == (0, 4)
+
+
+def test_thresholds_file_per_class_in_detect_source_and_the_tool(tmp_path, det, ckpt, detkit_log):
+    from detkit.analysis.thresholds import write_thresholds
+
+    # fake_infer: a dog (label 1) at 0.9 and a cat (label 0) at 0.1 in every frame
+    path = write_thresholds(tmp_path / "thr.json", {"cat": 0.05, "dog": 0.95, "car": None}, {})
+    cap = FakeCapture(num_frames=4)
+    result = detect_source(
+        det,
+        0,
+        output=str(tmp_path / "cam.mp4"),
+        score_thresh=str(path),
+        progress=False,
+        capture_factory=lambda index: cap,
+        infer=fake_infer,
+    )
+    records = read_jsonl(result.jsonl)
+    assert len(records) == 4 and all(r["names"] == ["cat"] for r in records)
+    assert f"{path}: 1 of 3 classes have no score threshold there" in detkit_log.text
+    # the default float threshold (0.5) still keeps the dog only
+    result = detect_source(
+        det,
+        0,
+        output=str(tmp_path / "cam2.mp4"),
+        progress=False,
+        capture_factory=lambda index: FakeCapture(num_frames=2),
+        infer=fake_infer,
+    )
+    assert all(r["names"] == ["dog"] for r in read_jsonl(result.jsonl))
+    # the tool: a number or a file; a file that names another model's classes fails in one line
+    paths = write_images(tmp_path / "imgs", 1)
+    every = write_thresholds(tmp_path / "all.json", {"cat": 0.0, "dog": 0.0, "car": 0.0}, {})
+    args = [str(ckpt), "--input", str(paths[0]), "--no-progress", "--no-video"]
+    out_file = tmp_path / "o_file.jsonl"
+    out_zero = tmp_path / "o_zero.jsonl"
+    assert video_tool.main(args + ["--output", str(out_file), "--score-thresh", str(every)]) == 0
+    assert video_tool.main(args + ["--output", str(out_zero), "--score-thresh", "0"]) == 0
+    (from_file,), (from_zero,) = read_jsonl(out_file), read_jsonl(out_zero)
+    assert len(from_file["scores"]) > 0 and from_file == from_zero
+    wrong = write_thresholds(tmp_path / "wrong.json", {"person": 0.5}, {})
+    assert video_tool.main(args + ["--output", str(out_file), "--score-thresh", str(wrong)]) == 1
+    assert "ConfigError" in detkit_log.text and "unknown class name(s) 'person'" in detkit_log.text
+    assert (
+        video_tool.parse_args(["m.pth", "--input", "x", "--score-thresh", "0.25"]).score_thresh
+        == 0.25
+    )

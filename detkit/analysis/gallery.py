@@ -1,0 +1,346 @@
+"""Error galleries: the images behind the numbers, drawn with what went right and wrong.
+
+:func:`build_gallery` picks the images worth looking at from a TIDE result
+(``detkit.analysis.tide.tide_errors``): the images with the most errors, and for each error type
+(Cls, Loc, Both, Dupe, Bkg, Miss) its most telling examples: the highest-scoring false positives
+(a confident mistake says more than a 0.05 one) and, for Miss, the largest missed objects.
+:func:`draw_gallery` draws each entry on a downscaled copy of its image:
+
+- ground truth: dashed, light blue, labelled with its class;
+- true positives: solid green, ``class score``;
+- false positives: solid red, ``<type> class score`` (Cls, Loc, Both, Dupe or Bkg);
+- misses: dashed magenta, ``Miss class``;
+- the error an entry is about: drawn last, with a thicker line;
+
+with a caption band under the image that repeats the colour key and says what the entry shows, so
+a thumbnail copied out of the report still explains itself.
+
+Images missing on disk (or not readable) are skipped with one warning, never an exception: a
+gallery of the images that are there beats no report.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import cv2
+import numpy as np
+
+from ..utils.io import atomic_write_bytes
+from ..visualization import FONT, DrawStyle, _corners, _dashed_rectangle, _label, draw_style
+
+logger = logging.getLogger("detkit")
+
+PathLike = Union[str, Path]
+ERROR_TYPES = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
+ERROR_NAMES = {
+    "Cls": "classification error (right place, wrong class)",
+    "Loc": "localisation error (right class, box off)",
+    "Both": "classification and localisation error",
+    "Dupe": "duplicate detection",
+    "Bkg": "background false positive",
+    "Miss": "missed ground truth",
+}
+# RGB; the caption band repeats this key
+COLORS = {
+    "gt": (90, 200, 255),
+    "tp": (40, 210, 60),
+    "fp": (235, 45, 45),
+    "miss": (230, 0, 230),
+}
+KEY = (("GT", "gt"), ("TP", "tp"), ("FP", "fp"), ("Miss", "miss"))
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing the entries
+
+
+def build_gallery(
+    gt,
+    tide_result: Mapping,
+    image_paths: Mapping[int, PathLike],
+    per_image_errors: Optional[Mapping[int, Any]] = None,
+    n_worst: int = 12,
+    n_per_type: int = 6,
+) -> List[Dict[str, Any]]:
+    """The gallery entries: the ``n_worst`` images with the most errors, then for each error type
+    up to ``n_per_type`` examples on distinct images (highest score first; Miss: largest first).
+
+    ``gt`` is a :class:`detkit.evaluation.coco_io.GroundTruth`; ``tide_result`` has ``"errors"``
+    and ``"true_positives"`` as ``tide_errors`` returns them; ``image_paths`` maps image ids to
+    files. ``per_image_errors`` (image id -> error count, or -> {type: count}) ranks the worst
+    images; by default the errors in ``tide_result`` are counted.
+
+    Each entry is a dict: ``kind`` ("worst" or an error type), ``title`` and ``caption`` (plain
+    text, to be escaped by whoever renders it), ``image_id``, ``path``, ``focus`` (the error the
+    entry is about, or None), and what to draw on that image: ``ground_truth`` (``[{"box",
+    "category_id"}]``, XYWH), ``errors`` and ``true_positives`` (as in ``tide_result``), plus
+    ``class_names``. Images without a path or missing on disk are left out, with one warning."""
+    errors = [e for e in tide_result.get("errors") or [] if e.get("type") in ERROR_TYPES]
+    tps = list(tide_result.get("true_positives") or [])
+    names = {int(k): str(v) for k, v in getattr(gt, "cat_names", {}).items()}
+    available, missing = _available(
+        {e["image_id"] for e in errors} | {t["image_id"] for t in tps}, image_paths
+    )
+    if missing:
+        logger.warning(
+            "error gallery: %d image(s) not found, left out (first: %s)", len(missing), missing[0]
+        )
+
+    counts = _error_counts(errors, per_image_errors)
+    by_image: Dict[int, List[dict]] = {}
+    for e in errors:
+        by_image.setdefault(int(e["image_id"]), []).append(e)
+    tps_by_image: Dict[int, List[dict]] = {}
+    for t in tps:
+        tps_by_image.setdefault(int(t["image_id"]), []).append(t)
+
+    def entry(kind: str, image_id: int, focus: Optional[dict]) -> Dict[str, Any]:
+        errs = by_image.get(image_id, [])
+        n_types = {t: sum(e["type"] == t for e in errs) for t in ERROR_TYPES}
+        summary = ", ".join(f"{n} {t}" for t, n in n_types.items() if n) or "no errors"
+        if focus is None:
+            title = f"image {image_id}: {counts.get(image_id, len(errs))} errors"
+        else:
+            title = f"{focus['type']}: {_describe(focus, names)} (image {image_id})"
+        return {
+            "kind": kind,
+            "title": title,
+            "caption": f"image {image_id} ({Path(str(available[image_id])).name}): {summary}",
+            "image_id": image_id,
+            "path": str(available[image_id]),
+            "focus": focus,
+            "ground_truth": _gt_on_image(gt, image_id),
+            "errors": errs,
+            "true_positives": tps_by_image.get(image_id, []),
+            "class_names": names,
+        }
+
+    entries = []
+    worst = sorted((i for i in counts if i in available), key=lambda i: (-counts[i], i))
+    entries += [entry("worst", i, None) for i in worst[: max(0, n_worst)]]
+    for kind in ERROR_TYPES:
+        examples = [e for e in errors if e["type"] == kind and int(e["image_id"]) in available]
+        examples.sort(key=_miss_size if kind == "Miss" else _score, reverse=True)
+        seen = set()
+        for e in examples:
+            if len(seen) >= max(0, n_per_type):
+                break
+            if int(e["image_id"]) not in seen:
+                seen.add(int(e["image_id"]))
+                entries.append(entry(kind, int(e["image_id"]), e))
+    return entries
+
+
+def _available(ids, image_paths: Mapping) -> Tuple[Dict[int, Path], List[str]]:
+    available, missing = {}, []
+    for i in sorted(int(x) for x in ids):
+        path = image_paths.get(i)
+        if path is None:
+            missing.append(f"image id {i} (no path given)")
+        elif not Path(path).is_file():
+            missing.append(str(path))
+        else:
+            available[i] = Path(path)
+    return available, missing
+
+
+def _error_counts(errors: Sequence[dict], per_image: Optional[Mapping]) -> Dict[int, float]:
+    if per_image is None:
+        counts: Dict[int, float] = {}
+        for e in errors:
+            counts[int(e["image_id"])] = counts.get(int(e["image_id"]), 0) + 1
+        return counts
+    out = {}
+    for image_id, value in per_image.items():
+        if isinstance(value, Mapping):
+            value = sum(v for v in value.values() if isinstance(v, (int, float)))
+        out[int(image_id)] = float(value)
+    return out
+
+
+def _score(e: dict) -> float:
+    return float(e["score"]) if e.get("score") is not None else -1.0
+
+
+def _miss_size(e: dict) -> float:
+    box = e.get("gt_box")
+    return float(box[2]) * float(box[3]) if box is not None else -1.0
+
+
+def _describe(e: dict, names: Mapping[int, str]) -> str:
+    det = _name(e.get("det_category_id"), names)
+    gt = _name(e.get("gt_category_id"), names)
+    score = f" {e['score']:.2f}" if e.get("score") is not None else ""
+    if e["type"] == "Miss":
+        w, h = (e.get("gt_box") or [0, 0, 0, 0])[2:]
+        return f"{gt}, {w:.0f}x{h:.0f} px"
+    if e["type"] in ("Cls", "Both") and e.get("gt_category_id") is not None:
+        return f"{det}{score} on a {gt}"
+    return f"{det}{score}"
+
+
+def _name(category_id: Any, names: Mapping[int, str]) -> str:
+    if category_id is None:
+        return "?"
+    return names.get(int(category_id), str(category_id))
+
+
+def _gt_on_image(gt, image_id: int) -> List[Dict[str, Any]]:
+    mask = np.asarray(gt.ann_image_id) == image_id
+    return [
+        {"box": [float(v) for v in box], "category_id": int(c)}
+        for box, c in zip(np.asarray(gt.ann_bbox)[mask], np.asarray(gt.ann_category_id)[mask])
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# drawing
+
+
+def draw_gallery(
+    entries: Sequence[Mapping], out_dir: PathLike, max_side: int = 640, fmt: str = "png"
+) -> List[Path]:
+    """Draw every entry (see :func:`build_gallery`) into ``out_dir`` as ``<kind>_<nn>_img<id>``
+    PNG (``fmt="png"``) or JPEG (``"jpg"``, smaller, what the HTML report embeds), downscaled so
+    the long side is at most ``max_side``; return the paths written. Unreadable images are skipped
+    with one warning."""
+    return [path for _, path in draw_gallery_entries(entries, out_dir, max_side, fmt)]
+
+
+def draw_gallery_entries(
+    entries: Sequence[Mapping], out_dir: PathLike, max_side: int = 640, fmt: str = "png"
+) -> List[Tuple[Mapping, Path]]:
+    """:func:`draw_gallery`, returning each drawn entry with its file (the report needs both)."""
+    if fmt not in ("png", "jpg"):
+        raise ValueError(f"gallery images are 'png' or 'jpg', got {fmt!r}")
+    out_dir = Path(out_dir)
+    drawn, unreadable = [], []
+    numbers: Dict[str, int] = {}
+    for e in entries:
+        image = cv2.imread(str(e["path"]), cv2.IMREAD_COLOR)
+        if image is None:
+            unreadable.append(str(e["path"]))
+            continue
+        picture = draw_entry(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), e, max_side)
+        numbers[e["kind"]] = numbers.get(e["kind"], 0) + 1
+        name = f"{e['kind']}_{numbers[e['kind']]:02d}_img{e['image_id']}.{fmt}"
+        params = [cv2.IMWRITE_JPEG_QUALITY, 85] if fmt == "jpg" else []
+        ok, data = cv2.imencode(f".{fmt}", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR), params)
+        if not ok:
+            unreadable.append(str(e["path"]))
+            continue
+        drawn.append((e, atomic_write_bytes(data.tobytes(), out_dir / name)))
+    if unreadable:
+        logger.warning(
+            "error gallery: %d image(s) could not be read or encoded, left out (first: %s)",
+            len(unreadable),
+            unreadable[0],
+        )
+    return drawn
+
+
+def draw_entry(image: np.ndarray, entry: Mapping, max_side: int = 640) -> np.ndarray:
+    """One gallery picture: ``image`` (RGB, original size) scaled to ``max_side``, with the
+    entry's boxes drawn and a caption band below. Returns a new RGB uint8 array."""
+    h, w = image.shape[:2]
+    # every thumbnail gets the same long side (small images are enlarged, at most 4x), so the
+    # boxes, labels and caption look alike across the gallery
+    scale = min(4.0, float(max_side) / max(h, w, 1))
+    if scale != 1.0:
+        size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+        interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+        image = cv2.resize(image, size, interpolation=interpolation)
+    img = np.ascontiguousarray(image, dtype=np.uint8).copy()
+    style = _thumbnail_style(img.shape[0], img.shape[1])
+    names = entry.get("class_names") or {}
+    focus = entry.get("focus")
+    misses = [e for e in entry.get("errors", []) if e["type"] == "Miss" and e.get("gt_box")]
+    missed_boxes = {tuple(np.round(e["gt_box"], 3)) for e in misses}
+
+    # (box XYWH, colour key, label, dashed, is the focus)
+    boxes: List[Tuple[List[float], str, str, bool, bool]] = []
+    for t in entry.get("true_positives", []):
+        text = f"{_name(t.get('category_id'), names)} {_score(t):.2f}"
+        boxes.append((t["det_box"], "tp", text, False, False))
+    for e in entry.get("errors", []):
+        is_focus = focus is not None and e == focus
+        if e["type"] == "Miss":
+            if e.get("gt_box"):
+                text = f"Miss {_name(e.get('gt_category_id'), names)}"
+                boxes.append((e["gt_box"], "miss", text, True, is_focus))
+        elif e.get("det_box"):
+            text = f"{e['type']} {_name(e.get('det_category_id'), names)} {_score(e):.2f}"
+            boxes.append((e["det_box"], "fp", text, False, is_focus))
+    detected = [b[0] for b in boxes if not b[3]]
+    for g in entry.get("ground_truth", []):
+        if tuple(np.round(g["box"], 3)) in missed_boxes:
+            continue  # drawn as a miss
+        # a ground truth under a detection keeps its outline but not its label: the two labels
+        # would sit on the same corner; the detection's label and the caption name the class
+        covered = any(_iou(g["box"], d) > 0.7 for d in detected)
+        text = "" if covered else _name(g["category_id"], names)
+        boxes.append((g["box"], "gt", text, True, False))
+    # solid boxes first, the dashed outlines (ground truth, misses) over them, the focus on top
+    boxes.sort(key=lambda b: (b[4], b[3]))
+    for box, key, text, dashed, is_focus in boxes:
+        _draw_box(img, [v * scale for v in box], COLORS[key], text, dashed, is_focus, style)
+    return _with_caption(img, str(entry.get("title", "")), style)
+
+
+def _thumbnail_style(height: int, width: int) -> DrawStyle:
+    """Lines and labels for a thumbnail: bolder than ``draw_style`` would pick for its pixel size,
+    since a thumbnail is shown small."""
+    base = draw_style(height, width)
+    return DrawStyle(max(2, base.thickness), max(0.45, base.font_scale), 1)
+
+
+def _draw_box(img, xywh, color, text: str, dashed: bool, focus: bool, style: DrawStyle) -> None:
+    h, w = img.shape[:2]
+    x, y, bw, bh = xywh
+    corners = _corners((x, y, x + bw, y + bh), h, w)
+    thickness = style.thickness * (2 if focus else 1)
+    if dashed:
+        _dashed_rectangle(img, corners, color, thickness)
+    else:
+        cv2.rectangle(img, corners[:2], corners[2:], color, thickness)
+    if text:
+        _label(img, text, corners, color, style, filled=not dashed)
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two XYWH boxes."""
+    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
+    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
+    inter = max(0.0, iw) * max(0.0, ih)
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def _with_caption(img: np.ndarray, title: str, style: DrawStyle) -> np.ndarray:
+    """``img`` with a dark band below: the colour key on one line, the title on the next."""
+    w = img.shape[1]
+    scale = float(np.clip(style.font_scale * 1.1, 0.45, 0.7))
+    thick = 1
+    (_, th), base = cv2.getTextSize("Ag", FONT, scale, thick)
+    line = th + base + 6
+    band = np.full((2 * line + 6, w, 3), 30, np.uint8)
+    x = 6
+    for label, key in KEY:
+        cv2.rectangle(band, (x, 5), (x + th, 5 + th), COLORS[key], -1)
+        x += th + 4
+        cv2.putText(band, label, (x, 5 + th), FONT, scale, (235, 235, 235), thick, cv2.LINE_AA)
+        x += cv2.getTextSize(label, FONT, scale, thick)[0][0] + 12
+    title = _fit(title, w - 12, scale, thick)
+    cv2.putText(band, title, (6, line + 5 + th), FONT, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return np.concatenate([img, band], axis=0)
+
+
+def _fit(text: str, width: int, scale: float, thick: int) -> str:
+    """``text`` shortened with ``...`` until it fits ``width`` pixels (Hershey fonts are ASCII)."""
+    text = text.encode("ascii", "replace").decode("ascii")
+    while text and cv2.getTextSize(text, FONT, scale, thick)[0][0] > width:
+        text = text[:-4] + "..." if len(text) > 4 else ""
+    return text

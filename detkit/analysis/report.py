@@ -1,0 +1,682 @@
+"""The error-analysis report: one folder a person can open and a program can read.
+
+:func:`write_report` turns the analysis dict (see ``detkit.analysis``) into::
+
+    output_dir/
+      analysis.json           the dict itself, the machine-readable result
+      per_class_ap.csv        class x area AP            (fractions; -1 = no ground truth)
+      coco_breakdown.csv      class x area x error type  (COCO analyze() APs)
+      operating_points.csv    per-class best-F1 score, precision, recall, F1
+      confusion_matrix.csv    counts, rows = ground truth, columns = detected as
+      tide.csv                TIDE dAP per error type
+      compare_per_class_ap.csv  (only when two result files are compared)
+      figures/*.png           the matplotlib figures (``detkit.analysis.plots``)
+      gallery/*.jpg           the error galleries (``detkit.analysis.gallery``), when given
+      report.html             one self-contained page
+
+``report.html`` needs no network, no JavaScript and nothing beside it: every figure and gallery
+image is embedded as a data URI (the gallery as JPEG, to keep the page small), so the page can be
+mailed or moved on its own; each embedded figure also links to its PNG under ``figures/`` for the
+full-size view when the folder is kept together. Every string that comes from the data (class
+names, file names, notes) is HTML-escaped: a class called ``<b>&x`` is shown, not interpreted.
+
+The page opens with the settings, COCO's twelve numbers and a few sentences saying what fails,
+derived from the numbers (:func:`summarize`), then one section per analysis.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import logging
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..utils.io import atomic_write_text, ensure_output_dir, write_json
+from ..version import __version__
+from . import plots
+from .gallery import ERROR_NAMES, ERROR_TYPES, draw_gallery_entries
+from .plots import AREAS, BREAKDOWN_LABELS, BREAKDOWN_TYPES, TIDE_MAIN, TIDE_SPECIAL, valid
+
+logger = logging.getLogger("detkit")
+
+PathLike = Union[str, Path]
+METRIC_ROWS = (
+    ("AP", "AP50", "AP75", "APs", "APm", "APl"),
+    ("AR1", "AR10", "AR100", "ARs", "ARm", "ARl"),
+)
+TIDE_NAMES = {
+    "Cls": "classification",
+    "Loc": "localisation",
+    "Both": "classification + localisation",
+    "Dupe": "duplicate detections",
+    "Bkg": "background false positives",
+    "Miss": "missed objects",
+    "FalsePos": "all false positives",
+    "FalseNeg": "all false negatives",
+}
+# what each step of COCO's breakdown removes: (from, to, words)
+BREAKDOWN_STEPS = (
+    ("C50", "Loc", "localisation errors"),
+    ("Loc", "Sim", "confusions with a similar class (same supercategory)"),
+    ("Sim", "Oth", "confusions with other classes"),
+    ("Oth", "BG", "background false positives"),
+    ("BG", "FN", "missed objects"),
+)
+
+
+def write_report(
+    analysis: Mapping,
+    output_dir: PathLike,
+    gallery_entries: Optional[Sequence[Mapping]] = None,
+) -> Path:
+    """Write the analysis folder (JSON, CSVs, figures, gallery, ``report.html``; see the module
+    docstring) and return the path of ``report.html``. ``gallery_entries`` are
+    :func:`detkit.analysis.gallery.build_gallery`'s; without them the page has no gallery."""
+    out = ensure_output_dir(output_dir)
+    write_json(_jsonable(analysis), out / "analysis.json")
+    write_csvs(analysis, out)
+    figures = plots.plot_all(analysis, out / "figures")
+    drawn = []
+    if gallery_entries:
+        drawn = draw_gallery_entries(gallery_entries, out / "gallery", fmt="jpg")
+    page = render_html(analysis, figures, drawn, out)
+    path = atomic_write_text(page, out / "report.html")
+    logger.info("analysis report written: %s", path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON and CSV
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` with numpy scalars / arrays, tuples and paths turned into plain JSON types."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow(["" if v is None else v for v in row])
+    return buf.getvalue()
+
+
+def write_csvs(analysis: Mapping, out_dir: PathLike) -> List[Path]:
+    """The analysis' tables as CSV files in ``out_dir`` (those with data); return their paths.
+    Numbers are written as in ``analysis.json``: AP as fractions, -1 where a class has no ground
+    truth, an empty cell where a value is not available."""
+    out_dir = Path(out_dir)
+    tables: Dict[str, Tuple[Sequence[str], List[list]]] = {}
+
+    per = analysis.get("per_class_area_ap") or {}
+    if per:
+        rows = [[n] + [(per[n] or {}).get(a) for a in AREAS] for n in per]
+        tables["per_class_ap.csv"] = (["class", *AREAS], rows)
+
+    bd = analysis.get("coco_breakdown") or {}
+    if bd:
+        rows = []
+        for name, areas in bd.items():
+            for area in AREAS:
+                cell = (areas or {}).get(area)
+                if cell is not None:
+                    rows.append([name, area] + [cell.get(t) for t in BREAKDOWN_TYPES])
+        tables["coco_breakdown.csv"] = (["class", "area", *BREAKDOWN_TYPES], rows)
+
+    ops = analysis.get("operating_points") or {}
+    if ops:
+        keys = ("score", "precision", "recall", "f1")
+        rows = [[n] + [(ops[n] or {}).get(k) for k in keys] for n in ops]
+        tables["operating_points.csv"] = (["class", *keys], rows)
+
+    cm = analysis.get("confusion_matrix") or {}
+    if cm.get("labels") and cm.get("counts") is not None:
+        labels = list(cm["labels"])
+        rows = [[label] + list(row) for label, row in zip(labels, cm["counts"])]
+        tables["confusion_matrix.csv"] = (["ground truth \\ detected", *labels], rows)
+
+    tide = analysis.get("tide") or {}
+    if tide:
+        rows = [["main", t, v] for t, v in (tide.get("main") or {}).items()]
+        rows += [["special", t, v] for t, v in (tide.get("special") or {}).items()]
+        if tide.get("ap50") is not None:
+            rows.append(["base", "AP50", tide["ap50"]])
+        tables["tide.csv"] = (["group", "type", "dAP"], rows)
+
+    cmp = analysis.get("compare") or {}
+    if cmp.get("per_class_ap"):
+        rows = [
+            [n, v.get("this"), v.get("other"), v.get("delta")]
+            for n, v in cmp["per_class_ap"].items()
+        ]
+        tables["compare_per_class_ap.csv"] = (["class", "this", "other", "delta"], rows)
+
+    return [
+        atomic_write_text(_csv_text(header, rows), out_dir / name)
+        for name, (header, rows) in tables.items()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# the summary in words
+
+
+def _pct(x: Any) -> str:
+    return f"{100.0 * x:.1f}" if valid(x) else "n/a"
+
+
+def top_confusions(analysis: Mapping, n: int = 15) -> List[Dict[str, Any]]:
+    """The largest off-diagonal class-to-class cells of the confusion matrix (background left
+    out), largest first: ``[{"ground_truth", "detected_as", "count", "fraction"}]`` where
+    ``fraction`` is the share of that ground-truth row."""
+    cm = analysis.get("confusion_matrix") or {}
+    labels = list(cm.get("labels") or [])
+    if len(labels) < 3 or cm.get("counts") is None:
+        return []
+    counts = np.asarray(cm["counts"], dtype=np.float64).reshape(len(labels), len(labels))
+    k = len(labels) - 1  # the last row / column is background
+    rows = counts.sum(axis=1)
+    cells = [
+        (counts[i, j], i, j) for i in range(k) for j in range(k) if i != j and counts[i, j] > 0
+    ]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [
+        {
+            "ground_truth": labels[i],
+            "detected_as": labels[j],
+            "count": int(c),
+            "fraction": float(c / rows[i]) if rows[i] > 0 else None,
+        }
+        for c, i, j in cells[:n]
+    ]
+
+
+def summarize(analysis: Mapping) -> List[str]:
+    """A few plain-text sentences saying what fails, derived from the numbers: the overall AP, the
+    biggest TIDE errors, the weakest object size, the biggest step of COCO's breakdown, the most
+    frequent confusions, the most missed class and the one with most background false positives,
+    the lowest-AP classes, and the comparison when there is one. Escape before putting in HTML."""
+    out = []
+    m = analysis.get("metrics") or {}
+    s = analysis.get("settings") or {}
+    if valid(m.get("AP")):
+        out.append(
+            f"AP {_pct(m.get('AP'))} (AP50 {_pct(m.get('AP50'))}, AP75 {_pct(m.get('AP75'))}) "
+            f"on {s.get('n_images', '?')} images and {s.get('n_detections', '?')} detections."
+        )
+
+    tide = analysis.get("tide") or {}
+    main = {t: v for t, v in (tide.get("main") or {}).items() if valid(v)}
+    if main:
+        ranked = sorted(main, key=lambda t: -main[t])
+        first = ranked[0]
+        sentence = (
+            f"The largest TIDE error is {first} ({TIDE_NAMES.get(first, first)}): fixing it "
+            f"would add {main[first]:.1f} AP50 points"
+        )
+        rest = [f"{t} {main[t]:.1f}" for t in ranked[1:3] if main[t] > 0]
+        out.append(sentence + (f"; next come {' and '.join(rest)}." if rest else "."))
+    special = tide.get("special") or {}
+    fp, fn = special.get("FalsePos"), special.get("FalseNeg")
+    if valid(fp) and valid(fn):
+        more, less = ("false positives", "misses") if fp >= fn else ("misses", "false positives")
+        out.append(
+            f"All false positives together cost {fp:.1f} AP50 points, all misses {fn:.1f}: "
+            f"{more} hurt more than {less}."
+        )
+
+    sizes = {k: m.get(k) for k in ("APs", "APm", "APl") if valid(m.get(k))}
+    if len(sizes) >= 2:
+        worst = min(sizes, key=lambda k: sizes[k])
+        word = {"APs": "Small", "APm": "Medium", "APl": "Large"}[worst]
+        others = ", ".join(f"{k} {_pct(v)}" for k, v in sizes.items() if k != worst)
+        out.append(f"{word} objects are the weakest: {worst} {_pct(sizes[worst])} ({others}).")
+
+    overall = ((analysis.get("coco_breakdown") or {}).get("all") or {}).get("all") or {}
+    steps = []
+    for a, b, words in BREAKDOWN_STEPS:
+        if a == "Loc" and not valid(overall.get("Sim")):
+            continue
+        if a == "Sim" and not valid(overall.get("Sim")):
+            a = "Loc"
+        if valid(overall.get(a)) and valid(overall.get(b)):
+            steps.append((overall[b] - overall[a], a, b, words))
+    if steps:
+        gain, a, b, words = max(steps)
+        out.append(
+            f"In COCO's breakdown (all areas) the largest gap is {words}: removing them raises "
+            f"AP from {_pct(overall[a])} ({a}) to {_pct(overall[b])} ({b})."
+        )
+
+    conf = top_confusions(analysis, 3)
+    if conf:
+        parts = [
+            f"{c['ground_truth']} detected as {c['detected_as']} ({c['count']}x"
+            + (f", {100 * c['fraction']:.0f}% of {c['ground_truth']})" if c["fraction"] else ")")
+            for c in conf
+        ]
+        out.append("Most frequent confusions: " + "; ".join(parts) + ".")
+    cm = analysis.get("confusion_matrix") or {}
+    labels = list(cm.get("labels") or [])
+    if len(labels) >= 2 and cm.get("counts") is not None:
+        counts = np.asarray(cm["counts"], dtype=np.float64).reshape(len(labels), len(labels))
+        k = len(labels) - 1
+        thresh = cm.get("score_thresh", s.get("score_thresh"))
+        at = f" at score >= {thresh}" if thresh is not None else ""
+        missed = counts[:k, k]
+        if missed.max(initial=0) > 0:
+            i = int(np.argmax(missed))
+            out.append(
+                f"Most missed class{at}: {labels[i]} ({int(missed[i])} of its "
+                f"{int(counts[i].sum())} objects)."
+            )
+        bkg = counts[k, :k]
+        if bkg.max(initial=0) > 0:
+            j = int(np.argmax(bkg))
+            out.append(
+                f"Most background false positives{at}: {labels[j]} ({int(bkg[j])} detections "
+                "matching no object)."
+            )
+
+    per_class = {n: v for n, v in (m.get("per_class") or {}).items() if valid(v)}
+    if len(per_class) >= 2:
+        low = sorted(per_class, key=lambda n: (per_class[n], n))[:3]
+        out.append("Lowest AP: " + ", ".join(f"{n} {_pct(per_class[n])}" for n in low) + ".")
+
+    cmp = analysis.get("compare") or {}
+    deltas = {
+        n: v.get("delta")
+        for n, v in (cmp.get("per_class_ap") or {}).items()
+        if isinstance(v, Mapping) and isinstance(v.get("delta"), (int, float))
+    }
+    if deltas:
+        better = sum(d > 0 for d in deltas.values())
+        worse = sum(d < 0 for d in deltas.values())
+        best = max(deltas, key=lambda n: deltas[n])
+        worst_n = min(deltas, key=lambda n: deltas[n])
+        out.append(
+            f"Against {plots.short_path(cmp.get('other') or 'the other results')}: better on "
+            f"{better} classes, worse on {worse}; largest gain {best} "
+            f"({100 * deltas[best]:+.1f}), largest loss {worst_n} ({100 * deltas[worst_n]:+.1f})."
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
+       color: #222; background: #fafafa; line-height: 1.4; }
+main { max-width: 1200px; margin: 0 auto; padding: 16px 24px 48px; }
+h1 { margin: 8px 0 4px; font-size: 26px; }
+h2 { margin-top: 36px; border-bottom: 2px solid #ddd; padding-bottom: 4px; font-size: 21px; }
+h3 { font-size: 16px; margin: 20px 0 8px; }
+nav { font-size: 14px; margin: 8px 0 16px; }
+nav a { margin-right: 12px; color: #1f5fa8; text-decoration: none; white-space: nowrap; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 13px; background: #fff; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
+th { background: #f0f0f0; }
+td.name, th.name { text-align: left; max-width: 360px; overflow-wrap: anywhere; }
+.wide { overflow-x: auto; max-width: 100%; }
+.metrics td { font-size: 17px; font-weight: 600; min-width: 56px; text-align: center; }
+.metrics th { text-align: center; }
+.summary { background: #fff8e5; border-left: 4px solid #f0b400; padding: 8px 16px 8px 28px; }
+.summary li { margin: 4px 0; }
+figure { margin: 12px 0; }
+figure.fig img { max-width: 100%; height: auto; border: 1px solid #ddd; background: #fff; }
+figcaption { font-size: 12px; color: #555; overflow-wrap: anywhere; }
+.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr));
+           gap: 12px; }
+.gallery figure { margin: 0; background: #fff; border: 1px solid #ddd; padding: 4px; }
+.gallery img { width: 100%; height: auto; display: block; }
+.muted { color: #777; font-size: 12px; }
+dl.settings { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px;
+              font-size: 13px; margin: 8px 0; }
+dl.settings dt { color: #666; }
+dl.settings dd { margin: 0; overflow-wrap: anywhere; }
+"""
+
+
+def esc(x: Any) -> str:
+    """``x`` as HTML text: every string from the data goes through here."""
+    return html.escape(str(x), quote=True)
+
+
+def _data_uri(path: Path) -> str:
+    mime = "image/jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "image/png"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def _figure_html(path: Path, out_dir: Path, caption: str = "") -> str:
+    rel = path.relative_to(out_dir).as_posix() if path.is_relative_to(out_dir) else path.name
+    cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
+    return (
+        f'<figure class="fig"><a href="{esc(rel)}"><img src="{_data_uri(path)}" '
+        f'alt="{esc(path.stem)}"></a>{cap}</figure>'
+    )
+
+
+def _frac_cell(x: Any, shade: bool = False) -> str:
+    """A table cell with a fraction shown as a percentage (``n/a`` for -1 / None)."""
+    if not valid(x):
+        return '<td class="muted">n/a</td>'
+    style = ""
+    if shade:  # red (0) .. green (1), light enough to read the number on
+        style = f' style="background: hsl({120 * min(1.0, float(x)):.0f}, 65%, 85%)"'
+    return f"<td{style}>{_pct(x)}</td>"
+
+
+def _num(x: Any, digits: int = 2) -> str:
+    if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x):
+        return f"{x:.{digits}f}"
+    return "n/a"
+
+
+def _table(header: Sequence[str], rows: Sequence[str], cls: str = "") -> str:
+    head = "".join(
+        f'<th class="name">{esc(h)}</th>' if i == 0 else f"<th>{esc(h)}</th>"
+        for i, h in enumerate(header)
+    )
+    klass = f' class="{cls}"' if cls else ""
+    return (
+        f'<div class="wide"><table{klass}><thead><tr>{head}</tr></thead><tbody>'
+        + "".join(rows)
+        + "</tbody></table></div>"
+    )
+
+
+def _settings_html(analysis: Mapping) -> str:
+    s = analysis.get("settings") or {}
+    items = [
+        ("ground truth", s.get("dataset")),
+        ("results", s.get("results")),
+        ("rules", s.get("rules")),
+        ("images", s.get("n_images")),
+        ("detections", s.get("n_detections")),
+        ("maxDets", s.get("max_dets")),
+        (
+            "area ranges",
+            ", ".join(
+                f"{k} [{', '.join(f'{x:g}' for x in v)}]"
+                for k, v in (s.get("area_ranges") or {}).items()
+            )
+            or None,
+        ),
+        (
+            "confusion matrix",
+            f"score >= {s.get('score_thresh')}, IoU >= {s.get('iou_thresh')}"
+            if s.get("score_thresh") is not None
+            else None,
+        ),
+        ("compared with", s.get("compare")),
+    ]
+    body = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in items if v is not None)
+    return f'<dl class="settings">{body}</dl>'
+
+
+def _metrics_html(analysis: Mapping) -> str:
+    m = analysis.get("metrics") or {}
+    rows = []
+    for names in METRIC_ROWS:
+        head = "".join(f"<th>{esc(n)}</th>" for n in names)
+        cells = "".join(f"<td>{_pct(m.get(n))}</td>" for n in names)
+        rows.append(f"<tr>{head}</tr><tr>{cells}</tr>")
+    return f'<table class="metrics">{"".join(rows)}</table>'
+
+
+def _figures(figures: Mapping, key: str, out_dir: Path) -> str:
+    return "".join(_figure_html(p, out_dir) for p in figures.get(key) or [])
+
+
+def _breakdown_html(analysis: Mapping, figures: Mapping, out_dir: Path) -> str:
+    bd = (analysis.get("coco_breakdown") or {}).get("all") or {}
+    rows = [
+        f'<tr><td class="name">{esc(area)}</td>'
+        + "".join(_frac_cell((bd.get(area) or {}).get(t)) for t in BREAKDOWN_TYPES)
+        + "</tr>"
+        for area in AREAS
+        if bd.get(area)
+    ]
+    explain = "".join(f"<li>{esc(BREAKDOWN_LABELS[t])}</li>" for t in BREAKDOWN_TYPES)
+    return (
+        _figures(figures, "coco_breakdown", out_dir)
+        + "<h3>All classes, AP (%) after each step</h3>"
+        + _table(["area", *BREAKDOWN_TYPES], rows)
+        + f'<ul class="muted">{explain}</ul>'
+    )
+
+
+def _tide_html(analysis: Mapping, figures: Mapping, out_dir: Path) -> str:
+    tide = analysis.get("tide") or {}
+    rows = []
+    for group, types in (("main", TIDE_MAIN), ("special", TIDE_SPECIAL)):
+        values = tide.get(group) or {}
+        for t in [t for t in types if t in values] + [t for t in values if t not in types]:
+            rows.append(
+                f'<tr><td class="name">{esc(t)}</td><td class="name">'
+                f"{esc(TIDE_NAMES.get(t, ''))}</td><td>{_num(values[t])}</td></tr>"
+            )
+    ap50 = tide.get("ap50")
+    base = f"<p>AP50 (TIDE's base): {_num(ap50, 1)}</p>" if ap50 is not None else ""
+    return (
+        _figures(figures, "tide", out_dir) + base + _table(["type", "what", "dAP (points)"], rows)
+    )
+
+
+def _confusion_html(analysis: Mapping, figures: Mapping, out_dir: Path) -> str:
+    cm = analysis.get("confusion_matrix") or {}
+    conf = top_confusions(analysis, 20)
+    rows = [
+        f'<tr><td class="name">{esc(c["ground_truth"])}</td>'
+        f'<td class="name">{esc(c["detected_as"])}</td><td>{c["count"]}</td>'
+        + (_frac_cell(c["fraction"]) if c["fraction"] is not None else "<td>n/a</td>")
+        + "</tr>"
+        for c in conf
+    ]
+    parts = [_figures(figures, "confusion_matrix", out_dir), "<h3>Top confusions</h3>"]
+    parts.append(
+        _table(["ground truth", "detected as", "count", "% of the ground truth"], rows)
+        if rows
+        else "<p>No class-to-class confusions.</p>"
+    )
+    labels = list(cm.get("labels") or [])
+    if len(labels) >= 2 and cm.get("counts") is not None:
+        counts = np.asarray(cm["counts"], dtype=np.float64).reshape(len(labels), len(labels))
+        k = len(labels) - 1
+        prec, rec = cm.get("precision") or {}, cm.get("recall") or {}
+        rows = [
+            f'<tr><td class="name">{esc(n)}</td><td>{int(counts[i].sum())}</td>'
+            f"<td>{int(counts[i, k])}</td><td>{int(counts[:, i].sum())}</td>"
+            f"<td>{int(counts[k, i])}</td>{_frac_cell(prec.get(n))}{_frac_cell(rec.get(n))}</tr>"
+            for i, n in enumerate(labels[:k])
+        ]
+        parts.append("<h3>Per class at this threshold</h3>")
+        parts.append(
+            _table(
+                [
+                    "class",
+                    "objects",
+                    "missed",
+                    "detections",
+                    "background FP",
+                    "precision %",
+                    "recall %",
+                ],
+                rows,
+            )
+        )
+    return "".join(parts)
+
+
+def _operating_html(analysis: Mapping, figures: Mapping, out_dir: Path) -> str:
+    ops = analysis.get("operating_points") or {}
+    rows = [
+        f'<tr><td class="name">{esc(n)}</td><td>{_num((v or {}).get("score"), 3)}</td>'
+        f"{_frac_cell((v or {}).get('precision'))}{_frac_cell((v or {}).get('recall'))}"
+        f"{_frac_cell((v or {}).get('f1'))}</tr>"
+        for n, v in ops.items()
+    ]
+    return _figures(figures, "operating_points", out_dir) + _table(
+        ["class", "score threshold", "precision %", "recall %", "F1 %"], rows
+    )
+
+
+def _per_class_ap_html(analysis: Mapping) -> str:
+    per = analysis.get("per_class_area_ap") or {}
+    rows = [
+        f'<tr><td class="name">{esc(n)}</td>'
+        + "".join(_frac_cell((v or {}).get(a), shade=True) for a in AREAS)
+        + "</tr>"
+        for n, v in per.items()
+    ]
+    return _table(["class", *(f"AP {a} %" for a in AREAS)], rows)
+
+
+def _compare_html(analysis: Mapping, figures: Mapping, out_dir: Path) -> str:
+    cmp = analysis.get("compare") or {}
+    parts = [
+        f"<p>This: {esc((analysis.get('settings') or {}).get('results'))}<br>"
+        f"Other: {esc(cmp.get('other'))}</p>",
+        _figures(figures, "compare", out_dir),
+    ]
+    per = cmp.get("per_class_ap") or {}
+    if per:
+        rows = [
+            f'<tr><td class="name">{esc(n)}</td>{_frac_cell(v.get("this"))}'
+            f"{_frac_cell(v.get('other'))}<td>{_signed(v.get('delta'))}</td></tr>"
+            for n, v in per.items()
+        ]
+        parts += ["<h3>Per-class AP</h3>", _table(["class", "this %", "other %", "delta"], rows)]
+    for key, title, show in (
+        ("tide_delta", "TIDE dAP delta", _num),  # already in AP points
+        ("breakdown_delta", "COCO breakdown delta (all classes, area all)", _signed),
+    ):
+        values = cmp.get(key) or {}
+        if values:
+            rows = [
+                f'<tr><td class="name">{esc(t)}</td><td>{show(v)}</td></tr>'
+                for t, v in values.items()
+            ]
+            parts += [
+                f"<h3>{esc(title)}, this - other</h3>",
+                _table(["type", "delta (AP points)"], rows),
+            ]
+    for key, title in (
+        ("images_this_better", "Images where this one makes fewer errors"),
+        ("images_other_better", "Images where the other makes fewer errors"),
+    ):
+        items = list(cmp.get(key) or [])[:15]
+        if items:
+            rows = [
+                f'<tr><td class="name">{esc(i.get("image_id"))}</td>'
+                f"<td>{esc(i.get('this_errors'))}</td><td>{esc(i.get('other_errors'))}</td></tr>"
+                for i in items
+            ]
+            parts += [
+                f"<h3>{esc(title)}</h3>",
+                _table(["image id", "errors (this)", "errors (other)"], rows),
+            ]
+    return "".join(parts)
+
+
+def _signed(x: Any) -> str:
+    if isinstance(x, (int, float)) and math.isfinite(x):
+        return f"{100 * x:+.1f}"
+    return "n/a"
+
+
+def _gallery_html(drawn: Sequence[Tuple[Mapping, Path]]) -> str:
+    if not drawn:
+        return ""
+    parts = []
+    groups = [("worst", "Images with the most errors")]
+    groups += [(t, f"{t}: {ERROR_NAMES[t]}") for t in ERROR_TYPES]
+    for kind, title in groups:
+        items = [(e, p) for e, p in drawn if e.get("kind") == kind]
+        if not items:
+            continue
+        figs = "".join(
+            f'<figure><img src="{_data_uri(p)}" alt="{esc(e.get("title", ""))}" loading="lazy">'
+            f"<figcaption><b>{esc(e.get('title', ''))}</b><br>{esc(e.get('caption', ''))}"
+            "</figcaption></figure>"
+            for e, p in items
+        )
+        parts.append(f'<h3>{esc(title)}</h3><div class="gallery">{figs}</div>')
+    key = (
+        '<p class="muted">Dashed light blue: ground truth. Green: true positives. Red: false '
+        "positives, labelled with their error type. Dashed magenta: missed objects. The "
+        "example an image is shown for has the thicker line.</p>"
+    )
+    return key + "".join(parts)
+
+
+def render_html(
+    analysis: Mapping,
+    figures: Mapping[str, Sequence[Path]],
+    gallery: Sequence[Tuple[Mapping, Path]],
+    out_dir: PathLike,
+) -> str:
+    """The report page as a string: ``figures`` as :func:`detkit.analysis.plots.plot_all` returns
+    them, ``gallery`` as ``(entry, image path)`` pairs; images are embedded, links relative to
+    ``out_dir``."""
+    out_dir = Path(out_dir)
+    s = analysis.get("settings") or {}
+    title = f"Detection error analysis: {plots.short_path(s.get('results') or 'results')}"
+    sections: List[Tuple[str, str, str]] = [
+        ("pr", "PR curves", _figures(figures, "pr_curves", out_dir)),
+        ("breakdown", "COCO breakdown", _breakdown_html(analysis, figures, out_dir)),
+        ("tide", "TIDE", _tide_html(analysis, figures, out_dir)),
+        ("confusion", "Confusion matrix", _confusion_html(analysis, figures, out_dir)),
+        ("operating", "Operating points", _operating_html(analysis, figures, out_dir)),
+        ("per-class", "AP per class and size", _per_class_ap_html(analysis)),
+    ]
+    if analysis.get("compare"):
+        sections.append(("compare", "Comparison", _compare_html(analysis, figures, out_dir)))
+    if gallery:
+        sections.append(("gallery", "Galleries", _gallery_html(gallery)))
+    notes = analysis.get("notes") or []
+    if notes:
+        sections.append(
+            ("notes", "Notes", "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+        )
+    summary = "".join(f"<li>{esc(line)}</li>" for line in summarize(analysis))
+    nav = "".join(f'<a href="#{sid}">{esc(name)}</a>' for sid, name, _ in sections)
+    body = "".join(
+        f'<section id="{sid}"><h2>{esc(name)}</h2>{content}</section>'
+        for sid, name, content in sections
+    )
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body><main>"
+        f"<h1>{esc(title)}</h1>"
+        f'<p class="muted">detkit {esc(__version__)}, written {esc(stamp)}</p>'
+        + _settings_html(analysis)
+        + _metrics_html(analysis)
+        + f"<nav>{nav}</nav>"
+        + f'<h2 id="summary">What fails</h2><ul class="summary">{summary}</ul>'
+        + body
+        + "</main></body></html>\n"
+    )

@@ -10,14 +10,18 @@ The trainer calls every hook, in the order of its list, at four points:
 
 Default order (:func:`default_hooks`): the time budget first (it may end the run at this
 iteration, and then this iteration's checkpoint and evaluation are the final ones), the log, the
-checkpoint, the evaluation, the final files. An iteration's checkpoint is written before its
-evaluation runs, so a failing evaluation loses no training.
+checkpoint, the evaluation, the final files, and last (``test.analyze``) the error analysis of the
+final evaluation. An iteration's checkpoint is written before its evaluation runs, so a failing
+evaluation loses no training; the analysis runs after every final file is written and a failure
+of it is logged, not raised.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from detkit.analysis.from_records import analyze_dataset
 
 from .checkpoint import BEST, FINAL
 from .distributed import mean_over_ranks
@@ -176,13 +180,51 @@ class FinalFilesHook(Hook):
             logger.info("loss and AP curves: %s", path)
 
 
+class AnalysisHook(Hook):
+    """Last, on rank 0: the error analysis of the final evaluation (``report.html``,
+    ``analysis.json``, CSVs, figures, galleries of the evaluation split's images) in
+    ``<run>/analysis/``. It runs after ``model_final.pth`` and ``metrics.json`` are written, and a
+    failure is logged as one error line and never raised: the trained model is kept."""
+
+    folder = "analysis"
+
+    def after_train(self) -> None:
+        t = self.trainer
+        final = t.final_eval
+        if not t.ctx.is_main or final is None:  # other ranks, or no evaluation split
+            return
+        out = t.out / self.folder
+        try:
+            analyze_dataset(  # logs where report.html is
+                final["dataset"],
+                out,
+                final["image_ids"],
+                coco_results=final["coco_results"],
+                results=final["results"],
+                results_name=f"{t.out.name} @ iteration {final['iteration']}",
+            )
+        except Exception as e:  # the analysis must never cost the run its result
+            logger.error(
+                "the error analysis of the final evaluation failed (%s: %s); nothing is lost: "
+                "model_final.pth and metrics.json are written in %s (test.analyze=false skips "
+                "the analysis)",
+                type(e).__name__,
+                e,
+                t.out,
+            )
+            logger.debug("the error analysis' traceback", exc_info=True)
+
+
 def default_hooks(cfg) -> List[Hook]:
     """The trainer's parts, in the order they run (see the module's docstring)."""
     s = cfg.solver
-    return [
+    hooks = [
         TimeBudgetHook(),
         MetricsHook(s.log_period),
         CheckpointHook(s.checkpoint_period),
         EvalHook(s.eval_period),
         FinalFilesHook(),
     ]
+    if cfg.test.analyze:
+        hooks.append(AnalysisHook())
+    return hooks

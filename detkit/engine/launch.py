@@ -10,12 +10,13 @@ import logging
 import os
 import platform
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import torch
 
+from detkit.analysis.from_records import analyze_dataset
 from detkit.data import build_test_loader
-from detkit.errors import CheckpointError, WriteError
+from detkit.errors import CheckpointError, ConfigError, WriteError
 from detkit.evaluation import build_evaluator
 from detkit.evaluation.common import write_json
 from detkit.inference.backends import check_backend, make_predictor
@@ -26,10 +27,10 @@ from detkit.utils.logger import setup_logging
 from detkit.version import __version__
 
 from .checkpoint import LAST, Checkpointer, load_model_weights
-from .distributed import DistContext, all_gather_objects, cleanup_distributed, init_distributed
+from .distributed import DistContext, cleanup_distributed, init_distributed
 from .inference import run_inference
 from .reporting import finished_run
-from .trainer import Trainer, build_dataset_main_first, run_on_all_ranks
+from .trainer import RecordingEvaluator, Trainer, build_dataset_main_first, run_on_all_ranks
 
 logger = logging.getLogger("detkit")
 
@@ -104,50 +105,55 @@ def train_main(cfg, output_dir: Optional[str] = None, resume: bool = False) -> D
         cleanup_distributed()
 
 
-class _RecordingEvaluator:
-    """Wraps an evaluator and keeps the raw predictions as COCO-style result dicts (for datasets
-    whose evaluator does not write them itself, e.g. VOC: category_id = detkit label + 1)."""
+def default_test_dir(weights: str, backend: str = "eager") -> Path:
+    """Where ``evaluate_main`` writes without ``output_dir``: next to the weights it evaluated,
+    ``<weights folder>/test_<weights file stem>`` (``_<backend>`` added for a backend other than
+    eager), so that each weights file (and backend) has its own folder."""
+    path = Path(weights).absolute()
+    suffix = "" if backend == "eager" else f"_{backend}"
+    return path.parent / f"test_{path.stem}{suffix}"
 
-    def __init__(self, evaluator):
-        self.evaluator = evaluator
-        self.results: List[Dict[str, Any]] = []
 
-    def reset(self) -> None:
-        self.evaluator.reset()
-        self.results = []
-
-    def process(self, samples, outputs) -> None:
-        self.evaluator.process(samples, outputs)
-        for s, o in zip(samples, outputs):
-            for box, score, label in zip(
-                o["boxes"].tolist(), o["scores"].tolist(), o["labels"].tolist()
-            ):
-                self.results.append(
-                    {
-                        "image_id": int(s["image_id"]),
-                        "category_id": int(label) + 1,
-                        "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                        "score": float(score),
-                    }
-                )
-
-    def evaluate(self):
-        return self.evaluator.evaluate()
+def _check_analysis_options(score_thresh: Optional[float], iou_thresh: float) -> None:
+    if score_thresh is not None and not 0.0 <= float(score_thresh) <= 1.0:
+        raise ConfigError(f"--analyze-score-thresh must be in [0, 1], got {score_thresh}")
+    if not 0.0 < float(iou_thresh) <= 1.0:
+        raise ConfigError(f"--analyze-iou must be in (0, 1], got {iou_thresh}")
 
 
 def evaluate_main(
-    cfg, weights: str, output_dir: Optional[str] = None, backend: str = "eager"
+    cfg,
+    weights: str,
+    output_dir: Optional[str] = None,
+    backend: str = "eager",
+    *,
+    analyze: bool = False,
+    analyze_score_thresh: Optional[float] = None,
+    analyze_iou: float = 0.5,
 ) -> Dict[str, Any]:
     """Predict the test split with ``weights`` through ``backend`` (``detkit.inference.backends``:
-    eager or onnxruntime), evaluate, write results and metrics; returns them."""
+    eager or onnxruntime), evaluate, write results, metrics and the log into ``output_dir``
+    (default: :func:`default_test_dir`, next to the weights); returns the metrics.
+
+    ``analyze``: then (rank 0) the error analysis of these results into ``<output_dir>/analysis/``
+    (``detkit.analysis``; galleries of the dataset's image files), with the confusion matrix at
+    ``analyze_score_thresh`` (None: the best-F1 score) and ``analyze_iou``."""
     if not os.path.isfile(weights):
         raise CheckpointError(f"checkpoint not found: {weights}")
-    out = Path(output_dir or Path(cfg.output_dir) / "test").absolute()
-    ensure_output_dir(out)
+    if analyze:
+        _check_analysis_options(analyze_score_thresh, analyze_iou)
+    out = Path(output_dir).absolute() if output_dir else default_test_dir(weights, backend)
+    try:
+        ensure_output_dir(out)
+    except WriteError as e:
+        if output_dir:
+            raise
+        raise WriteError(f"{e} (the folder next to the weights; pass --output-dir)") from None
     setup_logging(str(out), rank=int(os.environ.get("RANK", "0")))
     ctx = init_distributed()
     try:
         _log_environment(ctx, cfg)
+        logger.info("evaluating %s; results go to %s", weights, out)
         # before the dataset is built: a backend that cannot run this config fails in one line now
         run_on_all_ranks(
             lambda: check_backend(cfg, backend, ctx.device), "checking the inference backend"
@@ -165,7 +171,8 @@ def evaluate_main(
         evaluator = build_evaluator(
             dataset, output_dir=str(out) if ctx.is_main else None, engine=cfg.test.evaluator_engine
         )
-        recorder = _RecordingEvaluator(evaluator) if dataset.evaluator_type != "coco" else evaluator
+        coco = dataset.evaluator_type == "coco"  # the COCO evaluator writes coco_results.json
+        recorder = RecordingEvaluator(evaluator, keep_results=not coco)
         # the inference the trainer's evaluation runs (eager: multi-scale / flip testing when
         # test.scales / test.flip ask, autocast per test.precision), or the exported graph
         predictor = make_predictor(model, cfg, backend, weights=weights)
@@ -178,10 +185,22 @@ def evaluate_main(
             )
         loader = build_test_loader(batched, dataset, ctx.rank, ctx.world_size)
         metrics = run_inference(predictor, loader, recorder, desc="test")
-        if recorder is not evaluator:
-            results = [r for part in all_gather_objects(recorder.results) for r in part]
-            if ctx.is_main:
+        image_ids, results = recorder.gather()  # every rank: a collective
+        if ctx.is_main:
+            if not coco:
                 logger.info("raw results written to %s", write_json(results, out / "results.json"))
+            logger.info("test results (metrics.json, raw detections, log.txt) are in %s", out)
+            if analyze:
+                analyze_dataset(  # logs where report.html is
+                    dataset,
+                    out / "analysis",
+                    image_ids,
+                    coco_results=out / "coco_results.json" if coco else None,
+                    results=results,
+                    score_thresh=analyze_score_thresh,
+                    iou_thresh=analyze_iou,
+                    results_name=str(weights),
+                )
         return metrics
     finally:
         cleanup_distributed()
@@ -204,4 +223,4 @@ def _log_predictor(predictor, cfg, backend: str) -> None:
     logger.info("backend: eager; test precision: %s", getattr(predictor, "precision", "fp32"))
 
 
-__all__ = ["LAST", "WriteError", "enable_tf32", "evaluate_main", "train_main"]
+__all__ = ["LAST", "WriteError", "default_test_dir", "enable_tf32", "evaluate_main", "train_main"]

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from tqdm import tqdm
@@ -57,7 +57,7 @@ logger = logging.getLogger("detkit")
 # Trainer is built, so a test can shorten it
 BUDGET_MEASURE_ITERS = MEASURE_ITERS
 
-__all__ = ["Trainer", "build_dataset_main_first", "run_on_all_ranks"]
+__all__ = ["RecordingEvaluator", "Trainer", "build_dataset_main_first", "run_on_all_ranks"]
 
 
 def build_dataset_main_first(cfg, split: str, ctx: DistContext):
@@ -67,6 +67,51 @@ def build_dataset_main_first(cfg, split: str, ctx: DistContext):
         lambda: build_dataset(cfg, split) if ctx.is_main else None, f"building the {split} dataset"
     )
     return dataset if ctx.is_main else build_dataset(cfg, split)
+
+
+class RecordingEvaluator:
+    """Wraps an evaluator and keeps the ids of the images it was given and, with ``keep_results``,
+    the raw predictions as COCO-style result dicts (for datasets whose evaluator does not write
+    them itself, e.g. VOC: ``category_id`` = detkit label + 1, ``bbox`` XYWH in original-image
+    pixels): what tools/test.py writes to ``results.json`` and the error analysis reads."""
+
+    def __init__(self, evaluator, keep_results: bool = True):
+        self.evaluator = evaluator
+        self.keep_results = keep_results
+        self.image_ids: List[int] = []
+        self.results: List[Dict[str, Any]] = []
+
+    def reset(self) -> None:
+        self.evaluator.reset()
+        self.image_ids, self.results = [], []
+
+    def process(self, samples, outputs) -> None:
+        self.evaluator.process(samples, outputs)
+        for s, o in zip(samples, outputs):
+            self.image_ids.append(int(s["image_id"]))
+            if not self.keep_results:
+                continue
+            for box, score, label in zip(
+                o["boxes"].tolist(), o["scores"].tolist(), o["labels"].tolist()
+            ):
+                self.results.append(
+                    {
+                        "image_id": int(s["image_id"]),
+                        "category_id": int(label) + 1,
+                        "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                        "score": float(score),
+                    }
+                )
+
+    def evaluate(self):
+        return self.evaluator.evaluate()
+
+    def gather(self) -> Tuple[List[int], List[Dict[str, Any]]]:
+        """The image ids and results of every process (a collective: every rank calls it)."""
+        ids = [i for part in all_gather_objects(self.image_ids) for i in part]
+        if not self.keep_results:
+            return ids, []
+        return ids, [r for part in all_gather_objects(self.results) for r in part]
 
 
 class Trainer:
@@ -126,6 +171,8 @@ class Trainer:
         self.writer: Optional[EventWriter] = None
         self.step_values: Dict[str, float] = {}  # the newest iteration's lr, seconds and losses
         self.final_metrics: Dict[str, Any] = {}
+        # rank 0, after the final evaluation with test.analyze: what the error analysis reads
+        self.final_eval: Optional[Dict[str, Any]] = None
         self.hooks: List[Hook] = []
         self.register_hooks(default_hooks(cfg) if hooks is None else hooks)
         self.budget.setup_seconds += self.clock() - started
@@ -323,7 +370,8 @@ class Trainer:
 
     def evaluate(self, iteration: int, final: bool = False) -> Optional[Dict[str, Any]]:
         """The metrics of the current weights on the evaluation split (None without one); the
-        final evaluation also writes its raw results under ``inference/``."""
+        final evaluation also writes its raw results under ``inference/`` and, with
+        ``test.analyze``, keeps in ``final_eval`` what the error analysis reads."""
         split = self.eval_split()
         if split is None:
             logger.info("no data.val.datasets (nor data.test) configured: skipping evaluation")
@@ -345,8 +393,24 @@ class Trainer:
             predictor = ParallelImages(predictor, images)
         cfg = with_test_batch(self.cfg, self.ctx.device, images)
         loader = build_test_loader(cfg, dataset, self.ctx.rank, self.ctx.world_size)
+        record = final and bool(self.cfg.test.analyze)  # the error analysis needs what was seen
+        if record:
+            evaluator = RecordingEvaluator(evaluator, keep_results=dataset.evaluator_type != "coco")
         with preserve_rng():  # evaluating must not change the training run that follows
-            return run_inference(predictor, loader, evaluator, desc=f"eval {split} @ {iteration}")
+            metrics = run_inference(
+                predictor, loader, evaluator, desc=f"eval {split} @ {iteration}"
+            )
+        if record:
+            image_ids, results = evaluator.gather()
+            if self.ctx.is_main:
+                self.final_eval = {
+                    "dataset": dataset,
+                    "image_ids": image_ids,
+                    "results": results,  # VOC-style datasets; COCO's are in coco_results.json
+                    "coco_results": self.out / "inference" / "coco_results.json",
+                    "iteration": iteration,
+                }
+        return metrics
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> Dict[str, Any]:

@@ -16,7 +16,7 @@ import torch
 
 from detkit.analysis.from_records import analyze_dataset
 from detkit.data import build_test_loader
-from detkit.errors import CheckpointError, ConfigError, WriteError
+from detkit.errors import CheckpointError, ConfigError, DataError, WriteError
 from detkit.evaluation import build_evaluator
 from detkit.evaluation.common import write_json
 from detkit.inference.backends import check_backend, make_predictor
@@ -191,19 +191,39 @@ def evaluate_main(
                 logger.info("raw results written to %s", write_json(results, out / "results.json"))
             logger.info("test results (metrics.json, raw detections, log.txt) are in %s", out)
             if analyze:
-                analyze_dataset(  # logs where report.html is
+                _analyze(
                     dataset,
-                    out / "analysis",
+                    out,
                     image_ids,
-                    coco_results=out / "coco_results.json" if coco else None,
-                    results=results,
-                    score_thresh=analyze_score_thresh,
-                    iou_thresh=analyze_iou,
-                    results_name=str(weights),
+                    results,
+                    coco,
+                    weights,
+                    analyze_score_thresh,
+                    analyze_iou,
                 )
         return metrics
     finally:
         cleanup_distributed()
+
+
+def _analyze(dataset, out: Path, image_ids, results, coco: bool, weights, score_thresh, iou):
+    """The error analysis of the results in ``out`` into ``out/analysis`` (rank 0)."""
+    try:
+        analyze_dataset(  # logs where report.html is
+            dataset,
+            out / "analysis",
+            image_ids,
+            coco_results=out / "coco_results.json" if coco else None,
+            results=results,
+            score_thresh=score_thresh,
+            iou_thresh=iou,
+            results_name=str(weights),
+        )
+    except ValueError as e:  # the readers' checks of the ground truth and results
+        raise DataError(
+            f"the error analysis (--analyze) failed: {e}; the evaluation's results are written "
+            f"in {out}"
+        ) from None
 
 
 def _log_predictor(predictor, cfg, backend: str) -> None:

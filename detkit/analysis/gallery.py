@@ -10,7 +10,9 @@
 - true positives: solid green, ``class score``;
 - false positives: solid red, ``<type> class score`` (Cls, Loc, Both, Dupe or Bkg);
 - misses: dashed magenta, ``Miss class``;
-- the error an entry is about: drawn last, with a thicker line;
+- the error an entry is about: drawn last, with a thicker line; in such an entry only that error
+  and the object it concerns are labelled, the rest is thin context, so the example stays legible
+  in a crowded image (the worst-image entries label everything);
 
 with a caption band under the image that repeats the colour key and says what the entry shows, so
 a thumbnail copied out of the report still explains itself.
@@ -50,6 +52,7 @@ COLORS = {
     "fp": (235, 45, 45),
     "miss": (230, 0, 230),
 }
+NOT_ERRORS = ("tp", "true_positives")  # per-image count keys that are not errors
 KEY = (("GT", "gt"), ("TP", "tp"), ("FP", "fp"), ("Miss", "miss"))
 
 
@@ -70,26 +73,32 @@ def build_gallery(
 
     ``gt`` is a :class:`detkit.evaluation.coco_io.GroundTruth`; ``tide_result`` has ``"errors"``
     and ``"true_positives"`` as ``tide_errors`` returns them; ``image_paths`` maps image ids to
-    files. ``per_image_errors`` (image id -> error count, or -> {type: count}) ranks the worst
-    images; by default the errors in ``tide_result`` are counted.
+    files. ``per_image_errors`` (image id -> error count, or -> ``{kind: count}`` such as the
+    confusion matrix' ``per_image``, whose ``tp`` is not counted) ranks the worst images; by
+    default the errors in ``tide_result`` are counted. Errors flagged ``ignored`` (in a crowd
+    region) are left out.
 
     Each entry is a dict: ``kind`` ("worst" or an error type), ``title`` and ``caption`` (plain
     text, to be escaped by whoever renders it), ``image_id``, ``path``, ``focus`` (the error the
     entry is about, or None), and what to draw on that image: ``ground_truth`` (``[{"box",
     "category_id"}]``, XYWH), ``errors`` and ``true_positives`` (as in ``tide_result``), plus
     ``class_names``. Images without a path or missing on disk are left out, with one warning."""
-    errors = [e for e in tide_result.get("errors") or [] if e.get("type") in ERROR_TYPES]
+    # a detection in an ignored region (crowd) counts nowhere: not an error worth showing
+    errors = [
+        e
+        for e in tide_result.get("errors") or []
+        if e.get("type") in ERROR_TYPES and not e.get("ignored")
+    ]
     tps = list(tide_result.get("true_positives") or [])
     names = {int(k): str(v) for k, v in getattr(gt, "cat_names", {}).items()}
-    available, missing = _available(
-        {e["image_id"] for e in errors} | {t["image_id"] for t in tps}, image_paths
-    )
+    counts = _error_counts(errors, per_image_errors)
+    wanted = {e["image_id"] for e in errors} | {i for i, n in counts.items() if n > 0}
+    available, missing = _available(wanted, image_paths)
     if missing:
         logger.warning(
             "error gallery: %d image(s) not found, left out (first: %s)", len(missing), missing[0]
         )
 
-    counts = _error_counts(errors, per_image_errors)
     by_image: Dict[int, List[dict]] = {}
     for e in errors:
         by_image.setdefault(int(e["image_id"]), []).append(e)
@@ -119,7 +128,7 @@ def build_gallery(
         }
 
     entries = []
-    worst = sorted((i for i in counts if i in available), key=lambda i: (-counts[i], i))
+    worst = sorted((i for i in available if counts.get(i, 0) > 0), key=lambda i: (-counts[i], i))
     entries += [entry("worst", i, None) for i in worst[: max(0, n_worst)]]
     for kind in ERROR_TYPES:
         examples = [e for e in errors if e["type"] == kind and int(e["image_id"]) in available]
@@ -147,18 +156,23 @@ def _available(ids, image_paths: Mapping) -> Tuple[Dict[int, Path], List[str]]:
     return available, missing
 
 
-def _error_counts(errors: Sequence[dict], per_image: Optional[Mapping]) -> Dict[int, float]:
+def _error_counts(errors: Sequence[dict], per_image: Optional[Mapping]) -> Dict[int, int]:
+    """Errors per image: from ``per_image`` (a count, or ``{kind: count}`` whose ``tp`` entry,
+    the true positives, is left out) or else by counting ``errors``."""
+    counts: Dict[int, int] = {}
     if per_image is None:
-        counts: Dict[int, float] = {}
         for e in errors:
             counts[int(e["image_id"])] = counts.get(int(e["image_id"]), 0) + 1
         return counts
-    out = {}
     for image_id, value in per_image.items():
         if isinstance(value, Mapping):
-            value = sum(v for v in value.values() if isinstance(v, (int, float)))
-        out[int(image_id)] = float(value)
-    return out
+            value = sum(
+                v
+                for k, v in value.items()
+                if k not in NOT_ERRORS and isinstance(v, (int, float, np.integer))
+            )
+        counts[int(image_id)] = int(value)
+    return counts
 
 
 def _score(e: dict) -> float:
@@ -227,7 +241,7 @@ def draw_gallery_entries(
         picture = draw_entry(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), e, max_side)
         numbers[e["kind"]] = numbers.get(e["kind"], 0) + 1
         name = f"{e['kind']}_{numbers[e['kind']]:02d}_img{e['image_id']}.{fmt}"
-        params = [cv2.IMWRITE_JPEG_QUALITY, 85] if fmt == "jpg" else []
+        params = [cv2.IMWRITE_JPEG_QUALITY, 80] if fmt == "jpg" else []
         ok, data = cv2.imencode(f".{fmt}", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR), params)
         if not ok:
             unreadable.append(str(e["path"]))
@@ -257,37 +271,56 @@ def draw_entry(image: np.ndarray, entry: Mapping, max_side: int = 640) -> np.nda
     style = _thumbnail_style(img.shape[0], img.shape[1])
     names = entry.get("class_names") or {}
     focus = entry.get("focus")
-    misses = [e for e in entry.get("errors", []) if e["type"] == "Miss" and e.get("gt_box")]
-    missed_boxes = {tuple(np.round(e["gt_box"], 3)) for e in misses}
+    for box, key, text, dashed, weight in _boxes_to_draw(entry, names, focus):
+        _draw_box(img, [v * scale for v in box], COLORS[key], text, dashed, weight, style)
+    return _with_caption(img, str(entry.get("title", "")), style)
 
-    # (box XYWH, colour key, label, dashed, is the focus)
-    boxes: List[Tuple[List[float], str, str, bool, bool]] = []
+
+def _boxes_to_draw(entry: Mapping, names: Mapping[int, str], focus: Optional[Mapping]) -> list:
+    """``(box XYWH, colour key, label, dashed, weight)`` in drawing order. Weight 2: the error
+    the entry is about (thick); 1: labelled; -1: labelled at the bottom edge (the object the focus
+    error concerns); 0: context (thin, no label). An entry about one error
+    labels only that error and the object it concerns, so the example stays readable in a busy
+    image; an entry without a focus (the worst images) labels everything."""
+    focus_gt = focus.get("gt_box") if focus else None
+    normal = 1 if focus is None else 0
+    boxes = []
     for t in entry.get("true_positives", []):
         text = f"{_name(t.get('category_id'), names)} {_score(t):.2f}"
-        boxes.append((t["det_box"], "tp", text, False, False))
+        boxes.append((t["det_box"], "tp", text, False, normal))
+    missed = set()
     for e in entry.get("errors", []):
-        is_focus = focus is not None and e == focus
+        weight = 2 if focus is not None and e == focus else normal
         if e["type"] == "Miss":
             if e.get("gt_box"):
+                missed.add(_key(e["gt_box"]))
                 text = f"Miss {_name(e.get('gt_category_id'), names)}"
-                boxes.append((e["gt_box"], "miss", text, True, is_focus))
+                boxes.append((e["gt_box"], "miss", text, True, weight))
         elif e.get("det_box"):
             text = f"{e['type']} {_name(e.get('det_category_id'), names)} {_score(e):.2f}"
-            boxes.append((e["det_box"], "fp", text, False, is_focus))
+            boxes.append((e["det_box"], "fp", text, False, weight))
     detected = [b[0] for b in boxes if not b[3]]
     for g in entry.get("ground_truth", []):
-        if tuple(np.round(g["box"], 3)) in missed_boxes:
+        if _key(g["box"]) in missed:
             continue  # drawn as a miss
-        # a ground truth under a detection keeps its outline but not its label: the two labels
-        # would sit on the same corner; the detection's label and the caption name the class
-        covered = any(_iou(g["box"], d) > 0.7 for d in detected)
-        text = "" if covered else _name(g["category_id"], names)
-        boxes.append((g["box"], "gt", text, True, False))
-    # solid boxes first, the dashed outlines (ground truth, misses) over them, the focus on top
-    boxes.sort(key=lambda b: (b[4], b[3]))
-    for box, key, text, dashed, is_focus in boxes:
-        _draw_box(img, [v * scale for v in box], COLORS[key], text, dashed, is_focus, style)
-    return _with_caption(img, str(entry.get("title", "")), style)
+        if focus_gt is not None and _key(g["box"]) == _key(focus_gt):
+            # the object the focus error is about; -1: labelled at its bottom edge, since the
+            # focus' own label takes the top-left corner it usually shares with it
+            weight = -1
+        elif focus is None and not any(_iou(g["box"], d) > 0.7 for d in detected):
+            weight = 1
+        else:
+            # under a detection: the outline only, the detection's label names the class (two
+            # labels would sit on the same corner)
+            weight = 0
+        boxes.append((g["box"], "gt", _name(g["category_id"], names), True, weight))
+    # context first, then solid boxes under the dashed outlines, the focus on top
+    boxes.sort(key=lambda b: (b[4] == 2, b[4] != 0, b[3]))
+    return boxes
+
+
+def _key(box: Sequence[float]) -> tuple:
+    return tuple(round(float(v), 3) for v in box)
 
 
 def _thumbnail_style(height: int, width: int) -> DrawStyle:
@@ -297,17 +330,23 @@ def _thumbnail_style(height: int, width: int) -> DrawStyle:
     return DrawStyle(max(2, base.thickness), max(0.45, base.font_scale), 1)
 
 
-def _draw_box(img, xywh, color, text: str, dashed: bool, focus: bool, style: DrawStyle) -> None:
+def _draw_box(img, xywh, color, text: str, dashed: bool, weight: int, style: DrawStyle) -> None:
     h, w = img.shape[:2]
     x, y, bw, bh = xywh
     corners = _corners((x, y, x + bw, y + bh), h, w)
-    thickness = style.thickness * (2 if focus else 1)
+    thickness = {0: 1, 2: 2 * style.thickness}.get(weight, style.thickness)
     if dashed:
         _dashed_rectangle(img, corners, color, thickness)
     else:
         cv2.rectangle(img, corners[:2], corners[2:], color, thickness)
-    if text:
-        _label(img, text, corners, color, style, filled=not dashed)
+    if not text or weight == 0:
+        return
+    if weight == -1:  # the label under the box's bottom edge, or just inside it at the bottom
+        (_, th), base = cv2.getTextSize(text, FONT, style.font_scale, style.font_thickness)
+        height = th + base + 2 * max(1, style.thickness)
+        y = corners[3] + 1 + height if corners[3] + 1 + height < h else corners[3] - 1
+        corners = (corners[0], y, corners[2], corners[3])
+    _label(img, text, corners, color, style, filled=not dashed)
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:

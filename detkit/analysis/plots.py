@@ -109,7 +109,7 @@ def settings_stamp(analysis: Mapping, **extra: Any) -> str:
             parts.append(f"{key}: {value}")
     if s.get("max_dets") is not None:
         parts.append(f"maxDets: {s['max_dets']}")
-    return text("  |  ".join(parts))
+    return text(STAMP_SEP.join(parts))
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -118,9 +118,24 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
+STAMP_SEP = "  |  "
+
+
 def _finish(fig: Figure, title: str, stamp: str) -> None:
+    """Title on top; the settings stamp as the footer, wrapped at the separators to the figure's
+    width (a long results path must not run off a narrow figure)."""
     fig.suptitle(text(title), fontsize=12)
-    fig.supxlabel(stamp, fontsize=7, color="0.4")
+    width_chars = int(fig.get_figwidth() * 17)  # ~17 characters per inch at 7 points
+    lines, line = [], ""
+    for part in stamp.split(STAMP_SEP):
+        candidate = f"{line}{STAMP_SEP}{part}" if line else part
+        if line and len(candidate) > width_chars:
+            lines.append(line)
+            line = part
+        else:
+            line = candidate
+    lines.append(line)
+    fig.supxlabel("\n".join(lines), fontsize=7, color="0.4")
 
 
 def save_figure(fig: Figure, path: PathLike) -> Path:
@@ -254,8 +269,8 @@ def _pr_axes(ax) -> None:
 
 def plot_coco_breakdown(analysis: Mapping, out_dir: PathLike) -> List[Path]:
     """COCO's analyze() figure, one panel per area: the PR curves C75 .. FN stacked and filled,
-    each with its AP in the legend (``[.512] C75``); and ``coco_breakdown_classes.png``, a class x
-    error-type heatmap of the area-``all`` breakdown APs (how far each fix would take each class)."""
+    each with its AP in the legend (``[.512] C75``); and ``coco_breakdown_classes.png``, a class
+    x error-type heatmap of the area-``all`` breakdown APs (how far each fix takes each class)."""
     out_dir = Path(out_dir)
     paths = []
     curves = analysis.get("coco_breakdown_curves") or {}
@@ -294,8 +309,15 @@ def plot_coco_breakdown(analysis: Mapping, out_dir: PathLike) -> List[Path]:
                 for j in range(len(types)):
                     v = data[i, j]
                     label = "n/a" if np.isnan(v) else fmt_frac(v, 2)
-                    ax.text(j, i, label, ha="center", va="center", fontsize=7,
-                            color="k" if np.isnan(v) or v >= 0.6 else "w")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        label,
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="k" if np.isnan(v) or v >= 0.6 else "w",
+                    )
         fig.colorbar(im, ax=ax, shrink=0.8, label="AP after the fix")
         _finish(
             fig,
@@ -321,9 +343,14 @@ def _breakdown_panel(ax, curves: Mapping, aps: Mapping) -> None:
             continue
         ap = aps.get(t) if valid(aps.get(t)) else float(c.mean())
         fills[t] = ax.fill_between(
-            RECALL, 0, c, facecolor=BREAKDOWN_COLORS[t], edgecolor="k", lw=0.4,
+            RECALL,
+            0,
+            c,
+            facecolor=BREAKDOWN_COLORS[t],
+            edgecolor="k",
+            lw=0.4,
             label=f"[{fmt_frac(ap)}] {t}",
-        )  # fmt: skip
+        )
     _pr_axes(ax)
     if fills:
         order = [fills[t] for t in BREAKDOWN_TYPES if t in fills]
@@ -366,8 +393,15 @@ def _tide_bars(ax, types: Sequence[str], values: Mapping, title: str) -> None:
     ax.set_xticks(range(len(types)), [text(t) for t in types], fontsize=9)
     for bar, t in zip(bars, types):
         label = f"{values[t]:.2f}" if valid(values.get(t)) else "n/a"
-        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")  # fmt: skip
+        ax.annotate(
+            label,
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            xytext=(0, 2),
+            textcoords="offset points",
+        )
     ax.set_ylabel("dAP (points)")
     ax.set_title(title, fontsize=10)
     ax.set_ylim(0, max(vals + [1.0]) * 1.18)
@@ -410,8 +444,15 @@ def plot_confusion_matrix(analysis: Mapping, out_dir: PathLike) -> List[Path]:
         for i in range(n):
             for j in range(n):
                 if counts[i, j]:
-                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=8,
-                            color="w" if norm[i, j] > 0.5 else "k")  # fmt: skip
+                    ax.text(
+                        j,
+                        i,
+                        f"{int(counts[i, j])}",
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="w" if norm[i, j] > 0.5 else "k",
+                    )
     fig.colorbar(im, ax=ax, shrink=0.7, label="fraction of the ground-truth row")
     _finish(
         fig,
@@ -455,7 +496,9 @@ def plot_operating_points(analysis: Mapping, out_dir: PathLike) -> List[Path]:
         if few:
             ax.barh(y - 0.4 + h * (k + 0.5), np.nan_to_num(vals), height=h, color=color, label=key)
         else:
-            ax.scatter(vals, y, s=22, c=color, marker=markers[k], label=key, zorder=3)
+            ax.scatter(
+                vals, y, s=22, c=color, marker=markers[k], label=key, zorder=3, clip_on=False
+            )
     for i, n in enumerate(names):
         if not valid((ops[n] or {}).get("score")):
             ax.text(0.01, i, "no operating point", va="center", fontsize=7, color="0.3")

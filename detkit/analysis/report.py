@@ -271,7 +271,7 @@ def summarize(analysis: Mapping) -> List[str]:
     if conf:
         parts = [
             f"{c['ground_truth']} detected as {c['detected_as']} ({c['count']}x"
-            + (f", {100 * c['fraction']:.0f}% of {c['ground_truth']})" if c["fraction"] else ")")
+            + (f", {_share(c['fraction'])} of {c['ground_truth']})" if c["fraction"] else ")")
             for c in conf
         ]
         out.append("Most frequent confusions: " + "; ".join(parts) + ".")
@@ -293,8 +293,8 @@ def summarize(analysis: Mapping) -> List[str]:
         if bkg.max(initial=0) > 0:
             j = int(np.argmax(bkg))
             out.append(
-                f"Most background false positives{at}: {labels[j]} ({int(bkg[j])} detections "
-                "matching no object)."
+                f"Most background false positives{at}: {labels[j]} "
+                f"({_count(bkg[j], 'detection')} matching no object)."
             )
 
     per_class = {n: v for n, v in (m.get("per_class") or {}).items() if valid(v)}
@@ -309,16 +309,35 @@ def summarize(analysis: Mapping) -> List[str]:
         if isinstance(v, Mapping) and isinstance(v.get("delta"), (int, float))
     }
     if deltas:
+        other = plots.short_path(cmp.get("other") or "the other results")
         better = sum(d > 0 for d in deltas.values())
         worse = sum(d < 0 for d in deltas.values())
         best = max(deltas, key=lambda n: deltas[n])
         worst_n = min(deltas, key=lambda n: deltas[n])
-        out.append(
-            f"Against {plots.short_path(cmp.get('other') or 'the other results')}: better on "
-            f"{better} classes, worse on {worse}; largest gain {best} "
-            f"({100 * deltas[best]:+.1f}), largest loss {worst_n} ({100 * deltas[worst_n]:+.1f})."
-        )
+        if not better and not worse:
+            out.append(f"Against {other}: the same AP on every class.")
+        else:
+            sentence = (
+                f"Against {other}: better on {_count(better, 'class')}, worse on "
+                f"{_count(worse, 'class')}"
+            )
+            if better:
+                sentence += f"; largest gain {best} ({100 * deltas[best]:+.1f} AP)"
+            if worse:
+                sentence += f"; largest loss {worst_n} ({100 * deltas[worst_n]:+.1f} AP)"
+            out.append(sentence + ".")
     return out
+
+
+def _count(n: Any, noun: str) -> str:
+    """``1 class``, ``2 classes``, ``3 detections``."""
+    n = int(n)
+    plural = noun + ("es" if noun.endswith("s") else "s")
+    return f"{n} {noun if n == 1 else plural}"
+
+
+def _share(fraction: float) -> str:
+    return "<1%" if 0 < fraction < 0.005 else f"{100 * fraction:.0f}%"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,9 +411,10 @@ def _num(x: Any, digits: int = 2) -> str:
     return "n/a"
 
 
-def _table(header: Sequence[str], rows: Sequence[str], cls: str = "") -> str:
+def _table(header: Sequence[str], rows: Sequence[str], cls: str = "", names: int = 1) -> str:
+    """A table; the first ``names`` columns hold text (left-aligned), the rest numbers."""
     head = "".join(
-        f'<th class="name">{esc(h)}</th>' if i == 0 else f"<th>{esc(h)}</th>"
+        f'<th class="name">{esc(h)}</th>' if i < names else f"<th>{esc(h)}</th>"
         for i, h in enumerate(header)
     )
     klass = f' class="{cls}"' if cls else ""
@@ -495,7 +515,7 @@ def _confusion_html(analysis: Mapping, figures: Mapping, out_dir: Path) -> str:
     ]
     parts = [_figures(figures, "confusion_matrix", out_dir), "<h3>Top confusions</h3>"]
     parts.append(
-        _table(["ground truth", "detected as", "count", "% of the ground truth"], rows)
+        _table(["ground truth", "detected as", "count", "% of the ground truth"], rows, names=2)
         if rows
         else "<p>No class-to-class confusions.</p>"
     )
@@ -559,6 +579,17 @@ def _compare_html(analysis: Mapping, figures: Mapping, out_dir: Path) -> str:
         f"Other: {esc(cmp.get('other'))}</p>",
         _figures(figures, "compare", out_dir),
     ]
+    other_metrics = cmp.get("metrics_other") or {}
+    if other_metrics:
+        mine = analysis.get("metrics") or {}
+        rows = []
+        for k in (*METRIC_ROWS[0], *METRIC_ROWS[1]):
+            a, b = mine.get(k), other_metrics.get(k)
+            rows.append(
+                f'<tr><td class="name">{esc(k)}</td>{_frac_cell(a)}{_frac_cell(b)}'
+                f"<td>{_signed(_diff(a, b))}</td></tr>"
+            )
+        parts += ["<h3>COCO metrics</h3>", _table(["metric", "this %", "other %", "delta"], rows)]
     per = cmp.get("per_class_ap") or {}
     if per:
         rows = [
@@ -599,6 +630,10 @@ def _compare_html(analysis: Mapping, figures: Mapping, out_dir: Path) -> str:
     return "".join(parts)
 
 
+def _diff(a: Any, b: Any) -> Optional[float]:
+    return float(a) - float(b) if valid(a) and valid(b) else None
+
+
 def _signed(x: Any) -> str:
     if isinstance(x, (int, float)) and math.isfinite(x):
         return f"{100 * x:+.1f}"
@@ -624,8 +659,9 @@ def _gallery_html(drawn: Sequence[Tuple[Mapping, Path]]) -> str:
         parts.append(f'<h3>{esc(title)}</h3><div class="gallery">{figs}</div>')
     key = (
         '<p class="muted">Dashed light blue: ground truth. Green: true positives. Red: false '
-        "positives, labelled with their error type. Dashed magenta: missed objects. The "
-        "example an image is shown for has the thicker line.</p>"
+        "positives, labelled with their error type. Dashed magenta: missed objects. In the "
+        "galleries of one error type, that error has the thick line and only it and its object "
+        "are labelled.</p>"
     )
     return key + "".join(parts)
 

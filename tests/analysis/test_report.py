@@ -119,7 +119,7 @@ def make_analysis(names=("person", "car", EVIL, "ghost", "lonely"), compare=True
             n: {
                 a: (-1.0 if n == "ghost" else round(max(ap[n], 0) * f, 4))
                 for a, f in zip(AREAS, (1.0, 0.4, 0.9, 1.2))
-            }  # fmt: skip
+            }
             for n in names
         },
         "pr_curves": pr,
@@ -204,10 +204,13 @@ def _gallery_inputs(tmp_path, missing: int = 1):
                     "bbox": box,
                     "area": box[2] * box[3],
                     "iscrowd": 0,
-                }  # fmt: skip
+                }
             )
     gt = load_coco_gt({"images": images, "annotations": anns, "categories": cats})
-    errors, tps = [], []
+    # the best-scored error of all, but in a crowd region: it counts nowhere, shown nowhere
+    errors = [_err("Bkg", 1, 0.99, [40, 40, 20, 20], 1, None, None)]
+    errors[0]["ignored"] = True
+    tps = []
     for a in anns:
         i, b, c = a["image_id"], a["bbox"], a["category_id"]
         shifted = [b[0] + 0.3 * b[2], b[1], b[2], b[3]]
@@ -225,8 +228,15 @@ def _gallery_inputs(tmp_path, missing: int = 1):
 
 
 def _err(kind, image_id, score, det_box, det_cat, gt_box, gt_cat) -> dict:
-    return {"type": kind, "image_id": image_id, "score": score, "det_box": det_box,
-            "det_category_id": det_cat, "gt_box": gt_box, "gt_category_id": gt_cat}  # fmt: skip
+    return {
+        "type": kind,
+        "image_id": image_id,
+        "score": score,
+        "det_box": det_box,
+        "det_category_id": det_cat,
+        "gt_box": gt_box,
+        "gt_category_id": gt_cat,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,6 +361,7 @@ def test_gallery_entries_and_drawing(tmp_path, detkit_log):
     loc = [e for e in entries if e["kind"] == "Loc"]
     assert [e["image_id"] for e in loc] == [3, 2]  # highest score first
     assert loc[0]["focus"]["score"] == pytest.approx(0.65)
+    assert all(e["focus"]["score"] != 0.99 for e in entries if e["focus"])  # the ignored one
     written = gallery.draw_gallery(entries, tmp_path / "gallery")
     assert len(written) == len(entries)
     for p in written:
@@ -362,6 +373,23 @@ def test_gallery_entries_and_drawing(tmp_path, detkit_log):
     written = gallery.draw_gallery(entries, tmp_path / "gallery2")
     assert len(written) == len([e for e in entries if e["image_id"] != 1])
     assert "could not be read" in detkit_log.messages[-1]
+
+
+def test_gallery_ranks_worst_images_by_given_counts(tmp_path):
+    gt, tide, paths = _gallery_inputs(tmp_path, missing=0)
+    per_image = {1: {"tp": 100, "fp": 1}, 2: {"tp": 0, "fp": 5, "missed": 2}, 3: 3, 4: 0}
+    entries = gallery.build_gallery(gt, tide, paths, per_image, n_worst=5, n_per_type=0)
+    assert [e["image_id"] for e in entries] == [2, 3, 1]  # true positives are not errors
+    assert entries[0]["title"] == "image 2: 7 errors"
+    assert {g["category_id"] for g in entries[0]["ground_truth"]} == {1, 2, 3}
+
+
+def test_figures_are_stamped_with_their_settings():
+    stamp = plots.settings_stamp(make_analysis(), IoU=0.5, area="small")
+    for part in ("instances_val.json", "r50/detections.json", "rules: coco", "IoU: 0.5"):
+        assert part in stamp
+    assert "area: small" in stamp and "maxDets: 100" in stamp
+    assert plots.text("a$b") == r"a\$b"  # no mathtext from class names
 
 
 def test_report_in_chromium(tmp_path):

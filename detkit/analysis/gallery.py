@@ -93,6 +93,7 @@ def build_gallery(
     names = {int(k): str(v) for k, v in getattr(gt, "cat_names", {}).items()}
     counts = _error_counts(errors, per_image_errors)
     wanted = {e["image_id"] for e in errors} | {i for i, n in counts.items() if n > 0}
+    image_paths = {int(k): v for k, v in image_paths.items()}  # ids read from JSON are strings
     available, missing = _available(wanted, image_paths)
     if missing:
         logger.warning(

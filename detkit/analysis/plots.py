@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -124,7 +125,8 @@ STAMP_SEP = "  |  "
 def _finish(fig: Figure, title: str, stamp: str) -> None:
     """Title on top; the settings stamp as the footer, wrapped at the separators to the figure's
     width (a long results path must not run off a narrow figure)."""
-    fig.suptitle(text(title), fontsize=12)
+    title_chars = int(fig.get_figwidth() * 10)  # ~10 characters per inch at 12 points
+    fig.suptitle("\n".join(textwrap.wrap(text(title), title_chars)) or " ", fontsize=12)
     width_chars = int(fig.get_figwidth() * 17)  # ~17 characters per inch at 7 points
     lines, line = [], ""
     for part in stamp.split(STAMP_SEP):
@@ -535,6 +537,16 @@ def plot_compare(analysis: Mapping, out_dir: PathLike) -> List[Path]:
     ax.barh(range(len(rows)), vals, color=["#2ca02c" if d >= 0 else "#d62728" for d in vals])
     ax.set_yticks(range(len(rows)), [text(n) for n, _ in rows], fontsize=_tick_fontsize(len(rows)))
     ax.set_ylim(-0.5, len(rows) - 0.5)
+    if not any(vals):
+        ax.set_xlim(-1, 1)
+        ax.text(
+            0,
+            len(rows) / 2,
+            "no per-class AP difference",
+            ha="center",
+            va="center",
+            bbox={"facecolor": "w", "edgecolor": "0.6"},
+        )
     ax.axvline(0, color="k", lw=0.8)
     ax.set_xlabel("AP difference in points (this - other)")
     ax.grid(axis="x", alpha=0.3)

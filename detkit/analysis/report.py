@@ -97,7 +97,8 @@ def write_report(
 
 
 def _jsonable(obj: Any) -> Any:
-    """``obj`` with numpy scalars / arrays, tuples and paths turned into plain JSON types."""
+    """``obj`` with numpy scalars / arrays, tuples and paths turned into plain JSON types, and
+    NaN / infinity into null (strict JSON, which every reader accepts)."""
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -105,9 +106,11 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return _jsonable(obj.tolist())
     if isinstance(obj, np.generic):
-        return obj.item()
+        return _jsonable(obj.item())
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
     return obj
 
 
@@ -367,7 +370,8 @@ figcaption { font-size: 12px; color: #555; overflow-wrap: anywhere; }
 .gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr));
            gap: 12px; }
 .gallery figure { margin: 0; background: #fff; border: 1px solid #ddd; padding: 4px; }
-.gallery img { width: 100%; height: auto; display: block; }
+.gallery img { width: 100%; height: 340px; object-fit: contain; background: #222;
+               display: block; }
 .muted { color: #777; font-size: 12px; }
 dl.settings { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px;
               font-size: 13px; margin: 8px 0; }

@@ -314,6 +314,7 @@ def test_report_html_escapes_and_is_self_contained(tmp_path):
 
 def test_report_without_compare_and_with_missing_values(tmp_path):
     analysis = make_analysis(compare=False)
+    analysis["metrics"]["per_class"]["car"] = np.float64("nan")  # numpy and NaN: strict JSON
     analysis["tide"]["main"]["Dupe"] = None
     analysis["coco_breakdown_curves"]["small"] = None
     analysis["metrics"]["APs"] = -1.0
@@ -321,6 +322,8 @@ def test_report_without_compare_and_with_missing_values(tmp_path):
     assert 'id="compare"' not in page and not (tmp_path / "compare_per_class_ap.csv").exists()
     assert not (tmp_path / "figures" / "compare.png").exists()
     assert "n/a" in page
+    saved = json.loads((tmp_path / "analysis.json").read_text(), parse_constant=pytest.fail)
+    assert saved["metrics"]["per_class"]["car"] is None
 
 
 def test_summary_in_words():
@@ -378,7 +381,8 @@ def test_gallery_entries_and_drawing(tmp_path, detkit_log):
 def test_gallery_ranks_worst_images_by_given_counts(tmp_path):
     gt, tide, paths = _gallery_inputs(tmp_path, missing=0)
     per_image = {1: {"tp": 100, "fp": 1}, 2: {"tp": 0, "fp": 5, "missed": 2}, 3: 3, 4: 0}
-    entries = gallery.build_gallery(gt, tide, paths, per_image, n_worst=5, n_per_type=0)
+    by_name = {str(k): v for k, v in paths.items()}  # ids as read back from a JSON file
+    entries = gallery.build_gallery(gt, tide, by_name, per_image, n_worst=5, n_per_type=0)
     assert [e["image_id"] for e in entries] == [2, 3, 1]  # true positives are not errors
     assert entries[0]["title"] == "image 2: 7 errors"
     assert {g["category_id"] for g in entries[0]["ground_truth"]} == {1, 2, 3}

@@ -22,6 +22,7 @@ from detkit.engine.trainer import RecordingEvaluator
 from detkit.modeling import build_model
 from detkit.utils.io import atomic_save
 from tests.engine.helpers import load_tool, tiny_config
+from tests.helpers import error_lines
 
 CLASSES = ["circle", "rectangle"]
 FAST_EVAL = ["test.parallel_images=1", "test.ims_per_batch=2"]
@@ -77,12 +78,14 @@ def test_output_dir_and_analyze(setup, tmp_path):
     _, cfg_file, (a, _) = setup
     out = tmp_path / "elsewhere"
     args = [str(cfg_file), "--weights", str(a), "--output-dir", str(out), "--analyze"]
-    assert load_tool("test").main(args + ["--analyze-iou", "0.4"]) == 0
+    options = ["--analyze-iou", "0.4", "--analyze-score-thresh", "0.25"]
+    assert load_tool("test").main(args + options) == 0
     assert (out / "metrics.json").is_file() and (out / "coco_results.json").is_file()
     assert (out / "analysis" / "report.html").is_file()
     analysis = json.loads((out / "analysis" / "analysis.json").read_text())
     settings = analysis["settings"]
     assert settings["rules"] == "coco" and settings["iou_thresh"] == 0.4
+    assert settings["score_thresh"] == 0.25
     assert settings["n_images"] == 6  # the processed images
     assert not any("no galleries" in n for n in analysis["notes"])  # the dataset's image files
     # the analysis' numbers are the evaluation's
@@ -99,6 +102,17 @@ def test_analyze_options_need_analyze_and_valid_values(setup, tmp_path, capsys):
     status = load_tool("test").main(args + ["--analyze", "--analyze-score-thresh", "1.5"])
     assert status == 1 and "--analyze-score-thresh" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_a_weights_folder_that_cannot_hold_the_results_names_output_dir(setup, tmp_path, capsys):
+    _, cfg_file, (a, _) = setup
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(a.read_bytes())
+    (tmp_path / "test_w").write_text("a file where the results folder would go")
+    assert load_tool("test").main([str(cfg_file), "--weights", str(weights)]) == 1
+    (line,) = error_lines(capsys.readouterr().err)
+    assert f"WriteError: cannot write to the output folder {tmp_path / 'test_w'}" in line
+    assert "pass --output-dir" in line
 
 
 @pytest.fixture(scope="module")

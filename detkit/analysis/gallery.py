@@ -110,15 +110,16 @@ def build_gallery(
     def entry(kind: str, image_id: int, focus: Optional[dict]) -> Dict[str, Any]:
         errs = by_image.get(image_id, [])
         n_types = {t: sum(e["type"] == t for e in errs) for t in ERROR_TYPES}
-        summary = ", ".join(f"{n} {t}" for t, n in n_types.items() if n) or "no errors"
+        summary = ", ".join(f"{n} {t}" for t, n in n_types.items() if n) or "none"
         if focus is None:
-            title = f"image {image_id}: {counts.get(image_id, len(errs))} errors"
+            n = counts.get(image_id, len(errs))
+            title = f"image {image_id}: {n} error{'' if n == 1 else 's'}"
         else:
             title = f"{focus['type']}: {_describe(focus, names)} (image {image_id})"
         return {
             "kind": kind,
             "title": title,
-            "caption": f"image {image_id} ({Path(str(available[image_id])).name}): {summary}",
+            "caption": f"{Path(str(available[image_id])).name}, TIDE errors: {summary}",
             "image_id": image_id,
             "path": str(available[image_id]),
             "focus": focus,

@@ -209,7 +209,8 @@ def plot_pr_curves(
         ax.plot(RECALL, c, color=color, ls=ls, lw=2, label=f"IoU {iou}  [{fmt_frac(c.mean())}]")
     _pr_axes(ax)
     ax.legend(loc="lower left", fontsize=9)
-    _finish(fig, "Precision / recall, all classes", settings_stamp(analysis, area="all"))
+    stamp = settings_stamp(analysis, IoU=".50 / .75", area="all")
+    _finish(fig, "Precision / recall, all classes", stamp)
     paths.append(save_figure(fig, out_dir / "pr_overall.png"))
 
     per_class_ap = (analysis.get("metrics") or {}).get("per_class") or {}
@@ -248,7 +249,7 @@ def plot_pr_curves(
             if i + cols >= len(names):  # the lowest panel of its column: it carries the x ticks
                 ax.xaxis.set_tick_params(labelbottom=True)
             ax.grid(alpha=0.3)
-        _finish(fig, title, settings_stamp(analysis, area="all"))
+        _finish(fig, title, stamp)
         paths.append(save_figure(fig, out_dir / "pr_per_class.png"))
     return paths
 

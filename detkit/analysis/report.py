@@ -32,6 +32,7 @@ import html
 import io
 import logging
 import math
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -81,8 +82,13 @@ def write_report(
     :func:`detkit.analysis.gallery.build_gallery`'s; without them the page has no gallery."""
     out = ensure_output_dir(output_dir)
     write_json(_jsonable(analysis), out / "analysis.json")
-    write_csvs(analysis, out)
+    csvs = write_csvs(analysis, out)
     figures = plots.plot_all(analysis, out / "figures")
+    # a report written again into the same folder: files of the earlier run that this one does
+    # not write (a compare figure, last run's gallery) would sit beside it and mislead
+    _remove_stale(out, CSV_NAMES, csvs)
+    _remove_stale(out / "figures", FIGURE_NAMES, [p for ps in figures.values() for p in ps])
+    _remove_stale(out / "gallery", None, [])
     drawn = []
     if gallery_entries:
         drawn = draw_gallery_entries(gallery_entries, out / "gallery", fmt="jpg")
@@ -90,6 +96,39 @@ def write_report(
     path = atomic_write_text(page, out / "report.html")
     logger.info("analysis report written: %s", path)
     return path
+
+
+CSV_NAMES = (
+    "per_class_ap.csv",
+    "coco_breakdown.csv",
+    "operating_points.csv",
+    "confusion_matrix.csv",
+    "tide.csv",
+    "compare_per_class_ap.csv",
+)
+FIGURE_NAMES = (
+    "pr_overall.png",
+    "pr_per_class.png",
+    "coco_breakdown.png",
+    "coco_breakdown_classes.png",
+    "tide.png",
+    "confusion_matrix.png",
+    "operating_points.png",
+    "compare.png",
+)
+GALLERY_FILE = re.compile(r"^(worst|Cls|Loc|Both|Dupe|Bkg|Miss)_\d+_img-?\d+\.(png|jpg)$")
+
+
+def _remove_stale(folder: Path, names: Optional[Sequence[str]], written: Sequence[Path]) -> None:
+    """Remove the files an earlier report left in ``folder``: those of ``names`` (or, for None,
+    those named like gallery images) that this run did not write. Nothing else is touched."""
+    if not folder.is_dir():
+        return
+    keep = {Path(p).name for p in written}
+    for path in folder.iterdir():
+        ours = path.name in names if names is not None else GALLERY_FILE.match(path.name)
+        if ours and path.name not in keep and path.is_file():
+            path.unlink()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,10 +304,15 @@ def summarize(analysis: Mapping) -> List[str]:
             steps.append((overall[b] - overall[a], a, b, words))
     if steps:
         gain, a, b, words = max(steps)
-        out.append(
+        sentence = (
             f"In COCO's breakdown (all areas) the largest gap is {words}: removing them raises "
-            f"AP from {_pct(overall[a])} ({a}) to {_pct(overall[b])} ({b})."
+            f"AP from {_pct(overall[a])} ({a}) to {_pct(overall[b])} ({b})"
         )
+        wrong = [st for st in steps if st[2] != "FN" and st[0] > 0]
+        if b == "FN" and wrong:  # misses usually lead; say which wrong detections cost most
+            g2, _, _, words2 = max(wrong)
+            sentence += f"; among wrong detections, {words2} cost the most (+{100 * g2:.1f} AP)"
+        out.append(sentence + ".")
 
     conf = top_confusions(analysis, 3)
     if conf:

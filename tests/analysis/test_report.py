@@ -313,6 +313,10 @@ def test_report_html_escapes_and_is_self_contained(tmp_path):
 
 
 def test_report_without_compare_and_with_missing_values(tmp_path):
+    report.write_report(make_analysis(), tmp_path)  # an earlier run with a comparison
+    (tmp_path / "gallery").mkdir()
+    (tmp_path / "gallery" / "Loc_01_img3.jpg").write_bytes(b"old")
+    (tmp_path / "gallery" / "mine.txt").write_text("not the report's")
     analysis = make_analysis(compare=False)
     analysis["metrics"]["per_class"]["car"] = np.float64("nan")  # numpy and NaN: strict JSON
     analysis["tide"]["main"]["Dupe"] = None
@@ -321,6 +325,7 @@ def test_report_without_compare_and_with_missing_values(tmp_path):
     page = report.write_report(analysis, tmp_path).read_text(encoding="utf-8")
     assert 'id="compare"' not in page and not (tmp_path / "compare_per_class_ap.csv").exists()
     assert not (tmp_path / "figures" / "compare.png").exists()
+    assert [p.name for p in (tmp_path / "gallery").iterdir()] == ["mine.txt"]
     assert "n/a" in page
     saved = json.loads((tmp_path / "analysis.json").read_text(), parse_constant=pytest.fail)
     assert saved["metrics"]["per_class"]["car"] is None

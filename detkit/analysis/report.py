@@ -461,6 +461,8 @@ def _num(x: Any, digits: int = 2) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[str], cls: str = "", names: int = 1) -> str:
     """A table; the first ``names`` columns hold text (left-aligned), the rest numbers."""
+    if not rows:
+        return ""
     head = "".join(
         f'<th class="name">{esc(h)}</th>' if i < names else f"<th>{esc(h)}</th>"
         for i, h in enumerate(header)
@@ -525,9 +527,12 @@ def _breakdown_html(analysis: Mapping, figures: Mapping, out_dir: Path) -> str:
         for area in AREAS
         if bd.get(area)
     ]
+    figs = _figures(figures, "coco_breakdown", out_dir)
+    if not rows and not figs:
+        return ""
     explain = "".join(f"<li>{esc(BREAKDOWN_LABELS[t])}</li>" for t in BREAKDOWN_TYPES)
     return (
-        _figures(figures, "coco_breakdown", out_dir)
+        figs
         + "<h3>All classes, AP (%) after each step</h3>"
         + _table(["area", *BREAKDOWN_TYPES], rows)
         + f'<ul class="muted">{explain}</ul>'
@@ -547,12 +552,16 @@ def _tide_html(analysis: Mapping, figures: Mapping, out_dir: Path) -> str:
     ap50 = tide.get("ap50")
     base = f"<p>AP50 (TIDE's base): {_num(ap50, 1)}</p>" if ap50 is not None else ""
     return (
-        _figures(figures, "tide", out_dir) + base + _table(["type", "what", "dAP (points)"], rows)
+        _figures(figures, "tide", out_dir)
+        + base
+        + _table(["type", "what", "dAP (points)"], rows, names=2)
     )
 
 
 def _confusion_html(analysis: Mapping, figures: Mapping, out_dir: Path) -> str:
     cm = analysis.get("confusion_matrix") or {}
+    if not cm.get("labels") or cm.get("counts") is None:
+        return ""
     conf = top_confusions(analysis, 20)
     rows = [
         f'<tr><td class="name">{esc(c["ground_truth"])}</td>'
@@ -745,8 +754,9 @@ def render_html(
         )
     summary = "".join(f"<li>{esc(line)}</li>" for line in summarize(analysis))
     nav = "".join(f'<a href="#{sid}">{esc(name)}</a>' for sid, name, _ in sections)
+    missing = '<p class="muted">Not available in this analysis.</p>'
     body = "".join(
-        f'<section id="{sid}"><h2>{esc(name)}</h2>{content}</section>'
+        f'<section id="{sid}"><h2>{esc(name)}</h2>{content or missing}</section>'
         for sid, name, content in sections
     )
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -331,6 +331,15 @@ def test_report_without_compare_and_with_missing_values(tmp_path):
     assert saved["metrics"]["per_class"]["car"] is None
 
 
+def test_report_of_an_analysis_without_data(tmp_path):
+    keys = ("settings", "metrics", "per_class_area_ap", "pr_curves", "coco_breakdown")
+    keys += ("coco_breakdown_curves", "tide", "confusion_matrix", "operating_points", "notes")
+    analysis = {k: None for k in keys + ("compare",)}
+    page = report.write_report(analysis, tmp_path).read_text(encoding="utf-8")
+    assert page.count("Not available in this analysis.") == 6  # each section says so
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["analysis.json", "report.html"]
+
+
 def test_summary_in_words():
     lines = report.summarize(make_analysis())
     text = "\n".join(lines)

@@ -54,7 +54,7 @@ def _text_color(background: Color) -> Color:
     return (0, 0, 0) if 0.299 * r + 0.587 * g + 0.114 * b > 150 else (255, 255, 255)
 
 
-def _corners(box: Sequence[float], height: int, width: int) -> Tuple[int, int, int, int]:
+def box_corners(box: Sequence[float], height: int, width: int) -> Tuple[int, int, int, int]:
     """Integer corners of the outline: the first and last pixel rows/columns the box covers.
 
     A box (x1, y1, x2, y2) in continuous coordinates covers pixels x1 .. x2 - 1, so a box
@@ -67,7 +67,8 @@ def _corners(box: Sequence[float], height: int, width: int) -> Tuple[int, int, i
     return x1, y1, max(x1, x2), max(y1, y2)
 
 
-def _dashed_rectangle(img: np.ndarray, corners, color: Color, thickness: int) -> None:
+def dashed_rectangle(img: np.ndarray, corners, color: Color, thickness: int) -> None:
+    """The ground truth's outline: a dashed rectangle on ``box_corners``' corners, drawn in place."""
     x1, y1, x2, y2 = corners
     dash = max(4, 4 * thickness)
     for (ax, ay), (bx, by) in (
@@ -85,10 +86,11 @@ def _dashed_rectangle(img: np.ndarray, corners, color: Color, thickness: int) ->
             cv2.line(img, p0, p1, color, thickness, cv2.LINE_AA if thickness > 1 else cv2.LINE_8)
 
 
-def _label(
+def draw_label(
     img: np.ndarray, text: str, corners, color: Color, style: DrawStyle, filled: bool
 ) -> None:
-    """The label sits above the box's top-left corner, or just inside the box when there is no room."""
+    """Draw ``text`` in place: above the box's top-left corner, or just inside the box when there
+    is no room; filled (predictions) or outlined (ground truth)."""
     (tw, th), base = cv2.getTextSize(text, FONT, style.font_scale, style.font_thickness)
     pad = max(1, style.thickness)
     x1, y1 = corners[0], corners[1]
@@ -150,15 +152,15 @@ def draw_boxes(
     order = np.argsort(scores, kind="stable") if scores is not None else range(len(boxes))
     for i in order:
         color = class_color(labels[i])
-        corners = _corners(boxes[i], h, w)
+        corners = box_corners(boxes[i], h, w)
         text = _name(labels[i], class_names)
         if ground_truth:
-            _dashed_rectangle(img, corners, color, style.thickness)
+            dashed_rectangle(img, corners, color, style.thickness)
         else:
             cv2.rectangle(img, corners[:2], corners[2:], color, style.thickness)
             if scores is not None:
                 text = f"{text} {scores[i]:.2f}"
-        _label(img, text, corners, color, style, filled=not ground_truth)
+        draw_label(img, text, corners, color, style, filled=not ground_truth)
     return img
 
 

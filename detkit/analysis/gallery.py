@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from ..utils.io import atomic_write_bytes
-from ..visualization import FONT, DrawStyle, _corners, _dashed_rectangle, _label, draw_style
+from ..visualization import FONT, DrawStyle, box_corners, dashed_rectangle, draw_label, draw_style
 
 logger = logging.getLogger("detkit")
 
@@ -335,10 +335,10 @@ def _thumbnail_style(height: int, width: int) -> DrawStyle:
 def _draw_box(img, xywh, color, text: str, dashed: bool, weight: int, style: DrawStyle) -> None:
     h, w = img.shape[:2]
     x, y, bw, bh = xywh
-    corners = _corners((x, y, x + bw, y + bh), h, w)
+    corners = box_corners((x, y, x + bw, y + bh), h, w)
     thickness = {0: 1, 2: 2 * style.thickness}.get(weight, style.thickness)
     if dashed:
-        _dashed_rectangle(img, corners, color, thickness)
+        dashed_rectangle(img, corners, color, thickness)
     else:
         cv2.rectangle(img, corners[:2], corners[2:], color, thickness)
     if not text or weight == 0:
@@ -348,7 +348,7 @@ def _draw_box(img, xywh, color, text: str, dashed: bool, weight: int, style: Dra
         height = th + base + 2 * max(1, style.thickness)
         y = corners[3] + 1 + height if corners[3] + 1 + height < h else corners[3] - 1
         corners = (corners[0], y, corners[2], corners[3])
-    _label(img, text, corners, color, style, filled=not dashed)
+    draw_label(img, text, corners, color, style, filled=not dashed)
 
 
 def _iou(a: Sequence[float], b: Sequence[float]) -> float:

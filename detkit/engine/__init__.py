@@ -1,6 +1,7 @@
 """Training and testing: the loop, checkpoints, distributed setup, solver, logging of metrics.
 
-``train_main(cfg, output_dir, resume)`` and ``evaluate_main(cfg, weights, output_dir)`` are what
+``train_main(cfg, output_dir, resume)`` and ``evaluate_main(cfg, weights, output_dir=None, ...)``
+(results next to the weights unless ``output_dir`` is given) are what
 tools/train.py and tools/test.py call; ``Trainer`` is the loop itself.
 """
 

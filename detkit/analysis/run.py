@@ -46,6 +46,11 @@ logger = logging.getLogger("detkit")
 GtSource = Union[str, os.PathLike, Dict[str, Any], GroundTruth]
 ResultsSource = Union[str, os.PathLike, List[Dict[str, Any]], Detections]
 TIDE_MAIN = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
+VOC_NOTE = [
+    "VOC rules: 'difficult' objects are ignored regions and boxes keep the devkit's inclusive "
+    "pixel widths; matching and AP follow the COCO evaluator (IoU >= threshold, 101 recall "
+    "points), so AP50 may differ slightly from the VOC devkit's AP"
+]
 _STAGES = 7  # progress steps of one model's analysis (for the bar)
 
 
@@ -279,7 +284,7 @@ def analyze(
         "confusion_matrix": confusion,
         "operating_points": this.operating,
         "overall_operating_point": this.overall_operating,
-        "notes": _notes(gt, dets, this),
+        "notes": _notes(gt, dets, this) + (VOC_NOTE if rules == "voc" else []),
         "compare": None if other is None else _compare(gt, this, other, other_name),
     }
     tide_for_gallery = dict(this.tide, per_image=this.confusion["per_image"])

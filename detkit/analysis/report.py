@@ -328,7 +328,7 @@ def summarize(analysis: Mapping) -> List[str]:
         counts = np.asarray(cm["counts"], dtype=np.float64).reshape(len(labels), len(labels))
         k = len(labels) - 1
         thresh = cm.get("score_thresh", s.get("score_thresh"))
-        at = f" at score >= {thresh}" if thresh is not None else ""
+        at = f" at score >= {thresh:.3g}" if thresh is not None else ""
         missed = counts[:k, k]
         if missed.max(initial=0) > 0:
             i = int(np.argmax(missed))
@@ -494,7 +494,7 @@ def _settings_html(analysis: Mapping) -> str:
         ),
         (
             "confusion matrix",
-            f"score >= {s.get('score_thresh')}, IoU >= {s.get('iou_thresh')}"
+            f"score >= {s.get('score_thresh'):.3g}, IoU >= {s.get('iou_thresh')}"
             if s.get("score_thresh") is not None
             else None,
         ),

@@ -44,6 +44,13 @@ from ..evaluation.fast_coco import (
 
 BREAKDOWN_TYPES = ("C75", "C50", "Loc", "Sim", "Oth", "BG", "FN")
 LOC_PARAMS = EvalParams(iou_thresholds=(0.1,), max_dets=(100,))
+# COCO's ten thresholds plus Loc's 0.1 in one run: matching is decided per threshold, so the first
+# ten slices are exactly the plain evaluation's and the eleventh is the Loc run's
+MAIN_PARAMS = EvalParams(
+    iou_thresholds=COCO_PARAMS.iou_thresholds + LOC_PARAMS.iou_thresholds,
+    max_dets=COCO_PARAMS.max_dets,
+)
+_T_COCO = len(COCO_PARAMS.iou_thresholds)
 _T50 = int(np.flatnonzero(IOU_THRESHOLDS == 0.5)[0])
 _T75 = int(np.flatnonzero(IOU_THRESHOLDS == 0.75)[0])
 _M100 = COCO_PARAMS.max_dets.index(100)
@@ -51,18 +58,22 @@ _M100 = COCO_PARAMS.max_dets.index(100)
 
 @dataclasses.dataclass
 class MainEvaluation:
-    """The plain COCO evaluation the analysis starts from."""
+    """The plain COCO evaluation the analysis starts from (COCO's thresholds only), and the
+    precision at IoU 0.1 (maxDets 100) that the same run gave."""
 
     precision: np.ndarray  # (T, R, K, A, M)
     recall: np.ndarray  # (T, K, A, M)
-    matching: Matching
+    matching: Matching  # codes (A, T + 1, N): the last threshold is IoU 0.1
+    loc_precision: np.ndarray  # (R, K, A)
 
 
 def evaluate_main(
     gt: GroundTruth, dets: Detections, img_ids: Optional[np.ndarray] = None
 ) -> MainEvaluation:
-    precision, recall, matching = evaluate_with(gt, dets, img_ids, COCO_PARAMS)
-    return MainEvaluation(precision, recall, matching)
+    precision, recall, matching = evaluate_with(gt, dets, img_ids, MAIN_PARAMS)
+    return MainEvaluation(
+        precision[:_T_COCO], recall[:_T_COCO], matching, precision[_T_COCO, :, :, :, _M100]
+    )
 
 
 def class_names(gt: GroundTruth) -> List[str]:
@@ -190,7 +201,7 @@ def breakdown_curves(
     curves: Dict[str, Optional[np.ndarray]] = {
         "C75": p[_T75],
         "C50": p[_T50],
-        "Loc": at_iou_01(gt),
+        "Loc": main.loc_precision,
         "Sim": at_iou_01(relabelled_ground_truth(gt, dets, groups)) if groups else None,
         "Oth": at_iou_01(relabelled_ground_truth(gt, dets, None)),
     }

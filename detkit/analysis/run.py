@@ -51,7 +51,7 @@ VOC_NOTE = [
     "pixel widths; matching and AP follow the COCO evaluator (IoU >= threshold, 101 recall "
     "points), so AP50 may differ slightly from the VOC devkit's AP"
 ]
-_STAGES = 7  # progress steps of one model's analysis (for the bar)
+_STAGES = 6  # progress steps of one model's analysis (for the bar)
 
 
 @dataclasses.dataclass
@@ -117,6 +117,7 @@ def _analyze_model(
     score_thresh: Optional[float],
     iou_thresh: float,
     bar: tqdm,
+    records: bool,
 ) -> ModelAnalysis:
     bar.set_postfix_str("COCO evaluation")
     main = evaluate_main(gt, dets)
@@ -128,7 +129,7 @@ def _analyze_model(
     operating, overall = operating_points(gt, main)
     bar.update(1)
     bar.set_postfix_str("TIDE")
-    tide = tide_errors(gt, dets)
+    tide = tide_errors(gt, dets, records=records)
     bar.update(1)
     bar.set_postfix_str("confusion matrix")
     if score_thresh is None:
@@ -235,13 +236,15 @@ def analyze(
     rules: str = "coco",
     dataset_name: Optional[str] = None,
     results_name: Optional[str] = None,
+    error_records: bool = True,
 ) -> Tuple[Dict[str, Any], GroundTruth, Dict]:
     """The analysis of ``results`` on ``gt`` as analysis.json lays it out (see docs/analysis.md),
     the ground truth it used and the TIDE result (whose per-error records feed the galleries).
 
     ``score_thresh`` / ``iou_thresh``: the confusion matrix's (default score: the one that
     maximises F1 over all classes at IoU 0.5). ``compare``: a second results set on the same
-    ground truth, reported as deltas (this minus other)."""
+    ground truth, reported as deltas (this minus other). ``error_records=False``: no per-error
+    TIDE records (nothing for the galleries; the numbers are the same)."""
     if not 0.0 < float(iou_thresh) <= 1.0:
         raise ConfigError(
             f"the confusion matrix's IoU threshold must be in (0, 1], got {iou_thresh}"
@@ -256,11 +259,11 @@ def analyze(
         _, other_dets, _, other_name = load_inputs(gt, compare)
     total = _STAGES * (2 if compare is not None else 1)
     with tqdm(total=total, desc="analysis", unit="step", leave=False) as bar:
-        this = _analyze_model(gt, dets, score_thresh, iou_thresh, bar)
+        this = _analyze_model(gt, dets, score_thresh, iou_thresh, bar, error_records)
         other = None
         if other_dets is not None:
             used = this.confusion["score_thresh"]
-            other = _analyze_model(gt, other_dets, used, iou_thresh, bar)
+            other = _analyze_model(gt, other_dets, used, iou_thresh, bar, False)
     confusion = {k: v for k, v in this.confusion.items() if k != "per_image"}
     analysis = {
         "settings": {
@@ -325,6 +328,7 @@ def analyze_coco(
         rules=rules,
         dataset_name=dataset_name,
         results_name=results_name,
+        error_records=bool(galleries and image_paths),
     )
     out = Path(output_dir)
     entries = None

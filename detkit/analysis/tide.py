@@ -98,8 +98,12 @@ def tide_errors(
     pos_thresh: float = 0.5,
     bg_thresh: float = 0.1,
     max_dets: int = MAX_DETS,
+    records: bool = True,
 ) -> Dict[str, Any]:
     """TIDE's error breakdown of ``dets`` against ``gt`` (rules in the module docstring).
+
+    ``records=False`` leaves ``errors`` and ``true_positives`` empty: the numbers alone, without
+    building one Python dict per detection (what the galleries need, and most of the time).
 
     Returns plain Python values:
 
@@ -166,7 +170,9 @@ def tide_errors(
         name: int(np.count_nonzero(err == code)) for code, name in enumerate(_DET_ERROR_NAMES)
     }
     counts["Miss"] = int(missed.sum())
-    errors, true_positives = _records(d, g, img_ids, tp, match, ignored, err, err_gt, missed)
+    errors, true_positives = (
+        _records(d, g, img_ids, tp, match, ignored, err, err_gt, missed) if records else ([], [])
+    )
     return {
         "main": main,
         "special": special,

@@ -156,3 +156,11 @@ def test_class_without_detections_and_without_ground_truth_are_named(tmp_path):
     assert "unicorn" in notes and "person" in notes
     assert analysis["operating_points"]["unicorn"] is None
     assert analysis["pr_curves"]["iou_0.50"]["unicorn"] == [-1.0] * 101
+
+
+def test_numbers_do_not_depend_on_building_error_records():
+    gt, res = _files()
+    with_records, _, tide = analyze(str(gt), str(res))
+    without, _, bare = analyze(str(gt), str(res), error_records=False)
+    assert with_records == without
+    assert tide["errors"] and not bare["errors"] and not bare["true_positives"]

@@ -27,6 +27,7 @@ from detkit.errors import CheckpointError
 
 from .config_match import configs_fitting, describe_foreign
 from .detectron2_names import to_detkit_checkpoint
+from .mmdet_imagenet import imagenet_to_torchvision
 from .torchvision_names import imagenet_to_detkit
 
 logger = logging.getLogger("detkit")
@@ -251,9 +252,11 @@ def _warn_unused(path: PathLike, mismatched, missing, unexpected) -> None:
 
 
 def load_backbone_weights(model: nn.Module, path: PathLike) -> None:
-    """Load a torchvision ImageNet ResNet checkpoint (e.g. resnet101-*.pth) into the backbone."""
+    """Load a torchvision ImageNet ResNet checkpoint (e.g. resnet101-*.pth) into the backbone; also
+    mmdet's (``mmdet_imagenet``: open-mmlab:// ResNeXts, MSRA's ResNets as .pth)."""
     c4 = model.neck is None
-    state = imagenet_to_detkit(load_state_file(path), c4)
+    # mmdet's ImageNet files (module./backbone. prefixes) read as torchvision's
+    state = imagenet_to_detkit(imagenet_to_torchvision(load_state_file(path)), c4)
     own = model.state_dict()
     bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:

@@ -10,7 +10,8 @@ tensor, rescale boxes only). The options a model trained elsewhere needs are con
 ``input_format="BGR"`` (detectron2/Caffe weights see BGR; the sample's channels are flipped here),
 ``pixel_divisor=1.0`` (normalise (x - mean) / std in 0..255 units, MSRA's std 1),
 ``resize_interpolation="pil_bilinear"`` (resize the uint8 image with PIL before normalising, as
-detectron2's ResizeShortestEdge does), ``rescale_clip`` / ``rescale_drop_empty`` (clip the rescaled
+detectron2's ResizeShortestEdge does; ``"cv2_bilinear"``: OpenCV's INTER_LINEAR on the uint8 image,
+mmdetection's Resize), ``rescale_clip`` / ``rescale_drop_empty`` (clip the rescaled
 boxes to the original image and drop the empty ones, detectron2's detector_postprocess).
 """
 
@@ -29,7 +30,7 @@ from torch.onnx import operators as onnx_operators
 from ..structures import ImageList, clip_boxes
 
 INPUT_FORMATS = ("RGB", "BGR")
-RESIZE_INTERPOLATIONS = ("tensor_bilinear", "pil_bilinear")
+RESIZE_INTERPOLATIONS = ("tensor_bilinear", "pil_bilinear", "cv2_bilinear")
 
 
 class FasterRCNN(nn.Module):
@@ -97,8 +98,9 @@ class FasterRCNN(nn.Module):
         images = []
         for s in batch:
             image, size, scale = s["image"], s.get("size"), s.get("scale")
-            if self.resize_interpolation == "pil_bilinear" and (size or scale is not None):
-                image = pil_resize(image, size or _floor_size(image.shape[-2:], scale))
+            if self.resize_interpolation != "tensor_bilinear" and (size or scale is not None):
+                resize = pil_resize if self.resize_interpolation == "pil_bilinear" else cv2_resize
+                image = resize(image, size or _floor_size(image.shape[-2:], scale))
                 size, scale = None, None
             x = image.to(self.device, non_blocking=True).float()
             if self.input_format == "BGR":  # samples are RGB
@@ -188,10 +190,26 @@ def pil_resize(image: Tensor, size: Sequence[int]) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
 
 
+def cv2_resize(image: Tensor, size: Sequence[int]) -> Tensor:
+    """Resize a uint8 (3, H, W) image to ``size`` (h, w) with OpenCV's INTER_LINEAR, mmdetection's
+    test-time resize (mmcv.imrescale). Unlike PIL, OpenCV does not widen the filter when shrinking
+    and rounds its fixed-point result to uint8. Per channel, so RGB or BGR give the same bytes."""
+    import cv2  # albumentations' dependency; only this resize needs it
+
+    if image.dtype != torch.uint8:
+        raise ValueError(
+            f"resize_interpolation 'cv2_bilinear' resizes uint8 images, got {image.dtype}"
+        )
+    h, w = int(size[0]), int(size[1])
+    array = np.ascontiguousarray(image.cpu().numpy().transpose(1, 2, 0))
+    resized = cv2.resize(array, (w, h), interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+
+
 def _floor_size(shape, scale) -> tuple:
     """The size F.interpolate(scale_factor=scale, recompute_scale_factor=True) resizes to."""
     if isinstance(scale, Tensor):
-        raise ValueError("resize_interpolation 'pil_bilinear' cannot be traced (export)")
+        raise ValueError("resize_interpolation 'pil_bilinear'/'cv2_bilinear' cannot be traced")
     return tuple(int(math.floor(side * float(scale))) for side in shape)
 
 

@@ -61,11 +61,13 @@ def nms_and_vote(
     vote_thresh: Optional[float],
     max_dets: int,
     num_classes: int = 0,
+    offset_below: int = 0,
 ) -> Detections:
     """Per-class NMS, the best ``max_dets`` kept, then (when ``vote_thresh`` is given) per-class box
     voting among all the input boxes. Shared by the RoI heads and the multi-scale/flip merge.
-    ``num_classes`` is needed only while tracing (export: one NMS per class)."""
-    keep = batched_nms(boxes, scores, labels, nms_thresh, num_classes)[:max_dets]
+    ``num_classes`` is needed only while tracing (export: one NMS per class); ``offset_below``:
+    ``layers.batched_nms``'s."""
+    keep = batched_nms(boxes, scores, labels, nms_thresh, num_classes, offset_below)[:max_dets]
     kept_boxes, kept_scores, kept_labels = boxes[keep], scores[keep], labels[keep]
     if vote_thresh is not None and len(keep):
         voted = kept_boxes.clone()
@@ -95,6 +97,7 @@ class ROIHeads(nn.Module):
         nms_thresh_test: float = 0.5,
         detections_per_image: int = 100,
         min_size_test: float = 1e-2,
+        nms_offset_below: int = 0,
         context: bool = False,
         refine_iterations: int = 0,
         refine_nms_thresh: float = 0.3,
@@ -120,6 +123,7 @@ class ROIHeads(nn.Module):
         self.nms_thresh_test = nms_thresh_test
         self.detections_per_image = detections_per_image
         self.min_size_test = min_size_test
+        self.nms_offset_below = nms_offset_below  # layers.batched_nms's offset_below
         if refine_iterations < 0:
             raise ValueError(f"refine_iterations must be >= 0 (0 = off), got {refine_iterations}")
         self.refine_iterations = int(refine_iterations)
@@ -239,6 +243,7 @@ class ROIHeads(nn.Module):
             vote_thresh,
             self.detections_per_image,
             self.num_classes,
+            self.nms_offset_below,
         )
 
     @torch.no_grad()

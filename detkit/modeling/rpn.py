@@ -76,6 +76,7 @@ class RPN(nn.Module):
         min_size: float = 1e-3,
         min_size_strict: bool = False,
         nms_score: str = "prob",
+        nms_offset_below: int = 0,
         smooth_l1_beta: float = 1 / 9,
         loss_weight: float = 1.0,
     ):
@@ -98,6 +99,7 @@ class RPN(nn.Module):
         if nms_score not in NMS_SCORES:
             raise ValueError(f"unknown RPN nms_score '{nms_score}'; valid: {', '.join(NMS_SCORES)}")
         self.nms_score = nms_score
+        self.nms_offset_below = nms_offset_below  # layers.batched_nms's offset_below
         self.smooth_l1_beta = smooth_l1_beta
         self.loss_weight = loss_weight
 
@@ -176,7 +178,9 @@ class RPN(nn.Module):
             keep = keep[prob[keep] >= self.score_thresh]
             score = prob if self.nms_score == "prob" else logit
             boxes, score, lvl = boxes[keep], score[keep], levels[keep]
-            keep = batched_nms(boxes.float(), score, lvl, self.nms_thresh, len(anchors))
+            keep = batched_nms(
+                boxes.float(), score, lvl, self.nms_thresh, len(anchors), self.nms_offset_below
+            )
             proposals.append(boxes[keep[:post_topk]])
         return proposals
 

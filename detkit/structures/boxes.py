@@ -37,20 +37,46 @@ def nonempty(boxes: Tensor, min_size: float) -> Tensor:
     return torch.where((ws >= min_size) & (hs >= min_size))[0]
 
 
+DELTA_SCALINGS = ("divide", "multiply_reciprocal")
+CENTERS = ("corner", "midpoint")
+SIZE_CLAMPS = ("upper", "both")
+
+
 class BoxCoder:
     """Encodes a box relative to a reference box as (dx, dy, dw, dh) and back.
 
     dx = wx * (gx - px) / pw, dw = ww * log(gw / pw); the weights scale the deltas so that the
     regression targets have roughly unit variance (10, 10, 5, 5 for the RoI head).
+
+    How ``decode`` rounds (the same function up to the last bit of float32; a detector with random
+    weights flips NMS decisions on such bits, see the parity tests): ``delta_scaling`` "divide"
+    (delta / w: torchvision, detectron2) or "multiply_reciprocal" (delta * float32(1 / w):
+    mmdetection's target_stds); ``center`` of the reference box "corner" (x1 + 0.5 * width) or
+    "midpoint" ((x1 + x2) * 0.5, mmdetection); ``size_clamp`` of dw/dh "upper" (at most
+    ``scale_clamp``) or "both" (within +-``scale_clamp``, mmdetection's wh_ratio_clip).
     """
 
     def __init__(
         self,
         bbox_reg_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
         scale_clamp: float = DEFAULT_SCALE_CLAMP,
+        *,
+        delta_scaling: str = "divide",
+        center: str = "corner",
+        size_clamp: str = "upper",
     ):
+        for value, valid, what in (
+            (delta_scaling, DELTA_SCALINGS, "delta_scaling"),
+            (center, CENTERS, "center"),
+            (size_clamp, SIZE_CLAMPS, "size_clamp"),
+        ):
+            if value not in valid:
+                raise ValueError(f"unknown box coder {what} '{value}'; valid: {', '.join(valid)}")
         self.weights = tuple(float(w) for w in bbox_reg_weights)
         self.scale_clamp = scale_clamp
+        self.delta_scaling = delta_scaling
+        self.center = center
+        self.size_clamp = size_clamp
 
     def encode(self, reference: Tensor, target: Tensor) -> Tensor:
         """Deltas (N, 4) that turn ``reference`` boxes (N, 4) into ``target`` boxes (N, 4)."""
@@ -83,12 +109,22 @@ class BoxCoder:
         wx, wy, ww, wh = self.weights
         pw = (reference[:, 2] - reference[:, 0])[:, None]
         ph = (reference[:, 3] - reference[:, 1])[:, None]
-        px = reference[:, 0, None] + 0.5 * pw
-        py = reference[:, 1, None] + 0.5 * ph
-        dx = deltas[:, 0::4] / wx
-        dy = deltas[:, 1::4] / wy
-        dw = (deltas[:, 2::4] / ww).clamp(max=self.scale_clamp)
-        dh = (deltas[:, 3::4] / wh).clamp(max=self.scale_clamp)
+        if self.center == "midpoint":
+            px = (reference[:, 0, None] + reference[:, 2, None]) * 0.5
+            py = (reference[:, 1, None] + reference[:, 3, None]) * 0.5
+        else:
+            px = reference[:, 0, None] + 0.5 * pw
+            py = reference[:, 1, None] + 0.5 * ph
+        if self.delta_scaling == "multiply_reciprocal":
+            stds = deltas.new_tensor([1.0 / wx, 1.0 / wy, 1.0 / ww, 1.0 / wh])
+            dx, dy = deltas[:, 0::4] * stds[0], deltas[:, 1::4] * stds[1]
+            dw, dh = deltas[:, 2::4] * stds[2], deltas[:, 3::4] * stds[3]
+        else:
+            dx, dy = deltas[:, 0::4] / wx, deltas[:, 1::4] / wy
+            dw, dh = deltas[:, 2::4] / ww, deltas[:, 3::4] / wh
+        low = -self.scale_clamp if self.size_clamp == "both" else None
+        dw = dw.clamp(min=low, max=self.scale_clamp)
+        dh = dh.clamp(min=low, max=self.scale_clamp)
         cx = dx * pw + px
         cy = dy * ph + py
         half_w = 0.5 * (torch.exp(dw) * pw)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Tuple
 
-ROUNDINGS = ("floor", "round")
+ROUNDINGS = ("floor", "round", "scaled_round")
 
 
 def resize_scale(height: int, width: int, min_size: float, max_size: float) -> float:
@@ -27,9 +27,13 @@ def resize_size(
     recompute_scale_factor=True computes). ``round``: detectron2's ResizeShortestEdge steps in
     doubles -- the shorter side becomes min_size, the other side scales; when the longer side
     exceeds max_size both scaled sides are scaled again; each side is then rounded half up
-    (int(x + 0.5)). The two differ whenever a side's fraction is >= 0.5 and in the capped case."""
-    if rounding == "floor":
+    (int(x + 0.5)). The two differ whenever a side's fraction is >= 0.5 and in the capped case.
+    ``scaled_round``: int(side * resize_scale(...) + 0.5), one scale for both sides (mmcv's
+    ``rescale_size``, mmdetection's keep-ratio Resize)."""
+    if rounding in ("floor", "scaled_round"):
         scale = resize_scale(height, width, min_size, max_size)
+        if rounding == "scaled_round":
+            return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
         return max(1, math.floor(height * scale)), max(1, math.floor(width * scale))
     if rounding != "round":
         raise ValueError(f"unknown resize rounding '{rounding}'; valid: {', '.join(ROUNDINGS)}")

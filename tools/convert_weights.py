@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Convert torchvision and detectron2 weights into detkit files (local files only; nothing is downloaded).
+"""Convert torchvision, detectron2 and mmdetection weights into detkit files (local files only;
+nothing is downloaded).
 
     # a torchvision fasterrcnn_resnet50_fpn state dict (any class count) -> detkit checkpoint
     python tools/convert_weights.py --from torchvision \
@@ -15,11 +16,18 @@
     # MSRA's Caffe2 ImageNet R-50.pkl / R-101.pkl -> backbone init (model.backbone.weights=DST.pth)
     python tools/convert_weights.py --from detectron2-imagenet \
         --config configs/detectron2/faster_rcnn_R_50_C4_1x.yaml R-50.pkl DST.pth
+    # an mmdetection Faster R-CNN .pth (model zoo or training output) -> detkit checkpoint
+    python tools/convert_weights.py --from mmdetection \
+        --config configs/mmdetection/faster-rcnn_r50_fpn_1x_coco.yaml \
+        faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth DST.pth
 
 torchvision label i (1..K, 0 = background) becomes detkit label i - 1. Class names can be given with
 --class-names (a text file, one per line); COCO's 80 names are used when the checkpoint has 91
 outputs (torchvision's COCO layout with its 11 unused ids). detectron2 labels are detkit's; its
-80-class files get COCO's names, 20-class files VOC's, others need --class-names.
+80-class files get COCO's names, 20-class files VOC's, others need --class-names. mmdetection's
+labels are detkit's too (background last); the names come from the file's meta (dataset_meta.classes,
+or CLASSES in 2.x files), else as for detectron2. mmdetection's ImageNet backbones (open-mmlab://
+ResNeXts, MSRA ResNets as .pth) need no conversion: model.backbone.weights reads them.
 """
 
 from __future__ import annotations
@@ -55,7 +63,13 @@ def parse_args(argv=None):
         "--from",
         dest="source",
         required=True,
-        choices=["torchvision", "torchvision-imagenet", "detectron2", "detectron2-imagenet"],
+        choices=[
+            "torchvision",
+            "torchvision-imagenet",
+            "detectron2",
+            "detectron2-imagenet",
+            "mmdetection",
+        ],
     )
     p.add_argument(
         "--config", required=True, help="detkit config describing the target architecture"
@@ -70,8 +84,8 @@ def parse_args(argv=None):
 @tool_main
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.source.startswith("detectron2"):
-        return _convert_detectron2(args)
+    if args.source.startswith("detectron2") or args.source == "mmdetection":
+        return _convert_foreign(args)
     state = load_state_file(args.src)
     overrides = list(args.overrides)
     if args.source == "torchvision":
@@ -108,9 +122,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def _convert_detectron2(args) -> int:
-    """detectron2 zoo .pkl / training .pth -> detkit checkpoint; MSRA R-50/R-101.pkl -> backbone
-    initialisation for model.backbone.weights (detkit.checkpoint.convert does the work)."""
+def _convert_foreign(args) -> int:
+    """detectron2 zoo .pkl / training .pth, or an mmdetection .pth -> detkit checkpoint; MSRA
+    R-50/R-101.pkl -> backbone initialisation for model.backbone.weights
+    (detkit.checkpoint.convert does the work)."""
     from detkit.checkpoint import convert
 
     if args.source == "detectron2-imagenet":
@@ -122,7 +137,10 @@ def _convert_detectron2(args) -> int:
     if args.class_names:
         with open(args.class_names) as f:
             names = [line.strip() for line in f if line.strip()]
-    out = convert.detectron2_checkpoint(args.src, args.config, args.overrides, names)
+    convert_file = (
+        convert.mmdet_checkpoint if args.source == "mmdetection" else convert.detectron2_checkpoint
+    )
+    out = convert_file(args.src, args.config, args.overrides, names)
     atomic_save(out, args.dst)
     logger.info("wrote %s (num_classes=%d)", args.dst, len(out["class_names"]))
     return 0

@@ -1,8 +1,10 @@
-"""Foreign weights written as detkit files (tools/convert_weights.py): a detectron2 detector as a
-detkit checkpoint, MSRA's Caffe2 ImageNet ResNets as a ``model.backbone.weights`` file.
+"""Foreign weights written as detkit files (tools/convert_weights.py): a detectron2 or
+mmdetection detector as a detkit checkpoint, MSRA's Caffe2 ImageNet ResNets as a
+``model.backbone.weights`` file.
 
-Both are read by :func:`detkit.checkpoint.load_checkpoint`, which renames them in memory
-(``detectron2_names``); this module checks them against a config before they are written.
+All are read by :func:`detkit.checkpoint.load_checkpoint`, which renames them in memory
+(``detectron2_names``, ``mmdet_names``); this module checks them against a config before they are
+written.
 """
 
 from __future__ import annotations
@@ -45,13 +47,40 @@ def detectron2_checkpoint(
     ``.pth``; the class count comes from the file, the names from ``class_names`` or the zoo's
     (COCO's 80, VOC's 20). The tensors must fit ``config`` exactly (else the error names them and
     the config the file fits)."""
+    return _foreign_checkpoint(
+        src,
+        config,
+        overrides,
+        class_names,
+        source="detectron2",
+        what="a detectron2 detector (no proposal_generator.* parameters); --from "
+        "detectron2-imagenet converts ImageNet backbones, --from torchvision torchvision detectors",
+    )
+
+
+def mmdet_checkpoint(
+    src, config, overrides=(), class_names: Optional[List[str]] = None
+) -> Dict[str, Any]:
+    """A detkit checkpoint from an mmdetection Faster R-CNN ``.pth`` (the zoo's or a training
+    output; renamed as it is read, ``mmdet_names``): the class count from the file, the names
+    from ``class_names``, the file's meta or COCO's/VOC's. The tensors must fit ``config`` (a
+    configs/mmdetection/ file) exactly, else the error names them and the config the file fits."""
+    return _foreign_checkpoint(
+        src,
+        config,
+        overrides,
+        class_names,
+        source="mmdetection",
+        what="an mmdetection detector ({'state_dict': ..., 'meta': ...} with backbone.* and "
+        "rpn_head.* / roi_head.* tensors); mmdet's ImageNet backbones need no conversion "
+        "(model.backbone.weights reads them)",
+    )
+
+
+def _foreign_checkpoint(src, config, overrides, class_names, source: str, what: str):
     ckpt = load_checkpoint(src)
-    if not str(ckpt.get("source", "")).startswith("detectron2:"):
-        raise CheckpointError(
-            f"{src} is not a detectron2 detector (no proposal_generator.* parameters); "
-            "--from detectron2-imagenet converts ImageNet backbones, --from torchvision "
-            "torchvision detectors"
-        )
+    if not str(ckpt.get("source", "")).startswith(source + ":"):
+        raise CheckpointError(f"{src} is not {what}")
     num_classes = _num_classes_of(ckpt["model"], src)
     cfg = load_config(config, [*overrides, f"model.num_classes={num_classes}"])
     names = class_names or ckpt.get("class_names")

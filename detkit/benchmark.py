@@ -1,4 +1,5 @@
-"""Side-by-side timing of detkit and torchvision (inference, training step, data loading).
+"""Side-by-side timing of detkit and torchvision, detectron2 or mmdetection (inference, training
+step, data loading).
 
 Timing rule: warm-up iterations first, then every iteration is timed with the device synchronised
 before and after; the table reports the median and the 10th percentile (p10). On a shared machine
@@ -242,7 +243,7 @@ def format_table(rows: List[Row]) -> str:
 
 def attach_ratios(rows: List[Row]) -> None:
     """Each detkit row's img/s (``detkit`` or ``detkit (<backend>)``) divided by the compared
-    framework's (torchvision or detectron2) img/s in the same mode/precision/batch."""
+    framework's (torchvision, detectron2 or mmdetection) img/s in the same mode/precision/batch."""
     ref: Dict[tuple, Row] = {
         (r.mode, r.precision, r.batch): r for r in rows if not r.impl.startswith("detkit")
     }

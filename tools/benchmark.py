@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Time detkit side by side with torchvision on the same device, weights and inputs.
+"""Time detkit side by side with torchvision, detectron2 or mmdetection on the same device,
+weights and inputs.
 
     python tools/benchmark.py configs/frcnn_r50_fpn_coco.yaml --compare torchvision \
         --batch-sizes 1,8 --precision fp32,bf16 [--train] [--images DIR] [--size 800x1333]
@@ -8,6 +9,8 @@
     python tools/benchmark.py configs/frcnn_r50_fpn_coco.yaml --sweep    # time vs size, batch, proposals
     python tools/benchmark.py configs/frcnn_r50_fpn_coco.yaml --device cpu --size 800x1216 \
         --backend eager,onnxruntime --compare torchvision     # detkit's CPU backends vs torchvision
+    python tools/benchmark.py configs/mmdetection/faster-rcnn_r50_fpn_1x_coco.yaml \
+        --compare mmdetection --device cpu --size 800x1216   # mmdet 3.3.0's model of that name
 
 On CPU the defaults shrink (320x480 inputs, few iterations) so CI can smoke-test the tool.
 Prints a table: ms per image, img/s, peak GPU memory and each detkit row's img/s over the compared
@@ -64,9 +67,16 @@ def parse_args(argv=None):
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.add_argument(
         "--compare",
-        choices=["torchvision", "detectron2"],
-        help="also time torchvision's equivalent model, or detectron2's for a configs/detectron2/ "
-        "config (same weights, same inputs; needs a detectron2 source checkout: --reference)",
+        choices=["torchvision", "detectron2", "mmdetection"],
+        help="also time torchvision's equivalent model, detectron2's for a configs/detectron2/ "
+        "config (needs a detectron2 source checkout: --reference) or mmdetection's for a "
+        "configs/mmdetection/ config (needs mmdet 3.3.0 and mmcv with its ops: see .ci/run); "
+        "same weights, same inputs",
+    )
+    p.add_argument(
+        "--mmdet-checkpoint",
+        help="--compare mmdetection: an mmdet checkpoint (.pth) both models load (default: "
+        "mmdet's model with its random initialisation, copied into detkit's)",
     )
     p.add_argument(
         "--reference",
@@ -173,6 +183,58 @@ def detectron2_twin(args, model, device):
     return d2.eval()
 
 
+def mmdetection_twin(args, model, device):
+    """mmdetection's own model for a configs/mmdetection/ config, built from mmdet's config of the
+    same name (random weights, no ImageNet download, or --mmdet-checkpoint), its tensors copied
+    into detkit's model through detkit's converter: both time the same network on the same inputs.
+    Returns a function of the (RGB uint8, network-sized) images that runs mmdet's
+    ``test_step``: its data preprocessor (BGR -> RGB where the config says so, normalise, pad) and
+    the predict pass, with boxes rescaled by 1."""
+    name = Path(args.config).stem
+    if Path(args.config).parent.name != "mmdetection":
+        raise SystemExit(
+            f"--compare mmdetection needs a configs/mmdetection/ config (named as mmdet's); got "
+            f"{args.config}"
+        )
+    try:
+        import mmcv.ops  # noqa: F401  (RoIAlign and NMS: mmdet's model cannot run without them)
+        import mmdet
+        from mmdet.apis import init_detector
+        from mmdet.structures import DetDataSample
+        from mmengine.config import Config
+    except Exception as e:  # ImportError, or an mmcv built for another torch (undefined symbol)
+        raise SystemExit(
+            f"--compare mmdetection needs mmdet 3.3.0 and mmcv 2.1.0 with its ops ({e}); .ci/run "
+            "installs them from ../shared/reference/mmdetection"
+        ) from None
+
+    from detkit.checkpoint.mmdet_names import mmdet_to_detkit
+
+    path = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs", "faster_rcnn", name)
+    if not os.path.isfile(path + ".py"):
+        raise SystemExit(f"--compare mmdetection: mmdet has no config {path}.py")
+    mm_cfg = Config.fromfile(path + ".py")
+    mm_cfg.model.backbone.init_cfg = None  # no ImageNet download
+    torch.manual_seed(0)
+    mm = init_detector(mm_cfg, checkpoint=args.mmdet_checkpoint, device=str(device)).eval()
+    model.load_state_dict(mmdet_to_detkit(mm.state_dict()), strict=True)
+
+    def run(images):
+        h, w = images[0].shape[-2:]
+        meta = {
+            "img_shape": (h, w),
+            "ori_shape": (h, w),
+            "scale_factor": (1.0, 1.0),
+        }
+        data = {
+            "inputs": [im.flip(0) for im in images],  # mmdet reads BGR images
+            "data_samples": [DetDataSample(metainfo=dict(meta)) for _ in images],
+        }
+        return mm.test_step(data)
+
+    return run
+
+
 def load_images(args, batch, h, w, device):
     if not args.images:
         return random_images(batch, h, w, device)
@@ -201,9 +263,9 @@ def under_autocast(fn, device, precision: str):
     return run
 
 
-def inference_fns(tv, images, h, w, precision: str, predictors: dict, d2=None):
+def inference_fns(tv, images, h, w, precision: str, predictors: dict, d2=None, mm=None):
     """detkit through the predictors tools/test.py builds (``make_predictor``: one per backend, with
-    the config's test.*), torchvision or detectron2 under the same autocast helper."""
+    the config's test.*), torchvision, detectron2 or mmdetection under the same autocast helper."""
     samples = [{"image": im, "height": h, "width": w} for im in images]  # network-sized already
     # the onnxruntime graph resizes every input (here at scale 1: it was exported at these sides)
     # and checks that the sample asks for that size
@@ -217,6 +279,8 @@ def inference_fns(tv, images, h, w, precision: str, predictors: dict, d2=None):
     if d2 is not None:  # detectron2 eats BGR float images (detkit flips RGB inside the model)
         bgr = [{"image": im.flip(0).float(), "height": h, "width": w} for im in images]
         fns["detectron2"] = under_autocast(lambda: d2(bgr), images[0].device, precision)
+    if mm is not None:
+        fns["mmdetection"] = under_autocast(lambda: mm(images), images[0].device, precision)
     if tv is not None:
         floats = [im.float() / 255 for im in images]
         device = images[0].device
@@ -292,8 +356,9 @@ def run_models(args, cfg, device, h, w, warmup, iters, backends: List[str]) -> l
     )
     model, tv = build_pair(cfg, device, args.compare == "torchvision", (h, w))
     d2 = detectron2_twin(args, model, device) if args.compare == "detectron2" else None
-    if args.train and d2 is not None:
-        raise SystemExit("--compare detectron2 times inference only (drop --train)")
+    mm = mmdetection_twin(args, model, device) if args.compare == "mmdetection" else None
+    if args.train and (d2 is not None or mm is not None):
+        raise SystemExit(f"--compare {args.compare} times inference only (drop --train)")
     if args.fuse_bn and not args.train:
         from detkit.modeling.backbones.norm import fuse_frozen_bn
 
@@ -315,7 +380,7 @@ def run_models(args, cfg, device, h, w, warmup, iters, backends: List[str]) -> l
                 fns = (
                     train_fns(model, tv, images, h, w, cfg.model.num_classes, device, precision)
                     if args.train
-                    else inference_fns(tv, images, h, w, precision, predictors[precision], d2)
+                    else inference_fns(tv, images, h, w, precision, predictors[precision], d2, mm)
                 )
                 with torch.set_grad_enabled(args.train):
                     rows += measure_side_by_side(

@@ -28,6 +28,7 @@ from detkit.errors import CheckpointError
 from .config_match import configs_fitting, describe_foreign
 from .detectron2_names import to_detkit_checkpoint
 from .mmdet_imagenet import imagenet_to_torchvision
+from .mmdet_names import to_detkit_checkpoint as mmdet_to_detkit_checkpoint
 from .torchvision_names import imagenet_to_detkit
 
 logger = logging.getLogger("detkit")
@@ -68,7 +69,7 @@ def load_checkpoint(path: PathLike, require: Sequence[str] = (), what: str = "")
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     if "config" not in obj:  # a detkit checkpoint is never converted
-        obj = to_detkit_checkpoint(obj, path) or obj
+        obj = mmdet_to_detkit_checkpoint(obj, path) or to_detkit_checkpoint(obj, path) or obj
     missing = [k for k in require if k not in obj]
     if missing:
         raise CheckpointError(

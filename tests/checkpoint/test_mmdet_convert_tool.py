@@ -156,3 +156,67 @@ def test_mmdet_imagenet_resnext_from_mmdets_own_module(tmp_path):
     for k, v in mm.state_dict().items():
         if not k.endswith("num_batches_tracked"):
             assert torch.equal(own["backbone." + k], v), k
+
+
+def _caffe2_blobs(state):
+    """torchvision ResNet names -> MSRA's Caffe2 blob names (affine norms: scale and shift only)."""
+    letters = {"1": "a", "2": "b", "3": "c"}
+    blobs = {}
+    for k, v in state.items():
+        if "running" in k or k.endswith("num_batches_tracked"):
+            continue
+        v = v.numpy().copy()
+        if k == "conv1.weight":
+            blobs["conv1_w"] = v
+            continue
+        if k.startswith("bn1."):
+            blobs["res_conv1_bn_" + ("s" if k.endswith("weight") else "b")] = v
+            continue
+        layer, block, rest = k.split(".", 2)
+        unit = f"res{int(layer[-1]) + 1}_{block}_"
+        part, param = rest.rsplit(".", 1)
+        if part == "downsample.0":
+            blobs[unit + "branch1_w"] = v
+        elif part == "downsample.1":
+            blobs[unit + "branch1_bn_" + ("s" if param == "weight" else "b")] = v
+        elif part.startswith("conv"):
+            blobs[unit + "branch2" + letters[part[-1]] + "_w"] = v
+        else:  # bn1..3
+            blobs[
+                unit + "branch2" + letters[part[-1]] + "_bn_" + ("s" if param == "weight" else "b")
+            ] = v
+    return blobs
+
+
+def test_mmdet_msra_pth_and_r50_pkl_give_the_same_backbone(tmp_path):
+    """open-mmlab://detectron2/resnet50_caffe (resnet50_msra-5891d200.pth) is MSRA's R-50.pkl
+    converted by mmdet's tools/model_converters/detectron2pytorch.py: run that converter on a
+    Caffe2 file and load both into the caffe-style config: the same backbone."""
+    mmdet = pytest.importorskip("mmdet", reason="mmdet 3.3.0 not installed (.ci/run)")
+    import importlib.util
+    import pickle
+
+    converter = os.path.join(
+        os.path.dirname(mmdet.__file__), ".mim", "tools", "model_converters", "detectron2pytorch.py"
+    )
+    spec = importlib.util.spec_from_file_location("mmdet_detectron2pytorch", converter)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    state = _resnext_state(1, 64)  # a ResNet-50 with random weights
+    pkl = tmp_path / "R-50.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump({"blobs": _caffe2_blobs(state)}, f, protocol=2)
+    pth = tmp_path / "resnet50_msra.pth"
+    module.convert(str(pkl), str(pth), 50)
+    config = CONFIGS / "faster-rcnn_r50-caffe_fpn_1x_coco.yaml"
+    backbones = []
+    for path in (pkl, pth):
+        cfg = load_config(config, [f"model.backbone.weights={path}"])
+        torch.manual_seed(0)
+        model = init_from_config(build_model(cfg), cfg)
+        backbones.append({k: v for k, v in model.state_dict().items() if k.startswith("backbone.")})
+    assert backbones[0].keys() == backbones[1].keys()
+    for k, v in backbones[0].items():
+        assert torch.equal(v, backbones[1][k]), k
+    assert torch.equal(backbones[1]["backbone.conv1.weight"], state["conv1.weight"])

@@ -187,9 +187,9 @@ def mmdetection_twin(args, model, device):
     """mmdetection's own model for a configs/mmdetection/ config, built from mmdet's config of the
     same name (random weights, no ImageNet download, or --mmdet-checkpoint), its tensors copied
     into detkit's model through detkit's converter: both time the same network on the same inputs.
-    Returns a function of the (RGB uint8, network-sized) images that runs mmdet's
-    ``test_step``: its data preprocessor (BGR -> RGB where the config says so, normalise, pad) and
-    the predict pass, with boxes rescaled by 1."""
+    Returns a function of the (BGR uint8, network-sized) images that runs mmdet's ``test_step``:
+    its data preprocessor (BGR -> RGB where the config says so, normalise, pad) and the predict
+    pass, with boxes rescaled by 1."""
     name = Path(args.config).stem
     if Path(args.config).parent.name != "mmdetection":
         raise SystemExit(
@@ -227,7 +227,7 @@ def mmdetection_twin(args, model, device):
             "scale_factor": (1.0, 1.0),
         }
         data = {
-            "inputs": [im.flip(0) for im in images],  # mmdet reads BGR images
+            "inputs": images,
             "data_samples": [DetDataSample(metainfo=dict(meta)) for _ in images],
         }
         return mm.test_step(data)
@@ -280,7 +280,8 @@ def inference_fns(tv, images, h, w, precision: str, predictors: dict, d2=None, m
         bgr = [{"image": im.flip(0).float(), "height": h, "width": w} for im in images]
         fns["detectron2"] = under_autocast(lambda: d2(bgr), images[0].device, precision)
     if mm is not None:
-        fns["mmdetection"] = under_autocast(lambda: mm(images), images[0].device, precision)
+        bgr_uint8 = [im.flip(0) for im in images]  # mmdet reads BGR images (as cv2 decodes)
+        fns["mmdetection"] = under_autocast(lambda: mm(bgr_uint8), images[0].device, precision)
     if tv is not None:
         floats = [im.float() / 255 for im in images]
         device = images[0].device

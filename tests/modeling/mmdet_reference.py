@@ -1,0 +1,133 @@
+"""mmdetection 3.x as the reference of tests/modeling/test_mmdet_parity.py (not a test module).
+
+``build`` makes an mmdetection Faster R-CNN from mmdet's own config file (shipped inside its wheel)
+with seeded random weights that behave like a trained network's (``randomize``), no download;
+``detect`` runs mmdetection's ``inference_detector`` on a BGR array (its test pipeline: cv2 resize,
+normalisation, padding, model); ``save_pth`` writes the file as mmdetection's checkpoints are
+(``state_dict`` + ``meta.dataset_meta.classes``). Needs mmdet, mmengine and mmcv with its compiled
+ops (see ../shared/reference/mmdetection/README.md); callers skip without them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import pytest
+import torch
+
+
+def import_mmdet():
+    """mmdet with mmcv's ops, or a visible skip."""
+    pytest.importorskip("mmengine", reason="the mmdetection reference needs mmengine")
+    pytest.importorskip("mmcv.ops", reason="the mmdetection reference needs mmcv with its ops")
+    return pytest.importorskip("mmdet", reason="the mmdetection reference needs mmdet 3.x")
+
+
+def config_path(name: str) -> str:
+    """mmdet's configs/faster_rcnn/<name>.py, as its wheel ships it."""
+    mmdet = import_mmdet()
+    path = os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs", "faster_rcnn")
+    path = os.path.join(path, name + ".py")
+    if not os.path.isfile(path):
+        pytest.skip(f"mmdet's config {path} is not installed")
+    return path
+
+
+def build(name: str, *, min_size: int, max_size: int = 1333, test_cfg: Optional[dict] = None):
+    """An mmdetection model of config ``name`` with random weights (call ``randomize`` next), its
+    test resize set to (max_size, min_size) and ``test_cfg`` merged into model.test_cfg."""
+    import_mmdet()
+    from mmdet.apis import init_detector
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(config_path(name))
+    cfg.model.backbone.init_cfg = None  # no ImageNet download
+    shared = cfg.model.roi_head.get("shared_head")
+    if shared is not None:
+        shared.init_cfg = None
+    for step in cfg.test_dataloader.dataset.pipeline:
+        if step["type"] == "Resize":
+            step["scale"] = (max_size, min_size)
+    if test_cfg:
+        cfg.model.test_cfg.merge_from_dict(test_cfg)
+    torch.manual_seed(0)
+    return init_detector(cfg, checkpoint=None, device="cpu")
+
+
+@torch.no_grad()
+def randomize(model, calibration_bgr: np.ndarray, logit_std: float = 1.5, seed: int = 0) -> None:
+    """Seeded weights that give many distinct detections (as the detectron2 parity test's).
+
+    Each BatchNorm (eval mode: running statistics) takes the mean and variance of what it sees on
+    a calibration photo, in forward order, so activations stay O(1); the last norm of a residual
+    branch gets a small scale. The RPN's objectness and deltas and the box predictor are scaled
+    from the RMS of their input: objectness logits of std ~0.5 on the calibration photo (a few on
+    others; sigmoid ties at 1.0 would make the top-k arbitrary), class logits of std
+    ~``logit_std`` (scores spread rather than near-ties that any rounding reorders).
+    """
+    g = torch.Generator().manual_seed(seed)
+    norms = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for name, m in norms:
+        lo, hi = (0.2, 0.5) if name.endswith("bn3") else (0.5, 1.5)
+        m.weight.copy_(torch.rand(m.num_features, generator=g) * (hi - lo) + lo)
+        m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+
+    def calibrate(module, inputs):
+        x = inputs[0]
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3)).clamp(min=1e-2) - module.eps)
+
+    seen: Dict[str, torch.Tensor] = {}
+    rpn = model.rpn_head
+    head = model.roi_head.bbox_head
+
+    def keep_input(key):
+        def hook(module, inputs):  # returns None: the input goes on unchanged
+            seen.setdefault(key, inputs[0].flatten(1) if key == "box" else inputs[0])
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(calibrate) for _, m in norms]
+    hooks.append(rpn.rpn_cls.register_forward_pre_hook(keep_input("rpn")))
+    hooks.append(head.fc_cls.register_forward_pre_hook(keep_input("box")))
+    model.eval()
+    detect(model, calibration_bgr)
+    for h in hooks:
+        h.remove()
+    x = seen["rpn"]
+    unit = 1.0 / (x.pow(2).mean().sqrt().item() * x.shape[1] ** 0.5)
+    rpn.rpn_cls.weight.copy_(torch.randn(rpn.rpn_cls.weight.shape, generator=g) * 0.5 * unit)
+    rpn.rpn_cls.bias.zero_()
+    rpn.rpn_reg.weight.copy_(torch.randn(rpn.rpn_reg.weight.shape, generator=g) * 0.2 * unit)
+    rpn.rpn_reg.bias.zero_()
+    x = seen["box"]
+    unit = 1.0 / (x.pow(2).mean().sqrt().item() * x.shape[1] ** 0.5)
+    cls, box = head.fc_cls, head.fc_reg
+    cls.weight.copy_(torch.randn(cls.weight.shape, generator=g) * logit_std * unit)
+    cls.bias.copy_(torch.randn(cls.bias.shape, generator=g) * 0.5)
+    box.weight.copy_(torch.randn(box.weight.shape, generator=g) * unit)
+    box.bias.zero_()
+
+
+@torch.no_grad()
+def detect(model, bgr: np.ndarray) -> Dict[str, torch.Tensor]:
+    """mmdetection's detections on one BGR uint8 image, in original-image pixels."""
+    from mmdet.apis import inference_detector
+
+    pred = inference_detector(model, bgr).pred_instances
+    return {"boxes": pred.bboxes.float(), "scores": pred.scores.float(), "labels": pred.labels}
+
+
+def save_pth(model, path: Path, half: bool = False) -> Path:
+    """The model as an mmdetection 3.x checkpoint: state dict and the class names in its meta
+    (``half``: float tensors as float16, as the fp16 zoo file holds them)."""
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v)
+        for k, v in model.state_dict().items()
+    }
+    classes = tuple(model.dataset_meta["classes"])
+    torch.save({"state_dict": state, "meta": {"dataset_meta": {"classes": classes}}}, path)
+    return path

@@ -1,0 +1,210 @@
+"""detkit's configs/mmdetection/ models must give mmdetection's own detections on real photos.
+
+For five designs of mmdetection 3.x's Faster R-CNN zoo (pytorch-style R-50 FPN, caffe-style R-50
+FPN, C4 and DC5, ResNeXt-101 32x4d FPN) mmdetection builds the model from its own config, with
+seeded random weights made to behave like a trained network's (``mmdet_reference.randomize``); the
+weights are saved as mmdetection saves them (``state_dict`` + ``meta``) and that ``.pth`` is given
+directly to ``Detector.from_config`` (converted as it is read, ``checkpoint/mmdet_names.py``).
+mmdetection's ``inference_detector`` gets each photo as a BGR array, detkit the same decoded
+pixels in RGB, one image at a time. Criterion: >= 99% of mmdetection's detections have a detkit
+detection with the same label, IoU >= 0.99 (or, for the zero-area boxes mmdetection keeps, where
+IoU is undefined, every corner within 0.01 px) and |score difference| <= 1e-3.
+
+What mmdetection does differently from torchvision and detectron2, each read in mmdet 3.3.0 /
+mmcv 2.1.0 and a config key of detkit (configs/mmdetection/_base_/mmdetection.yaml):
+
+- resize: cv2.resize INTER_LINEAR of the uint8 image (``model.resize_interpolation:
+  cv2_bilinear``) to int(side * scale + 0.5) with one scale min(1333 / long, 800 / short)
+  (``input.resize_rounding: scaled_round``; detectron2 rescales both sides again when capped);
+  zero padding to 32 for every design, C4 and DC5 included (detectron2 does not pad those);
+- normalisation (x - mean) / std in 0..255 units; pytorch style RGB with ImageNet std, caffe style
+  BGR with std 1; pytorch style strides on the 3x3, caffe style on the first 1x1;
+- anchors: ratio-major, unrounded, offset 0, sizes 8 x stride (FPN) or 2..32 x 16 (C4/DC5);
+- RPN: sigmoid scores rank the per-level top-k (1000 FPN, 6000 C4/DC5), boxes without area are
+  dropped (min_bbox_size 0: w > 0 and h > 0), NMS 0.7 per level, 1000 kept;
+- box coder: centre (x1 + x2) * 0.5, deltas multiplied by the stds (0.1, 0.1, 0.2, 0.2) rather than
+  divided by the weights, dw/dh clamped to +-log(1000/16) on both sides
+  (``model.box_coder``); boxes clipped to the resized image before padding;
+- mmcv's batched NMS separates classes (levels) by coordinate offsets below 10000 boxes and runs
+  one NMS per class above (torchvision switches at 1000 boxes on the CPU):
+  ``nms_offset_below: 10000``; the offsets round coordinates, which changes decisions at the
+  threshold;
+- RoI level floor(log2(sqrt(area) / 56 + 1e-6)) (canonical 56 at P2, eps inside the log),
+  RoIAlign aligned with adaptive sampling; C4: 14x14 on res4, res5 as roi_head.shared_head and
+  average pooling;
+- detections: softmax over 81 logits with the background LAST and 4 deltas per foreground class
+  (detkit's own layout: the converter renames, it reorders nothing), score > 0.05, no minimum box
+  size (zero-area boxes are kept), class-wise NMS 0.5 on the boxes rescaled to the original image
+  (detkit runs it before rescaling: IoU is the same up to rounding), top 100, no clipping to the
+  original image.
+
+Needs mmdet 3.x, mmengine and mmcv with its ops (``pip install`` as
+../shared/reference/mmdetection/README.md says); skips visibly without them. A small test size
+(shorter side 320) on both sides and, for C4 (res5 runs once per proposal), 300 proposals on both
+sides keep it short.
+"""
+
+import gc
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from detkit.errors import CheckpointError
+from detkit.evaluation import parity
+from tests.helpers import ROOT, reference_data
+from tests.modeling import mmdet_reference
+
+MIN_SIZE = 320
+# design -> (mmdet config, detkit config, proposals kept after the RPN's NMS on both sides or None,
+# class-logit std of the random predictor)
+DESIGNS = {
+    "R50-FPN": ("faster-rcnn_r50_fpn_1x_coco", None, 1.5),
+    "R50-caffe-FPN": ("faster-rcnn_r50-caffe_fpn_1x_coco", None, 1.5),
+    "R50-caffe-C4": ("faster-rcnn_r50-caffe_c4-1x_coco", 300, 1.5),
+    "R50-caffe-DC5": ("faster-rcnn_r50-caffe-dc5_1x_coco", None, 1.0),
+    "X101-32x4d-FPN": ("faster-rcnn_x101-32x4d_fpn_1x_coco", None, 1.5),
+}
+PHOTOS = [
+    "faster_coco_eval/tests/dataset/img_1.jpg",  # 256x256: upscaled to 320
+    "exif-orientation-examples/Landscape_1.jpg",  # 1800x1200: 480x320
+]
+
+
+def match_fraction(ref: dict, out: dict) -> float:
+    # corner_tol: mmdetection keeps zero-area boxes (no minimum size), whose IoU is 0/0
+    return parity.match_fraction(ref, out, corner_tol=0.01)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return [cv2.imread(str(reference_data(p))) for p in PHOTOS]  # BGR, as mmdetection reads
+
+
+@pytest.fixture(scope="module", params=list(DESIGNS))
+def reference(request, photos, tmp_path_factory):
+    """mmdetection's detections on each photo, and its weights as an mmdetection .pth."""
+    mmdet_reference.import_mmdet()
+    name, proposals, logit_std = DESIGNS[request.param]
+    test_cfg = {"rpn": {"max_per_img": proposals}} if proposals else None
+    model = mmdet_reference.build(name, min_size=MIN_SIZE, test_cfg=test_cfg)
+    mmdet_reference.randomize(model, cv2.resize(photos[1], (480, 320)), logit_std)
+    single = [mmdet_reference.detect(model, im) for im in photos]
+    pth = mmdet_reference.save_pth(model, tmp_path_factory.mktemp("mmdet") / f"{name}.pth")
+    del model
+    gc.collect()
+    overrides = [f"input.min_size_test={MIN_SIZE}"]
+    if proposals:
+        overrides.append(f"model.rpn.post_nms_topk_test={proposals}")
+    yield {
+        "name": name,
+        "single": single,
+        "pth": pth,
+        "config": ROOT / "configs" / "mmdetection" / f"{name}.yaml",
+        "overrides": overrides,
+    }
+    pth.unlink()
+
+
+def assert_parity(refs, outs, what):
+    total = matched = 0.0
+    for i, (ref, out) in enumerate(zip(refs, outs)):
+        out = {k: torch.as_tensor(v) for k, v in out.items() if k != "names"}
+        frac = match_fraction(ref, out)
+        matched += frac * len(ref["boxes"])
+        total += len(ref["boxes"])
+        assert frac >= 0.99, f"{what}, photo {PHOTOS[i]}: {frac:.3f} of mmdetection's matched"
+        # a degenerate random model would make the comparison meaningless
+        assert len(ref["boxes"]) > 10, f"{what}: the reference model should detect things"
+        spread = (ref["scores"].max() - ref["scores"].min()).item()
+        assert spread > 0.05, f"{what}, photo {PHOTOS[i]}: scores too alike ({spread:.3f})"
+    assert matched / total >= 0.99
+
+
+@pytest.mark.slow
+def test_detections_equal_mmdetection(reference, photos):
+    """The mmdetection .pth given as weights: mmdetection's detections, one image at a time."""
+    from detkit import Detector
+
+    det = Detector.from_config(
+        str(reference["config"]), weights=str(reference["pth"]), overrides=reference["overrides"]
+    )
+    assert len(det.class_names) == 80 and det.class_names[:2] == ["person", "bicycle"]
+    rgb = [np.ascontiguousarray(im[:, :, ::-1]) for im in photos]
+    assert_parity(reference["single"], [det.predict([im])[0] for im in rgb], reference["name"])
+
+
+# ---------------------------------------------------------------------------------------------
+# files: fp16 tensors, class names in 2.x meta, other mmdetection models (no mmdet needed)
+
+
+def _fake_state(*extra: str) -> dict:
+    state = {
+        "backbone.conv1.weight": torch.zeros(64, 3, 7, 7),
+        "rpn_head.rpn_conv.weight": torch.zeros(256, 256, 3, 3),
+    }
+    state.update({k: torch.zeros(2) for k in extra})
+    return state
+
+
+@pytest.mark.parametrize(
+    "keys, what",
+    [
+        (
+            ["roi_head.bbox_head.fc_cls.weight", "roi_head.mask_head.conv_logits.weight"],
+            "Mask R-CNN",
+        ),
+        (["roi_head.bbox_head.0.fc_cls.weight", "roi_head.bbox_head.1.fc_cls.weight"], "Cascade"),
+        (["bbox_head.retina_cls.weight", "bbox_head.retina_reg.weight"], "RetinaNet"),
+    ],
+)
+def test_other_mmdetection_models_are_named(tmp_path, keys, what):
+    from detkit.checkpoint import load_checkpoint
+
+    state = _fake_state(*keys)
+    if what == "RetinaNet":
+        state.pop("rpn_head.rpn_conv.weight")
+    path = tmp_path / "other.pth"
+    torch.save({"state_dict": state, "meta": {}}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    message = str(err.value)
+    assert what in message and str(path) in message
+    assert "Faster R-CNN" in message and "configs/mmdetection/" in message
+
+
+def test_half_tensors_and_2x_class_names(tmp_path):
+    """The fp16 zoo file holds half tensors (read as float32); 2.x files keep the class names
+    under meta.CLASSES."""
+    from detkit.checkpoint import load_checkpoint
+
+    state = {
+        "backbone.conv1.weight": torch.randn(64, 3, 7, 7).half(),
+        "neck.lateral_convs.0.conv.weight": torch.randn(256, 256, 1, 1).half(),
+        "neck.fpn_convs.3.conv.bias": torch.randn(256).half(),
+        "rpn_head.rpn_cls.weight": torch.randn(3, 256, 1, 1).half(),
+        "roi_head.bbox_head.shared_fcs.1.weight": torch.randn(1024, 1024).half(),
+        "roi_head.bbox_head.fc_cls.bias": torch.randn(3).half(),
+        "roi_head.bbox_head.fc_reg.bias": torch.randn(8).half(),
+        "backbone.bn1.num_batches_tracked": torch.tensor(5),
+    }
+    path = tmp_path / "fp16.pth"
+    torch.save({"state_dict": state, "meta": {"CLASSES": ("cat", "dog")}}, path)
+    ckpt = load_checkpoint(path)
+    model = ckpt["model"]
+    assert ckpt["class_names"] == ["cat", "dog"]
+    assert ckpt["source"].startswith("mmdetection:")
+    assert sorted(model) == sorted(
+        [
+            "backbone.conv1.weight",
+            "neck.lateral_convs.0.weight",
+            "neck.output_convs.3.bias",
+            "rpn.head.objectness.weight",
+            "roi_heads.box_head.fc7.weight",
+            "roi_heads.predictor.cls_score.bias",
+            "roi_heads.predictor.bbox_pred.bias",
+        ]
+    )
+    assert all(v.dtype == torch.float32 for v in model.values())
+    assert torch.equal(model["backbone.conv1.weight"], state["backbone.conv1.weight"].float())

@@ -36,9 +36,10 @@ def config_path(name: str) -> str:
     return path
 
 
-def build(name: str, *, min_size: int, max_size: int = 1333, test_cfg: Optional[dict] = None):
+def build(name: str, *, min_size: int, max_size: int = 1333, rpn_proposals: Optional[int] = None):
     """An mmdetection model of config ``name`` with random weights (call ``randomize`` next), its
-    test resize set to (max_size, min_size) and ``test_cfg`` merged into model.test_cfg."""
+    test resize set to (max_size, min_size) and, when given, ``rpn_proposals`` kept after the
+    RPN's NMS (test_cfg.rpn.max_per_img)."""
     import_mmdet()
     from mmdet.apis import init_detector
     from mmengine.config import Config
@@ -51,8 +52,8 @@ def build(name: str, *, min_size: int, max_size: int = 1333, test_cfg: Optional[
     for step in cfg.test_dataloader.dataset.pipeline:
         if step["type"] == "Resize":
             step["scale"] = (max_size, min_size)
-    if test_cfg:
-        cfg.model.test_cfg.merge_from_dict(test_cfg)
+    if rpn_proposals:
+        cfg.model.test_cfg.rpn.max_per_img = rpn_proposals
     torch.manual_seed(0)
     return init_detector(cfg, checkpoint=None, device="cpu")
 

@@ -2,9 +2,10 @@
 
 :func:`load_checkpoint` opens every checkpoint or weights file and :func:`load_model_weights`
 copies tensors into a model. Every error names the file (torch's own "PytorchStreamReader failed
-..." does not). detectron2's files (zoo ``.pkl``, training ``.pth``) and Caffe2 ImageNet ``.pkl``
-backbones come back converted to detkit's names (``detectron2_names``), so they work wherever a
-checkpoint is accepted. ``.pkl`` files are read by an unpickler that builds only dicts, lists,
+..." does not). detectron2's files (zoo ``.pkl``, training ``.pth``), Caffe2 ImageNet ``.pkl``
+backbones and mmdetection's Faster R-CNN ``.pth`` (``state_dict`` + ``meta``) come back converted
+to detkit's names (``detectron2_names``, ``mmdet_names``), so they work wherever a checkpoint is
+accepted. ``.pkl`` files are read by an unpickler that builds only dicts, lists,
 strings, numbers and numpy arrays: a weights file from the internet cannot run code. A file that
 does not fit the model says which of the shipped configs it fits (``config_match``).
 

@@ -142,6 +142,23 @@ def test_detections_equal_mmdetection(reference, photos):
     assert_parity(reference["single"], [det.predict([im])[0] for im in rgb], reference["name"])
 
 
+@pytest.mark.slow
+def test_a_file_given_to_another_design_names_the_config_it_fits(tmp_path):
+    """mmdetection's C4 file given to the FPN config: the error names configs/mmdetection/'s C4
+    configs (the file's source, mmdetection, puts that folder first)."""
+    from detkit import Detector
+
+    model = mmdet_reference.build(DESIGNS["R50-caffe-C4"][0], min_size=MIN_SIZE)
+    path = mmdet_reference.save_pth(model, tmp_path / "c4.pth")
+    del model
+    with pytest.raises(CheckpointError) as err:
+        Detector.from_config(
+            str(ROOT / "configs/mmdetection/faster-rcnn_r50_fpn_1x_coco.yaml"), weights=str(path)
+        )
+    assert "the file fits configs/mmdetection/" in str(err.value)
+    assert "configs/mmdetection/faster-rcnn_r50-caffe_c4-1x_coco.yaml" in str(err.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # files: fp16 tensors, class names in 2.x meta, other mmdetection models (no mmdet needed)
 

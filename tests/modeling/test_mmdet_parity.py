@@ -232,3 +232,81 @@ def test_half_tensors_and_2x_class_names(tmp_path):
     )
     assert all(v.dtype == torch.float32 for v in model.values())
     assert torch.equal(model["backbone.conv1.weight"], state["backbone.conv1.weight"].float())
+
+
+# ---------------------------------------------------------------------------------------------
+# the options the mmdetection configs set, each against what mmdetection/mmcv compute
+
+
+def test_scaled_round_is_mmcv_rescale_size():
+    """mmcv scales both sides by one factor and rounds half up; detectron2's ``round`` scales the
+    capped sides a second time, which is a pixel off for some wide images (585x3354)."""
+    from detkit.structures.resize import resize_size
+
+    assert resize_size(585, 3354, 800, 1333, "scaled_round") == (233, 1333)
+    assert resize_size(585, 3354, 800, 1333, "round") == (232, 1333)
+    mmcv = pytest.importorskip("mmcv")
+    for h, w in [(585, 3354), (256, 256), (1200, 1800), (480, 640), (333, 1001)]:
+        new_w, new_h = mmcv.rescale_size((w, h), (1333, 800))
+        assert resize_size(h, w, 800, 1333, "scaled_round") == (new_h, new_w)
+
+
+def test_cv2_bilinear_is_opencv_on_the_uint8_image():
+    from detkit.modeling.detector import cv2_resize
+
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    out = cv2_resize(torch.from_numpy(image.transpose(2, 0, 1).copy()), (20, 29))
+    expected = cv2.resize(image, (29, 20), interpolation=cv2.INTER_LINEAR)
+    assert out.dtype == torch.uint8 and torch.equal(
+        out, torch.from_numpy(expected).permute(2, 0, 1)
+    )
+
+
+def test_box_coder_as_mmdetection_decodes():
+    """delta * std, centre (x1 + x2) * 0.5, dw/dh clamped both ways: mmdet's delta2bbox to the bit
+    (without mmdet: a box shrunk by exp(-10) stops at 1/62.5 of its reference)."""
+    from detkit.structures import BoxCoder
+
+    coder = BoxCoder(
+        (10.0, 10.0, 5.0, 5.0),
+        delta_scaling="multiply_reciprocal",
+        center="midpoint",
+        size_clamp="both",
+    )
+    g = torch.Generator().manual_seed(0)
+    rois = torch.rand(50, 2, generator=g) * 300
+    rois = torch.cat([rois, rois + torch.rand(50, 2, generator=g) * 200 + 1], dim=1)
+    deltas = torch.randn(50, 8, generator=g) * 3
+    deltas[0, 2:4] = -50.0
+    boxes = coder.decode(deltas, rois)
+    width = boxes[0, 2] - boxes[0, 0]
+    assert torch.isclose(width, (rois[0, 2] - rois[0, 0]) / 62.5, rtol=1e-5)
+    default = BoxCoder((10.0, 10.0, 5.0, 5.0)).decode(deltas, rois)  # no lower clamp
+    assert default[0, 2] - default[0, 0] < width / 1000
+    try:
+        from mmdet.models.task_modules.coders.delta_xywh_bbox_coder import delta2bbox
+    except Exception:  # mmdet or mmcv's ops missing
+        return
+    ref = delta2bbox(rois, deltas, stds=(0.1, 0.1, 0.2, 0.2), clip_border=False)
+    assert torch.equal(boxes, ref)
+
+
+def test_nms_offsets_below_a_box_count_as_mmcv():
+    """offset_below=10000: one NMS over class-offset boxes up to 9999 boxes (mmcv's batched_nms),
+    per-class NMS from 10000 on; the kept set is mmcv's."""
+    from detkit.layers import batched_nms
+
+    g = torch.Generator().manual_seed(0)
+    for n in (50, 2000):
+        xy = torch.rand(n, 2, generator=g) * 500
+        boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=g) * 100 + 1], dim=1)
+        scores = torch.rand(n, generator=g)
+        labels = torch.randint(0, 5, (n,), generator=g)
+        keep = batched_nms(boxes, scores, labels, 0.5, 5, offset_below=10000)
+        try:
+            from mmcv.ops import batched_nms as mmcv_batched_nms
+        except Exception:  # mmcv without its ops
+            assert len(keep) > 0
+            continue
+        _, ref = mmcv_batched_nms(boxes, scores, labels, {"type": "nms", "iou_threshold": 0.5})
+        assert torch.equal(keep, ref)

@@ -282,7 +282,7 @@ def test_box_coder_as_mmdetection_decodes():
     width = boxes[0, 2] - boxes[0, 0]
     assert torch.isclose(width, (rois[0, 2] - rois[0, 0]) / 62.5, rtol=1e-5)
     default = BoxCoder((10.0, 10.0, 5.0, 5.0)).decode(deltas, rois)  # no lower clamp
-    assert default[0, 2] - default[0, 0] < width / 1000
+    assert default[0, 2] - default[0, 0] < width / 100
     try:
         from mmdet.models.task_modules.coders.delta_xywh_bbox_coder import delta2bbox
     except Exception:  # mmdet or mmcv's ops missing

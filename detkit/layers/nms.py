@@ -24,10 +24,11 @@ def batched_nms(
     needs the same decisions): one NMS over boxes shifted apart by group (coordinate offsets) up to
     1000 boxes on the CPU (5000 on CUDA), one NMS per group above. ``offset_below`` > 0 moves that
     bound to fewer than ``offset_below`` boxes on every device (mmcv's ``batched_nms``: 10000). The
-    offsets round the shifted coordinates, so near the threshold the two can keep different boxes. A traced graph (export) runs one NMS per group ``0..num_groups-1``
-    instead: torchvision traces its coordinate-offset trick, whose offsets reach num_groups x the
-    image size, where float32 loses the precision IoU needs, and its per-group loop iterates over
-    ``torch.unique`` (data-dependent). ``num_groups`` is fixed by the architecture."""
+    offsets round the shifted coordinates, so near the threshold the two can keep different boxes.
+    A traced graph (export) runs one NMS per group ``0..num_groups-1`` instead: torchvision
+    traces its coordinate-offset trick, whose offsets reach num_groups x the image size, where
+    float32 loses the precision IoU needs, and its per-group loop iterates over ``torch.unique``
+    (data-dependent). ``num_groups`` is fixed by the architecture."""
     if not torch.jit.is_tracing():
         if offset_below <= 0 or boxes.numel() == 0:
             return _torchvision_batched_nms(boxes, scores, groups, iou_thresh)

@@ -24,13 +24,27 @@ evaluation that failed (or a run killed during it), ``--resume`` runs that evalu
 TrainingError no checkpoint holds non-finite weights: resume with a lower learning rate, e.g.
 ``--resume solver.base_lr=0.005``. On a finished run ``--resume`` says so and exits 0 (raise
 solver.max_iter to train longer); in a folder without checkpoints it warns and starts from scratch.
+
+Preemption (``solver.stop_signals``, default SIGTERM and SIGUSR1; SLURM ``--signal=USR1@120``,
+Kubernetes' SIGTERM): every process finishes its current iteration, ``last.pth`` is written at it,
+the log says ``stopped by signal SIGTERM at iteration N; resume with: <this command> --resume`` and
+the tool exits with status 128 + the signal's number (143 for SIGTERM, 138 for SIGUSR1, as a shell
+reports a process a signal ended), so a scheduler can requeue the same command with ``--resume``. A
+second signal exits at once with that status; the checkpoints on disk stay whole (atomic writes).
+
+Exit status: 0 done (or already finished), 1 a user error (config, data, ...), 128 + N stopped by
+signal N.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import shlex
 import sys
 from pathlib import Path
+from typing import Optional
 
 # this checkout's detkit, also without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -60,15 +74,32 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 @tool_main
-def main(argv=None) -> None:
+def main(argv=None) -> Optional[int]:
     args = parse_args(argv)
     from detkit.config import load_config
     from detkit.engine import train_main
     from detkit.engine.launch import enable_tf32
+    from detkit.engine.preemption import TrainingStopped
 
     cfg = load_config(args.config, args.overrides)
     enable_tf32()  # TF32 matmuls on GPUs that have them: a process-wide choice the tool makes
-    train_main(cfg, output_dir=args.output_dir, resume=args.resume)
+    try:
+        train_main(cfg, output_dir=args.output_dir, resume=args.resume)
+    except TrainingStopped as e:
+        logging.getLogger("detkit").warning("%s; resume with: %s", e, resume_command(argv))
+        return e.exit_status
+    return None
+
+
+def resume_command(argv=None) -> str:
+    """This tool's command line with ``--resume`` (under torchrun: its arguments after the script)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--resume" not in args:
+        args.append("--resume")
+    script = sys.argv[0] if argv is None else "tools/train.py"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "the same torchrun command, with: " + shlex.join([script, *args])
+    return shlex.join(["python", script, *args])
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ The trainer calls every hook, in the order of its list, at four points:
 
 Default order (:func:`default_hooks`): the time budget first (it may end the run at this
 iteration, and then this iteration's checkpoint and evaluation are the final ones), the log, the
-checkpoint, the evaluation, the final files, and last (``test.analyze``) the error analysis of the
-final evaluation. An iteration's checkpoint is written before its evaluation runs, so a failing
+checkpoint, with the training entry point's stop signals the preemption stop (after the
+checkpoint, before the evaluation: a stopped run evaluates that iteration first when resumed), the
+evaluation, the final files, and last (``test.analyze``) the error analysis of the final
+evaluation. An iteration's checkpoint is written before its evaluation runs, so a failing
 evaluation loses no training; the analysis runs after every final file is written and a failure
 of it is logged, not raised.
 """
@@ -27,6 +29,7 @@ from .checkpoint import BEST, FINAL
 from .distributed import mean_over_ranks
 from .events import SmoothedScalars, plot_curves
 from .inference import primary_metric, scalar_metrics
+from .preemption import StopSignals, TrainingStopped
 from .reporting import final_report, log_step, progress_postfix, step_record
 
 if TYPE_CHECKING:  # the trainer imports this module
@@ -103,6 +106,24 @@ class CheckpointHook(Hook):
 
     def after_train(self) -> None:
         self.trainer.save_checkpoint(self.trainer.max_iter)
+
+
+class StopOnSignalHook(Hook):
+    """``solver.stop_signals`` (``engine/preemption.py``): after each iteration the ranks agree
+    whether any received a stop signal; then the full training state at this iteration (unless the
+    checkpoint hook just wrote it) and :class:`TrainingStopped`, which ends the run."""
+
+    def __init__(self, stop: StopSignals):
+        self.stop = stop
+
+    def after_step(self, iteration: int) -> None:
+        name = self.stop.agreed()
+        if name is None:
+            return
+        t = self.trainer
+        if t.last_saved != iteration:
+            t.save_checkpoint(iteration)
+        raise TrainingStopped(name, iteration)
 
 
 class EvalHook(Hook):
@@ -215,13 +236,15 @@ class AnalysisHook(Hook):
             logger.debug("the error analysis' traceback", exc_info=True)
 
 
-def default_hooks(cfg) -> List[Hook]:
-    """The trainer's parts, in the order they run (see the module's docstring)."""
+def default_hooks(cfg, stop: Optional[StopSignals] = None) -> List[Hook]:
+    """The trainer's parts, in the order they run (see the module's docstring); ``stop``: the
+    signals the entry point catches (:class:`StopOnSignalHook`)."""
     s = cfg.solver
     hooks = [
         TimeBudgetHook(),
         MetricsHook(s.log_period),
         CheckpointHook(s.checkpoint_period),
+        *([StopOnSignalHook(stop)] if stop is not None else []),
         EvalHook(s.eval_period),
         FinalFilesHook(),
     ]

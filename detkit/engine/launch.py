@@ -28,7 +28,9 @@ from detkit.version import __version__
 
 from .checkpoint import LAST, Checkpointer, load_model_weights
 from .distributed import DistContext, cleanup_distributed, init_distributed
+from .hooks import default_hooks
 from .inference import run_inference
+from .preemption import StopSignals
 from .reporting import finished_run
 from .trainer import RecordingEvaluator, Trainer, build_dataset_main_first, run_on_all_ranks
 
@@ -76,7 +78,11 @@ def _check_fresh_output(out: Path, resume: bool) -> None:
 
 
 def train_main(cfg, output_dir: Optional[str] = None, resume: bool = False) -> Dict[str, Any]:
-    """Train with ``cfg`` into ``output_dir`` (default ``cfg.output_dir``); returns the final metrics."""
+    """Train with ``cfg`` into ``output_dir`` (default ``cfg.output_dir``); returns the final metrics.
+
+    While it runs, the signals of ``solver.stop_signals`` stop the run after the current iteration
+    with ``last.pth`` written at it (``engine/preemption.py``): ``TrainingStopped`` is raised; the
+    previous signal handlers are restored when it returns or raises."""
     out = Path(output_dir or cfg.output_dir).absolute()
     cfg = cfg.with_overrides({"output_dir": str(out)})
     ensure_output_dir(out)  # a folder that cannot be written: one line now, not at a checkpoint
@@ -99,8 +105,10 @@ def train_main(cfg, output_dir: Optional[str] = None, resume: bool = False) -> D
             Checkpointer(out).remove_stale_temporaries()
             cfg.dump(out / "config.yaml")
             logger.info("resolved config written to %s", out / "config.yaml")
-        trainer = Trainer(cfg, str(out), ctx, resume=resume)
-        return trainer.train()
+        with StopSignals(cfg.solver.stop_signals) as stop:
+            hooks = default_hooks(cfg, stop=stop)
+            trainer = Trainer(cfg, str(out), ctx, resume=resume, hooks=hooks)
+            return trainer.train()
     finally:
         cleanup_distributed()
 

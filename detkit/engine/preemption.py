@@ -1,0 +1,125 @@
+"""Stopping on a scheduler's preemption signal without losing an iteration (``solver.stop_signals``).
+
+A scheduler announces preemption with a signal (SLURM ``--signal=USR1@120`` or SIGTERM before
+SIGKILL; Kubernetes SIGTERM and a grace period). :class:`StopSignals` is installed by the training
+entry point (``engine.launch.train_main``) for the run's duration and restores the previous handlers
+afterwards; importing this module changes nothing. The first listed signal only sets a flag: the
+current iteration finishes, the ranks agree on stopping after it (``StopSignals.agreed``: one
+all-reduce per iteration, none for one process), rank 0 writes ``last.pth`` at that iteration (the
+periodic checkpoint's content, so ``--resume`` continues exactly) and :class:`TrainingStopped` ends
+the run. tools/train.py logs the resume command and exits with :func:`exit_status`: 128 + the
+signal's number (143 for SIGTERM, 138 for SIGUSR1), what a shell reports for a process that signal
+ended, so a scheduler's requeue logic treats both alike.
+
+A second signal while stopping exits at once with the same status: checkpoints are written to a
+temporary file and renamed (``utils.io.atomic_save``), so exiting at any point leaves the previous
+or the new ``last.pth`` whole (the temporary is removed at the next start).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from .distributed import all_reduce_sum
+
+logger = logging.getLogger("detkit")
+
+# the signals solver.stop_signals may name
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")
+
+
+def exit_status(signal_name: str) -> int:
+    """The exit status of a run stopped by ``signal_name``: 128 + its number, as a shell reports."""
+    return 128 + int(signal.Signals[signal_name])
+
+
+class TrainingStopped(Exception):
+    """The run stopped on a signal after writing ``last.pth`` at ``iteration``."""
+
+    def __init__(self, signal_name: str, iteration: int):
+        super().__init__(f"stopped by signal {signal_name} at iteration {iteration}")
+        self.signal_name, self.iteration = signal_name, iteration
+
+    @property
+    def exit_status(self) -> int:
+        return exit_status(self.signal_name)
+
+
+def _flush_logs() -> None:
+    for handler in logging.getLogger("detkit").handlers:
+        try:
+            handler.flush()
+        except Exception:  # exiting anyway
+            pass
+
+
+class StopSignals:
+    """``with StopSignals(["SIGTERM", "SIGUSR1"]) as stop:`` catches those signals while the block
+    runs (only in the main thread of the process that entered it: forked data-loader workers
+    ignore them) and restores the previous handlers after it. ``stop.received`` is the first
+    signal's name; a second one exits the process at once with :func:`exit_status`."""
+
+    def __init__(self, names: Sequence[str]):
+        unknown = [n for n in names if n not in STOP_SIGNALS]
+        if unknown:
+            raise ValueError(f"unknown stop signal(s) {unknown}; allowed: {list(STOP_SIGNALS)}")
+        self.names: List[str] = list(dict.fromkeys(names))
+        self.received: Optional[str] = None
+        self._previous: Dict[signal.Signals, object] = {}
+        self._pid = os.getpid()
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is not threading.main_thread():
+            logger.debug("not the main thread: solver.stop_signals not installed")
+            return self
+        self._pid = os.getpid()
+        for name in self.names:
+            sig = signal.Signals[name]
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:  # a forked child (data-loader worker) inherited the handler
+            return
+        name = signal.Signals(signum).name
+        if self.received is None:
+            self.received = name
+            logger.warning(
+                "received %s: finishing the current iteration, then writing last.pth and "
+                "stopping (a second signal exits at once)",
+                name,
+            )
+            return
+        logger.error(
+            "received %s while stopping: exiting at once with status %d; the checkpoints on disk "
+            "are whole (atomic writes) and --resume continues from the newest",
+            name,
+            exit_status(name),
+        )
+        _flush_logs()
+        os._exit(exit_status(name))
+
+    def agreed(self) -> Optional[str]:
+        """The signal any rank received (every rank calls it after the same iteration: under
+        torch.distributed one all-reduce of one flag per listed signal), or None."""
+        if not self.names:
+            return None
+        flags = torch.zeros(len(self.names), dtype=torch.float64)
+        if self.received is not None:
+            flags[self.names.index(self.received)] = 1.0
+        summed = all_reduce_sum(flags).tolist()
+        return next((n for n, v in zip(self.names, summed) if v > 0), None)
+
+
+__all__ = ["STOP_SIGNALS", "StopSignals", "TrainingStopped", "exit_status"]

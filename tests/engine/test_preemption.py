@@ -1,0 +1,148 @@
+"""Preemption (``solver.stop_signals``, engine/preemption.py): tools/train.py in a subprocess gets a
+signal at a known iteration, writes ``last.pth`` at it, says how to resume and exits 128 + the
+signal's number; ``--resume`` then ends with the uninterrupted run's weights, bit for bit.
+
+The child holds the signal blocked at the start of iteration ``DETKIT_TEST_SIGNAL_AT`` and waits
+for it there (``sigwait``), then delivers it to itself: the test sends it after reading the child's
+"waiting" line, with no sleep and no race, and the stop iteration is exactly that one."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from detkit.checkpoint import load_checkpoint
+from detkit.engine.preemption import STOP_SIGNALS, StopSignals, exit_status
+from tests.engine.helpers import REPO, load_weights, tiny_config
+
+_CHILD = """
+import os, runpy, signal, sys
+sys.path.insert(0, {repo!r})
+from detkit.engine.trainer import Trainer
+
+at = int(os.environ.get("DETKIT_TEST_SIGNAL_AT", "0"))
+twice = os.environ.get("DETKIT_TEST_SIGNAL_TWICE") == "1"
+signals = {{signal.SIGTERM, signal.SIGUSR1}}
+original = Trainer.run_step
+
+
+def run_step(self, it, data_iter):
+    if it == at:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        print(f"waiting at iteration {{it}}", flush=True)
+        signum = signal.sigwait(signals)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+        signal.raise_signal(signum)  # the handler (or the default action) runs now
+        if twice:
+            signal.raise_signal(signum)
+    return original(self, it, data_iter)
+
+
+Trainer.run_step = run_step
+sys.argv = ["tools/train.py", *sys.argv[1:]]
+runpy.run_path("tools/train.py", run_name="__main__")
+"""
+
+
+def _train(args, signal_at=0, send=None, twice=False, timeout=300):
+    """tools/train.py ``args`` in the child above; ``send`` is delivered at ``signal_at``."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        "DETKIT_TEST_SIGNAL_AT": str(signal_at),
+        "DETKIT_TEST_SIGNAL_TWICE": "1" if twice else "0",
+    }
+    code = _CHILD.format(repo=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if send is not None:
+            line = proc.stdout.readline()
+            assert line.strip() == f"waiting at iteration {signal_at}", line
+            proc.send_signal(send)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
+@pytest.fixture
+def config_file(data_root, tmp_path):
+    path = tmp_path / "tiny.yaml"
+    tiny_config(data_root, ["test.analyze=false"]).dump(path)
+    return path
+
+
+@pytest.mark.slow
+def test_sigterm_stops_at_the_iteration_and_resume_is_exact(config_file, tmp_path):
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    code, err = _train([str(config_file), "--output-dir", str(full)])
+    assert code == 0, err[-3000:]
+    expected = load_weights(full / "model_final.pth")
+
+    args = [str(config_file), "--output-dir", str(stopped)]
+    code, err = _train(args, signal_at=3, send=signal.SIGTERM)
+    assert code == 143 == exit_status("SIGTERM"), err[-3000:]
+    assert load_checkpoint(stopped / "last.pth")["iteration"] == 3  # not the periodic 2
+    assert not (stopped / "model_final.pth").exists()
+    log = (stopped / "log.txt").read_text()
+    command = f"python tools/train.py {config_file} --output-dir {stopped} --resume"
+    assert f"stopped by signal SIGTERM at iteration 3; resume with: {command}" in log
+    assert "received SIGTERM: finishing the current iteration" in log
+
+    code, err = _train([*args, "--resume"])
+    assert code == 0, err[-3000:]
+    assert "resumed from" in (stopped / "log.txt").read_text()
+    got = load_weights(stopped / "model_final.pth")
+    assert got.keys() == expected.keys()
+    assert max((got[k].double() - expected[k].double()).abs().max().item() for k in got) == 0
+
+
+@pytest.mark.slow
+def test_signal_not_listed_keeps_its_default_action(config_file, tmp_path):
+    out = tmp_path / "run"
+    args = [str(config_file), "--output-dir", str(out), "solver.stop_signals=[SIGTERM]"]
+    code, err = _train(args, signal_at=3, send=signal.SIGUSR1)
+    assert code == -signal.SIGUSR1, err[-3000:]  # killed by it, as without detkit's handler
+    assert load_checkpoint(out / "last.pth")["iteration"] == 2  # the periodic checkpoint only
+
+
+@pytest.mark.slow
+def test_a_second_signal_exits_at_once_with_the_checkpoints_whole(config_file, tmp_path):
+    out = tmp_path / "run"
+    args = [str(config_file), "--output-dir", str(out), "solver.stop_signals=[SIGUSR1]"]
+    code, err = _train(args, signal_at=3, send=signal.SIGUSR1, twice=True)
+    assert code == 138 == exit_status("SIGUSR1"), err[-3000:]
+    assert load_checkpoint(out / "last.pth")["iteration"] == 2  # iteration 3 never finished
+    assert "received SIGUSR1 while stopping: exiting at once with status 138" in err
+
+
+def test_handlers_are_installed_for_the_block_only():
+    before = signal.getsignal(signal.SIGUSR2)
+    stop = StopSignals(["SIGUSR2"])
+    assert stop.agreed() is None
+    with stop:
+        assert signal.getsignal(signal.SIGUSR2) == stop._handle
+        signal.raise_signal(signal.SIGUSR2)
+        assert stop.received == "SIGUSR2" and stop.agreed() == "SIGUSR2"
+    assert signal.getsignal(signal.SIGUSR2) is before
+    assert StopSignals([]).agreed() is None
+
+
+def test_the_config_allows_the_signals_the_engine_handles():
+    from detkit.config.constraints import choices
+
+    assert choices("solver.stop_signals") == STOP_SIGNALS
+    with pytest.raises(ValueError, match="SIGKILL"):
+        StopSignals(["SIGKILL"])

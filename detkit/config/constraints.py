@@ -212,6 +212,7 @@ CONSTRAINTS: Dict[str, Constraint] = {
     "solver.keep_checkpoints": COUNT,
     "solver.eval_period": COUNT,
     "solver.log_period": SIZE,
+    "solver.stall_timeout_minutes": NON_NEGATIVE,
     "solver.stop_signals": OneOf("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP"),
     "test.scales": SIZE,
     "test.merge": OneOf("nms", "soft_nms", "vote"),

@@ -5,6 +5,7 @@ The trainer calls every hook, in the order of its list, at four points:
 - ``before_train()`` once, before the first iteration (after ``--resume`` has loaded its state);
 - ``after_step(it)`` after each iteration ``it`` (``trainer.step_values`` holds its lr, seconds
   and mean losses);
+- ``before_eval(it)`` before each periodic evaluation (and the one ``--resume`` runs first);
 - ``after_eval(it, seconds)`` after each periodic evaluation (its cost, setup excluded);
 - ``after_train()`` once after the last iteration (not after an error).
 
@@ -31,6 +32,7 @@ from .events import SmoothedScalars, plot_curves
 from .inference import primary_metric, scalar_metrics
 from .preemption import StopSignals, TrainingStopped
 from .reporting import final_report, log_step, progress_postfix, step_record
+from .watchdog import StallWatchdog
 
 if TYPE_CHECKING:  # the trainer imports this module
     from .trainer import Trainer
@@ -48,6 +50,9 @@ class Hook:
         pass
 
     def after_step(self, iteration: int) -> None:
+        pass
+
+    def before_eval(self, iteration: int) -> None:
         pass
 
     def after_eval(self, iteration: int, seconds: float) -> None:
@@ -126,6 +131,29 @@ class StopOnSignalHook(Hook):
         raise TrainingStopped(name, iteration)
 
 
+class StallWatchdogHook(Hook):
+    """``solver.stall_timeout_minutes`` (``engine/watchdog.py``): tells the entry point's watchdog
+    of each finished iteration; paused during evaluations and from the end of training on."""
+
+    def __init__(self, watchdog: StallWatchdog):
+        self.watchdog = watchdog
+
+    def before_train(self) -> None:
+        self.watchdog.beat(self.trainer.start_iter)
+
+    def after_step(self, iteration: int) -> None:
+        self.watchdog.beat(iteration)
+
+    def before_eval(self, iteration: int) -> None:
+        self.watchdog.pause()
+
+    def after_eval(self, iteration: int, seconds: float) -> None:
+        self.watchdog.beat(iteration)
+
+    def after_train(self) -> None:
+        self.watchdog.pause()
+
+
 class EvalHook(Hook):
     """Evaluates every ``period`` iterations (0 = only at the end) and at the end; keeps the
     history, writes each result to the event log and ``best.pth`` at a new best. A run resumed
@@ -156,6 +184,7 @@ class EvalHook(Hook):
 
     def _evaluate(self, iteration: int) -> None:
         t = self.trainer
+        t.call_hooks("before_eval", iteration)
         t0, setup = t.clock(), t.budget.setup_seconds
         metrics = t.evaluate(iteration)  # the first one builds its dataset: counted as setup
         seconds = t.clock() - t0 - (t.budget.setup_seconds - setup)
@@ -236,15 +265,19 @@ class AnalysisHook(Hook):
             logger.debug("the error analysis' traceback", exc_info=True)
 
 
-def default_hooks(cfg, stop: Optional[StopSignals] = None) -> List[Hook]:
+def default_hooks(
+    cfg, stop: Optional[StopSignals] = None, watchdog: Optional[StallWatchdog] = None
+) -> List[Hook]:
     """The trainer's parts, in the order they run (see the module's docstring); ``stop``: the
-    signals the entry point catches (:class:`StopOnSignalHook`)."""
+    signals the entry point catches (:class:`StopOnSignalHook`); ``watchdog``: its stall watchdog
+    (:class:`StallWatchdogHook`)."""
     s = cfg.solver
     hooks = [
         TimeBudgetHook(),
         MetricsHook(s.log_period),
         CheckpointHook(s.checkpoint_period),
         *([StopOnSignalHook(stop)] if stop is not None else []),
+        *([StallWatchdogHook(watchdog)] if watchdog is not None and watchdog.enabled else []),
         EvalHook(s.eval_period),
         FinalFilesHook(),
     ]

@@ -33,6 +33,7 @@ from .inference import run_inference
 from .preemption import StopSignals
 from .reporting import finished_run
 from .trainer import RecordingEvaluator, Trainer, build_dataset_main_first, run_on_all_ranks
+from .watchdog import StallWatchdog
 
 logger = logging.getLogger("detkit")
 
@@ -82,7 +83,9 @@ def train_main(cfg, output_dir: Optional[str] = None, resume: bool = False) -> D
 
     While it runs, the signals of ``solver.stop_signals`` stop the run after the current iteration
     with ``last.pth`` written at it (``engine/preemption.py``): ``TrainingStopped`` is raised; the
-    previous signal handlers are restored when it returns or raises."""
+    previous signal handlers are restored when it returns or raises. With
+    ``solver.stall_timeout_minutes`` a watchdog thread (``engine/watchdog.py``) ends the process
+    when no iteration finishes for that long."""
     out = Path(output_dir or cfg.output_dir).absolute()
     cfg = cfg.with_overrides({"output_dir": str(out)})
     ensure_output_dir(out)  # a folder that cannot be written: one line now, not at a checkpoint
@@ -105,8 +108,10 @@ def train_main(cfg, output_dir: Optional[str] = None, resume: bool = False) -> D
             Checkpointer(out).remove_stale_temporaries()
             cfg.dump(out / "config.yaml")
             logger.info("resolved config written to %s", out / "config.yaml")
-        with StopSignals(cfg.solver.stop_signals) as stop:
-            hooks = default_hooks(cfg, stop=stop)
+        minutes = float(cfg.solver.stall_timeout_minutes)
+        stop, watchdog = StopSignals(cfg.solver.stop_signals), StallWatchdog(minutes, ctx.rank)
+        with stop, watchdog:
+            hooks = default_hooks(cfg, stop=stop, watchdog=watchdog)
             trainer = Trainer(cfg, str(out), ctx, resume=resume, hooks=hooks)
             return trainer.train()
     finally:

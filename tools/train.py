@@ -32,8 +32,13 @@ the tool exits with status 128 + the signal's number (143 for SIGTERM, 138 for S
 reports a process a signal ended), so a scheduler can requeue the same command with ``--resume``. A
 second signal exits at once with that status; the checkpoints on disk stay whole (atomic writes).
 
-Exit status: 0 done (or already finished), 1 a user error (config, data, ...), 128 + N stopped by
-signal N.
+A process that finishes no iteration for ``solver.stall_timeout_minutes`` (default 10, 0 = off;
+evaluations excluded) logs an error naming its rank, host and last finished iteration and exits 75,
+long before the 30-minute collective timeout, so torchrun (``--max-restarts``) or the scheduler can
+restart the job with ``--resume``.
+
+Exit status: 0 done (or already finished), 1 a user error (config, data, ...), 75 a stalled process,
+128 + N stopped by signal N.
 """
 
 from __future__ import annotations

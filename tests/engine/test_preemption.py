@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -29,9 +30,9 @@ original = Trainer.run_step
 
 
 def run_step(self, it, data_iter):
-    if it == at:
+    if it == at and self.ctx.rank == 0:
         signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-        print(f"waiting at iteration {{it}}", flush=True)
+        print(f"waiting at iteration {{it}} in process {{os.getpid()}}", flush=True)
         signum = signal.sigwait(signals)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
         signal.raise_signal(signum)  # the handler (or the default action) runs now
@@ -42,12 +43,15 @@ def run_step(self, it, data_iter):
 
 Trainer.run_step = run_step
 sys.argv = ["tools/train.py", *sys.argv[1:]]
-runpy.run_path("tools/train.py", run_name="__main__")
+runpy.run_path(os.path.join({repo!r}, "tools", "train.py"), run_name="__main__")
 """
 
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
-def _train(args, signal_at=0, send=None, twice=False, timeout=300):
-    """tools/train.py ``args`` in the child above; ``send`` is delivered at ``signal_at``."""
+
+def _train(args, signal_at=0, send=None, twice=False, timeout=300, launcher=()):
+    """tools/train.py ``args`` in the child above (run by ``launcher``: python, or torchrun);
+    ``send`` is delivered at ``signal_at`` (to rank 0)."""
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -56,8 +60,14 @@ def _train(args, signal_at=0, send=None, twice=False, timeout=300):
         "DETKIT_TEST_SIGNAL_TWICE": "1" if twice else "0",
     }
     code = _CHILD.format(repo=str(REPO))
+    if launcher:  # torchrun runs a file
+        child = Path(args[0]).parent / "child.py"
+        child.write_text(code)
+        command = [*launcher, str(child)]
+    else:
+        command = ["-c", code]
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, *command, *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -67,8 +77,8 @@ def _train(args, signal_at=0, send=None, twice=False, timeout=300):
     try:
         if send is not None:
             line = proc.stdout.readline()
-            assert line.strip() == f"waiting at iteration {signal_at}", line
-            proc.send_signal(send)
+            assert line.startswith(f"waiting at iteration {signal_at} in process "), line
+            os.kill(int(line.split()[-1]), send)
         out, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
@@ -106,6 +116,29 @@ def test_sigterm_stops_at_the_iteration_and_resume_is_exact(config_file, tmp_pat
     assert "resumed from" in (stopped / "log.txt").read_text()
     got = load_weights(stopped / "model_final.pth")
     assert got.keys() == expected.keys()
+    assert max((got[k].double() - expected[k].double()).abs().max().item() for k in got) == 0
+
+
+@pytest.mark.slow
+def test_two_processes_stop_at_the_same_iteration_and_resume_exactly(config_file, tmp_path):
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    code, err = _train([str(config_file), "--output-dir", str(full)], launcher=TORCHRUN)
+    assert code == 0, err[-3000:]
+    expected = load_weights(full / "model_final.pth")
+
+    args = [str(config_file), "--output-dir", str(stopped)]
+    code, err = _train(args, signal_at=3, send=signal.SIGTERM, launcher=TORCHRUN)
+    assert code != 0, err[-3000:]  # torchrun: its workers exited 143
+    state = load_checkpoint(stopped / "last.pth")
+    assert state["iteration"] == 3 and state["world_size"] == 2
+    # rank 0 received it; rank 1 heard of it through the all-reduce and stopped after the same one
+    for log in ("log.txt", "log_rank1.txt"):
+        text = (stopped / log).read_text()
+        assert "stopped by signal SIGTERM at iteration 3; resume with: the same torchrun" in text
+
+    code, err = _train([*args, "--resume"], launcher=TORCHRUN)
+    assert code == 0, err[-3000:]
+    got = load_weights(stopped / "model_final.pth")
     assert max((got[k].double() - expected[k].double()).abs().max().item() for k in got) == 0
 
 

@@ -11,6 +11,12 @@ the run. tools/train.py logs the resume command and exits with :func:`exit_statu
 signal's number (143 for SIGTERM, 138 for SIGUSR1), what a shell reports for a process that signal
 ended, so a scheduler's requeue logic treats both alike.
 
+Data-loader workers forked while the signals are caught keep them blocked (``os.register_at_fork``,
+registered by the first ``StopSignals`` entered and a no-op in a child forked while none is): torchrun
+and SLURM signal the whole process group, and torch's workers die on SIGTERM, which would end the
+run with a loader error instead of the stop. Workers started by ``spawn`` (not Linux's default)
+are not covered.
+
 A second signal while stopping exits at once with the same status: checkpoints are written to a
 temporary file and renamed (``utils.io.atomic_save``), so exiting at any point leaves the previous
 or the new ``last.pth`` whole (the temporary is removed at the next start).
@@ -32,6 +38,17 @@ logger = logging.getLogger("detkit")
 
 # the signals solver.stop_signals may name
 STOP_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")
+
+_ACTIVE: List["StopSignals"] = []  # the entered instances of this process
+_AT_FORK = {"registered": False}
+
+
+def _block_in_forked_child() -> None:
+    """In a child forked while stop signals are caught (a data-loader worker): keep them blocked,
+    so a signal to the whole process group reaches only the process that stops cleanly."""
+    sigs = {signal.Signals[n] for s in _ACTIVE for n in s.names}
+    if sigs:
+        signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
 
 
 def exit_status(signal_name: str) -> int:
@@ -82,9 +99,15 @@ class StopSignals:
         for name in self.names:
             sig = signal.Signals[name]
             self._previous[sig] = signal.signal(sig, self._handle)
+        if not _AT_FORK["registered"]:  # cannot be undone: a no-op while no instance is entered
+            os.register_at_fork(after_in_child=_block_in_forked_child)
+            _AT_FORK["registered"] = True
+        _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()

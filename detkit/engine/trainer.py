@@ -433,17 +433,21 @@ class Trainer:
             with self.bar:
                 self.call_hooks("before_train")
                 data_iter = iter(self.loader)
-                it = self.start_iter
-                while it < self.max_iter:  # the time budget may lower self.max_iter on the way
-                    it += 1
-                    t0 = self.clock()
-                    lr = self.scheduler.step(it - 1)
-                    values = self.run_step(it, data_iter)
-                    self.step_values = {"lr": lr, "sec_per_iter": self.clock() - t0, **values}
-                    self.bar.update(1)
-                    self.call_hooks("after_step", it)
-            del data_iter
-            self.loader = None  # stops the loader workers before the final evaluation
+                try:
+                    it = self.start_iter
+                    while it < self.max_iter:  # the time budget may lower self.max_iter on the way
+                        it += 1
+                        t0 = self.clock()
+                        lr = self.scheduler.step(it - 1)
+                        values = self.run_step(it, data_iter)
+                        self.step_values = {"lr": lr, "sec_per_iter": self.clock() - t0, **values}
+                        self.bar.update(1)
+                        self.call_hooks("after_step", it)
+                finally:
+                    # stops the loader workers: before the final evaluation, and now when a hook (a
+                    # stop signal) or an error ends the run, not at interpreter exit
+                    del data_iter
+                    self.loader = None
             self.call_hooks("after_train")
         finally:
             self.writer.close()

@@ -51,7 +51,7 @@ TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "
 
 def _train(args, signal_at=0, send=None, twice=False, timeout=300, launcher=()):
     """tools/train.py ``args`` in the child above (run by ``launcher``: python, or torchrun);
-    ``send`` is delivered at ``signal_at`` (to rank 0)."""
+    ``send`` is delivered at ``signal_at`` to rank 0's process group (its loader workers too)."""
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -73,12 +73,14 @@ def _train(args, signal_at=0, send=None, twice=False, timeout=300, launcher=()):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group (torchrun gives each worker one)
     )
     try:
         if send is not None:
             line = proc.stdout.readline()
             assert line.startswith(f"waiting at iteration {signal_at} in process "), line
-            os.kill(int(line.split()[-1]), send)
+            # to the process group, as torchrun and SLURM signal: the data-loader workers too
+            os.killpg(int(line.split()[-1]), send)
         out, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
@@ -90,7 +92,7 @@ def _train(args, signal_at=0, send=None, twice=False, timeout=300, launcher=()):
 @pytest.fixture
 def config_file(data_root, tmp_path):
     path = tmp_path / "tiny.yaml"
-    tiny_config(data_root, ["test.analyze=false"]).dump(path)
+    tiny_config(data_root, ["test.analyze=false", "data.num_workers=2"]).dump(path)
     return path
 
 
@@ -107,7 +109,7 @@ def test_sigterm_stops_at_the_iteration_and_resume_is_exact(config_file, tmp_pat
     assert load_checkpoint(stopped / "last.pth")["iteration"] == 3  # not the periodic 2
     assert not (stopped / "model_final.pth").exists()
     log = (stopped / "log.txt").read_text()
-    command = f"python tools/train.py {config_file} --output-dir {stopped} --resume"
+    command = f"python {REPO / 'tools' / 'train.py'} {config_file} --output-dir {stopped} --resume"
     assert f"stopped by signal SIGTERM at iteration 3; resume with: {command}" in log
     assert "received SIGTERM: finishing the current iteration" in log
 
@@ -171,6 +173,41 @@ def test_handlers_are_installed_for_the_block_only():
         assert stop.received == "SIGUSR2" and stop.agreed() == "SIGUSR2"
     assert signal.getsignal(signal.SIGUSR2) is before
     assert StopSignals([]).agreed() is None
+
+
+_LOADER = """
+import os, signal, sys, time
+sys.path.insert(0, {repo!r})
+from torch.utils.data import DataLoader, Dataset
+from detkit.engine.preemption import StopSignals
+
+
+class Items(Dataset):
+    def __len__(self):
+        return 1000
+
+    def __getitem__(self, i):
+        time.sleep(0.01)  # a loader that is never done before the signal arrives
+        return i
+
+
+os.setpgrp()  # the signal below reaches this process group only
+with StopSignals(["SIGTERM"]) as stop:
+    for k, batch in enumerate(DataLoader(Items(), num_workers=2, batch_size=1)):
+        if k == 3:
+            os.killpg(os.getpgrp(), signal.SIGTERM)  # as torchrun and SLURM signal
+        if stop.received and k >= 20:
+            print("stopped cleanly after", k, flush=True)
+            break
+"""
+
+
+def test_data_loader_workers_survive_a_signal_to_the_process_group():
+    code = _LOADER.format(repo=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert proc.returncode == 0 and "stopped cleanly after 20" in proc.stdout, proc.stderr[-3000:]
 
 
 def test_the_config_allows_the_signals_the_engine_handles():

@@ -14,7 +14,8 @@ ended, so a scheduler's requeue logic treats both alike.
 Data-loader workers forked while the signals are caught keep them blocked (``os.register_at_fork``,
 registered by the first ``StopSignals`` entered and a no-op in a child forked while none is): torchrun
 and SLURM signal the whole process group, and torch's workers die on SIGTERM, which would end the
-run with a loader error instead of the stop. Workers started by ``spawn`` (not Linux's default)
+run with a loader error instead of the stop. Such a worker still ends on a signal its parent sends
+(``terminate`` at exit). Workers started by ``spawn`` (not Linux's default)
 are not covered.
 
 A second signal while stopping exits at once with the same status: checkpoints are written to a
@@ -45,10 +46,22 @@ _AT_FORK = {"registered": False}
 
 def _block_in_forked_child() -> None:
     """In a child forked while stop signals are caught (a data-loader worker): keep them blocked,
-    so a signal to the whole process group reaches only the process that stops cleanly."""
+    so a signal to the whole process group reaches only the process that stops cleanly; a thread
+    takes them (``sigwaitinfo``) and ends the child on one its parent sent (as torch's worker
+    handler does for SIGTERM: the parent's ``terminate``), ignoring the others."""
     sigs = {signal.Signals[n] for s in _ACTIVE for n in s.names}
-    if sigs:
-        signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    if not sigs:
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    parent = os.getppid()
+
+    def take() -> None:
+        while True:
+            info = signal.sigwaitinfo(sigs)
+            if info.si_pid == parent:
+                os._exit(0)
+
+    threading.Thread(target=take, name="detkit-stop-signals", daemon=True).start()
 
 
 def exit_status(signal_name: str) -> int:

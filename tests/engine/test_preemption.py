@@ -176,7 +176,7 @@ def test_handlers_are_installed_for_the_block_only():
 
 
 _LOADER = """
-import os, signal, sys, time
+import os, subprocess, sys, time
 sys.path.insert(0, {repo!r})
 from torch.utils.data import DataLoader, Dataset
 from detkit.engine.preemption import StopSignals
@@ -193,9 +193,11 @@ class Items(Dataset):
 
 os.setpgrp()  # the signal below reaches this process group only
 with StopSignals(["SIGTERM"]) as stop:
-    for k, batch in enumerate(DataLoader(Items(), num_workers=2, batch_size=1)):
-        if k == 3:
-            os.killpg(os.getpgrp(), signal.SIGTERM)  # as torchrun and SLURM signal
+    # kept until the interpreter exits: multiprocessing terminates its workers then
+    batches = iter(DataLoader(Items(), num_workers=2, batch_size=1))
+    for k, batch in enumerate(batches):
+        if k == 3:  # another process signals the whole group, as torchrun and SLURM do
+            subprocess.run(["kill", "-TERM", "--", f"-{{os.getpgrp()}}"])
         if stop.received and k >= 20:
             print("stopped cleanly after", k, flush=True)
             break
@@ -203,6 +205,7 @@ with StopSignals(["SIGTERM"]) as stop:
 
 
 def test_data_loader_workers_survive_a_signal_to_the_process_group():
+    """... and still end when their parent terminates them at exit (no hang)."""
     code = _LOADER.format(repo=str(REPO))
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO

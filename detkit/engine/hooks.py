@@ -9,14 +9,14 @@ The trainer calls every hook, in the order of its list, at four points:
 - ``after_eval(it, seconds)`` after each periodic evaluation (its cost, setup excluded);
 - ``after_train()`` once after the last iteration (not after an error).
 
-Default order (:func:`default_hooks`): the time budget first (it may end the run at this
-iteration, and then this iteration's checkpoint and evaluation are the final ones), the log, the
-checkpoint, with the training entry point's stop signals the preemption stop (after the
-checkpoint, before the evaluation: a stopped run evaluates that iteration first when resumed), the
-evaluation, the final files, and last (``test.analyze``) the error analysis of the final
-evaluation. An iteration's checkpoint is written before its evaluation runs, so a failing
-evaluation loses no training; the analysis runs after every final file is written and a failure
-of it is logged, not raised.
+Default order (:func:`default_hooks`): the time budget first (it may end the run at this iteration,
+and then this iteration's checkpoint and evaluation are the final ones), the log, the checkpoint,
+with the training entry point's stop signals the preemption stop (after the checkpoint, before the
+evaluation: a stopped run evaluates that iteration first when resumed), with its watchdog the stall
+watchdog's beat (paused during evaluations), the evaluation, the final files, and last
+(``test.analyze``) the error analysis of the final evaluation. An iteration's checkpoint is written
+before its evaluation runs, so a failing evaluation loses no training; the analysis runs after every
+final file is written and a failure of it is logged, not raised.
 """
 
 from __future__ import annotations

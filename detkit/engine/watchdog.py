@@ -13,8 +13,10 @@ through ``os._exit`` (the main thread may be stuck in a collective), so torchrun
 can restart the job.
 
 Every other rank is also without progress then, waiting for the stalled one in a collective: a rank
-whose main thread is inside ``torch.distributed`` waits a second timeout before it reports, so the
-rank that stalled is the one that reports first (and its exit ends the others' collectives).
+whose main thread is inside ``torch.distributed`` (or detkit's collective helpers) waits a second
+timeout before it reports, so the rank that stalled is the one that reports first (and its exit ends
+the others' gloo collectives; torchrun ends the rest). A rank waiting inside DDP's backward (the
+gradient all-reduce) is not recognised as waiting and may report at the same time.
 """
 
 from __future__ import annotations
@@ -34,6 +36,17 @@ logger = logging.getLogger("detkit")
 EXIT_STALLED = 75
 
 
+# a main thread inside one of these is waiting for the other ranks (detkit's helpers: on CUDA the
+# wait is where the result is read back, after torch.distributed returned)
+_COLLECTIVE_FILES = tuple(
+    os.path.join(*parts) + os.sep
+    for parts in (("torch", "distributed"), ("torch", "nn", "parallel"))
+) + (
+    os.path.join("detkit", "engine", "distributed.py"),
+    os.path.join("detkit", "utils", "distributed.py"),
+)
+
+
 def _main_thread_location() -> tuple:
     """(the main thread's innermost frame as ``file:line in function``, whether it is inside
     torch.distributed: waiting for another rank)."""
@@ -41,11 +54,7 @@ def _main_thread_location() -> tuple:
     if frame is None:
         return "unknown", False
     stack = traceback.extract_stack(frame)
-    in_collective = any(
-        f"torch{os.sep}distributed{os.sep}" in f.filename
-        or f"torch{os.sep}nn{os.sep}parallel{os.sep}" in f.filename
-        for f in stack
-    )
+    in_collective = any(part in f.filename for f in stack for part in _COLLECTIVE_FILES)
     top = stack[-1]
     return f"{top.filename}:{top.lineno} in {top.name}", in_collective
 

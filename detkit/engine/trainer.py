@@ -275,15 +275,55 @@ class Trainer:
             self.max_iter,
         )
         rngs = state.get("rng") or []
-        if state.get("world_size") != self.ctx.world_size or len(rngs) != self.ctx.world_size:
+        saved_world = state.get("world_size")
+        if saved_world is not None and int(saved_world) != self.ctx.world_size:
+            self._world_size_changed(int(saved_world), path, state)
+            return None
+        if saved_world is None or len(rngs) != self.ctx.world_size:
             logger.warning(
-                "checkpoint written by %s processes, now %d: random states reseeded, the data stream "
-                "re-sharded (the run continues, but not bit-identically)",
-                state.get("world_size"),
+                "%s does not record the number of processes that wrote it (an older checkpoint); "
+                "now %d: random states reseeded, the data stream re-sharded (the run continues, "
+                "but not bit-identically)",
+                path,
                 self.ctx.world_size,
             )
             return None
         return rngs[self.ctx.rank]
+
+    def _world_size_changed(self, saved: int, path, state: Dict[str, Any]) -> None:
+        """``path`` was written by ``saved`` processes, this run has another number. The images seen
+        (iteration x solver.ims_per_batch, a total over all processes) and the learning rate (from
+        the total batch and solver.reference_batch_size) carry over, but the data stream is
+        sharded, grouped and augmented per rank and the random states are per rank: the run cannot
+        continue bit-identically, so it refuses unless solver.allow_world_size_change is true."""
+        now = self.ctx.world_size
+        if not bool(self.cfg.solver.allow_world_size_change):
+            raise TrainingError(
+                f"--resume: {path} was written by {saved} process(es), this run has {now}: the "
+                "data stream (sharded per process) and the random states cannot continue exactly. "
+                f"Resume with {saved} process(es), or set solver.allow_world_size_change=true to "
+                "continue with the same images seen and learning rate but not bit-identically"
+            )
+        total = int(self.cfg.solver.ims_per_batch)
+        saved_micro = (state.get("data") or {}).get("micro_batch")
+        logger.warning(
+            "resuming %s on %d process(es) instead of %d (solver.allow_world_size_change): images "
+            "per process and micro-batch %s -> %d; images seen kept (%d iterations x %d = %d, the "
+            "stream continues at batch %d of each process in the new sharding); learning rate "
+            "unchanged (solver.ims_per_batch=%d is the total, scaled by reference_batch_size=%d); "
+            "random states reseeded: the run continues, but not bit-identically",
+            path,
+            now,
+            saved,
+            saved_micro,
+            self.micro_batch,
+            self.start_iter,
+            total,
+            self.start_iter * total,
+            self.start_iter * self.accumulate,
+            total,
+            int(self.cfg.solver.reference_batch_size),
+        )
 
     # ------------------------------------------------------------------ one iteration
     def forward_losses(self, batch: List[dict]) -> Dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Sequence
 
@@ -107,3 +108,81 @@ def truncate_file(path: Path, keep: int = 100) -> None:
     """Damage a checkpoint in place (as a torn write or a bad disk would)."""
     with open(path, "r+b") as f:
         f.truncate(keep)
+
+
+# a training child that waits, at one iteration, for a signal (preemption and world-size tests)
+_CHILD = """
+import os, runpy, signal, sys
+sys.path.insert(0, {repo!r})
+from detkit.engine.trainer import Trainer
+
+at = int(os.environ.get("DETKIT_TEST_SIGNAL_AT", "0"))
+twice = os.environ.get("DETKIT_TEST_SIGNAL_TWICE") == "1"
+signals = {{signal.SIGTERM, signal.SIGUSR1}}
+original = Trainer.run_step
+
+
+def run_step(self, it, data_iter):
+    if it == at and self.ctx.rank == 0:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        print(f"waiting at iteration {{it}} in process {{os.getpid()}}", flush=True)
+        signum = signal.sigwait(signals)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+        signal.raise_signal(signum)  # the handler (or the default action) runs now
+        if twice:
+            signal.raise_signal(signum)
+    return original(self, it, data_iter)
+
+
+Trainer.run_step = run_step
+sys.argv = ["tools/train.py", *sys.argv[1:]]
+runpy.run_path(os.path.join({repo!r}, "tools", "train.py"), run_name="__main__")
+"""
+
+TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+
+
+def train_until_signal(args, signal_at=0, send=None, twice=False, timeout=300, launcher=()):
+    """tools/train.py ``args`` in the child above (run by ``launcher``: python, or torchrun);
+    ``send`` is delivered at ``signal_at`` to rank 0's process group (its loader workers too)."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        "DETKIT_TEST_SIGNAL_AT": str(signal_at),
+        "DETKIT_TEST_SIGNAL_TWICE": "1" if twice else "0",
+    }
+    code = _CHILD.format(repo=str(REPO))
+    if launcher:  # torchrun runs a file
+        child = Path(args[0]).parent / "child.py"
+        child.write_text(code)
+        command = [*launcher, str(child)]
+    else:
+        command = ["-c", code]
+    # stderr to a file: the parent blocks reading stdout first, and a child whose log filled a
+    # stderr pipe meanwhile would wait for it forever
+    errors = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(
+        [sys.executable, *command, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        text=True,
+        start_new_session=True,  # its own process group (torchrun gives each worker one)
+    )
+    try:
+        if send is not None:
+            line = proc.stdout.readline()
+            assert line.startswith(f"waiting at iteration {signal_at} in process "), line
+            # to the process group, as torchrun and SLURM signal: the data-loader workers too
+            os.killpg(int(line.split()[-1]), send)
+        proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        errors.seek(0)
+        err = errors.read()
+        errors.close()
+    return proc.returncode, err

@@ -12,11 +12,19 @@ import signal
 import pytest
 
 from detkit.checkpoint import load_checkpoint
-from tests.engine.test_preemption import TORCHRUN, _train, config_file  # noqa: F401 (a fixture)
+from tests.engine.helpers import TORCHRUN, tiny_config
+from tests.engine.helpers import train_until_signal as _train
+
+
+@pytest.fixture
+def config_file(data_root, tmp_path):
+    path = tmp_path / "tiny.yaml"
+    tiny_config(data_root, ["test.analyze=false", "data.num_workers=2"]).dump(path)
+    return path
 
 
 @pytest.mark.slow
-def test_resume_on_another_world_size_refuses_or_continues(config_file, tmp_path):  # noqa: F811
+def test_resume_on_another_world_size_refuses_or_continues(config_file, tmp_path):
     out = tmp_path / "run"
     args = [str(config_file), "--output-dir", str(out)]
     code, err = _train(args, signal_at=3, send=signal.SIGTERM)

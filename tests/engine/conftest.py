@@ -19,3 +19,12 @@ def data_root(tmp_path_factory) -> Path:
     cfg = tiny_config(root)
     build_dataset(cfg, "train"), build_dataset(cfg, "val")
     return root
+
+
+@pytest.fixture
+def signal_config(data_root, tmp_path) -> Path:
+    """The tiny config with two loader workers (a signal to the process group reaches them) and no
+    analysis, for the preemption and world-size tests."""
+    path = tmp_path / "tiny.yaml"
+    tiny_config(data_root, ["test.analyze=false", "data.num_workers=2"]).dump(path)
+    return path

@@ -14,31 +14,26 @@ import pytest
 
 from detkit.checkpoint import load_checkpoint
 from detkit.engine.preemption import STOP_SIGNALS, StopSignals, exit_status
-from tests.engine.helpers import REPO, TORCHRUN, load_weights, tiny_config
+from tests.engine.helpers import REPO, TORCHRUN, load_weights
 from tests.engine.helpers import train_until_signal as _train
 
 
-@pytest.fixture
-def config_file(data_root, tmp_path):
-    path = tmp_path / "tiny.yaml"
-    tiny_config(data_root, ["test.analyze=false", "data.num_workers=2"]).dump(path)
-    return path
-
-
 @pytest.mark.slow
-def test_sigterm_stops_at_the_iteration_and_resume_is_exact(config_file, tmp_path):
+def test_sigterm_stops_at_the_iteration_and_resume_is_exact(signal_config, tmp_path):
     full, stopped = tmp_path / "full", tmp_path / "stopped"
-    code, err = _train([str(config_file), "--output-dir", str(full)])
+    code, err = _train([str(signal_config), "--output-dir", str(full)])
     assert code == 0, err[-3000:]
     expected = load_weights(full / "model_final.pth")
 
-    args = [str(config_file), "--output-dir", str(stopped)]
+    args = [str(signal_config), "--output-dir", str(stopped)]
     code, err = _train(args, signal_at=3, send=signal.SIGTERM)
     assert code == 143 == exit_status("SIGTERM"), err[-3000:]
     assert load_checkpoint(stopped / "last.pth")["iteration"] == 3  # not the periodic 2
     assert not (stopped / "model_final.pth").exists()
     log = (stopped / "log.txt").read_text()
-    command = f"python {REPO / 'tools' / 'train.py'} {config_file} --output-dir {stopped} --resume"
+    command = (
+        f"python {REPO / 'tools' / 'train.py'} {signal_config} --output-dir {stopped} --resume"
+    )
     assert f"stopped by signal SIGTERM at iteration 3; resume with: {command}" in log
     assert "received SIGTERM: finishing the current iteration" in log
 
@@ -51,13 +46,13 @@ def test_sigterm_stops_at_the_iteration_and_resume_is_exact(config_file, tmp_pat
 
 
 @pytest.mark.slow
-def test_two_processes_stop_at_the_same_iteration_and_resume_exactly(config_file, tmp_path):
+def test_two_processes_stop_at_the_same_iteration_and_resume_exactly(signal_config, tmp_path):
     full, stopped = tmp_path / "full", tmp_path / "stopped"
-    code, err = _train([str(config_file), "--output-dir", str(full)], launcher=TORCHRUN)
+    code, err = _train([str(signal_config), "--output-dir", str(full)], launcher=TORCHRUN)
     assert code == 0, err[-3000:]
     expected = load_weights(full / "model_final.pth")
 
-    args = [str(config_file), "--output-dir", str(stopped)]
+    args = [str(signal_config), "--output-dir", str(stopped)]
     code, err = _train(args, signal_at=3, send=signal.SIGTERM, launcher=TORCHRUN)
     assert code != 0, err[-3000:]  # torchrun: its workers exited 143
     state = load_checkpoint(stopped / "last.pth")
@@ -74,18 +69,18 @@ def test_two_processes_stop_at_the_same_iteration_and_resume_exactly(config_file
 
 
 @pytest.mark.slow
-def test_signal_not_listed_keeps_its_default_action(config_file, tmp_path):
+def test_signal_not_listed_keeps_its_default_action(signal_config, tmp_path):
     out = tmp_path / "run"
-    args = [str(config_file), "--output-dir", str(out), "solver.stop_signals=[SIGTERM]"]
+    args = [str(signal_config), "--output-dir", str(out), "solver.stop_signals=[SIGTERM]"]
     code, err = _train(args, signal_at=3, send=signal.SIGUSR1)
     assert code == -signal.SIGUSR1, err[-3000:]  # killed by it, as without detkit's handler
     assert load_checkpoint(out / "last.pth")["iteration"] == 2  # the periodic checkpoint only
 
 
 @pytest.mark.slow
-def test_a_second_signal_exits_at_once_with_the_checkpoints_whole(config_file, tmp_path):
+def test_a_second_signal_exits_at_once_with_the_checkpoints_whole(signal_config, tmp_path):
     out = tmp_path / "run"
-    args = [str(config_file), "--output-dir", str(out), "solver.stop_signals=[SIGUSR1]"]
+    args = [str(signal_config), "--output-dir", str(out), "solver.stop_signals=[SIGUSR1]"]
     code, err = _train(args, signal_at=3, send=signal.SIGUSR1, twice=True)
     assert code == 138 == exit_status("SIGUSR1"), err[-3000:]
     assert load_checkpoint(out / "last.pth")["iteration"] == 2  # iteration 3 never finished

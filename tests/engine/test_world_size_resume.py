@@ -12,21 +12,14 @@ import signal
 import pytest
 
 from detkit.checkpoint import load_checkpoint
-from tests.engine.helpers import TORCHRUN, tiny_config
+from tests.engine.helpers import TORCHRUN
 from tests.engine.helpers import train_until_signal as _train
 
 
-@pytest.fixture
-def config_file(data_root, tmp_path):
-    path = tmp_path / "tiny.yaml"
-    tiny_config(data_root, ["test.analyze=false", "data.num_workers=2"]).dump(path)
-    return path
-
-
 @pytest.mark.slow
-def test_resume_on_another_world_size_refuses_or_continues(config_file, tmp_path):
+def test_resume_on_another_world_size_refuses_or_continues(signal_config, tmp_path):
     out = tmp_path / "run"
-    args = [str(config_file), "--output-dir", str(out)]
+    args = [str(signal_config), "--output-dir", str(out)]
     code, err = _train(args, signal_at=3, send=signal.SIGTERM)
     assert code == 143, err[-3000:]
     state = load_checkpoint(out / "last.pth")

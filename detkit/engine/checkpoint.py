@@ -19,13 +19,15 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
 from detkit.checkpoint import load_checkpoint, load_model_weights
-from detkit.errors import CheckpointError, WriteError
+from detkit.errors import CheckpointError, TrainingError, WriteError
+from detkit.utils.distributed import all_gather_objects
 from detkit.utils.io import TMP_PREFIX, atomic_copy, atomic_save
 
 logger = logging.getLogger("detkit")
@@ -43,6 +45,7 @@ __all__ = [
     "CheckpointError",
     "Checkpointer",
     "atomic_save",
+    "load_latest_on_all_ranks",
     "load_model_weights",
     "non_finite_tensors",
     "periodic_iteration",
@@ -178,3 +181,35 @@ class Checkpointer:
         if failures:
             raise CheckpointError(f"no readable checkpoint in {self.dir}: " + "; ".join(failures))
         return None
+
+
+def load_latest_on_all_ranks(checkpointer: Checkpointer) -> Optional[Tuple[Dict[str, Any], Path]]:
+    """:meth:`Checkpointer.load_latest` on every rank (each reads the folder itself), which must
+    all find the same file and iteration. A rank that finds another one -- a node that does not see
+    rank 0's output folder, a file that changed while the ranks read -- or that cannot read any
+    fails every rank: a :class:`TrainingError` lists what each rank and host found, instead of a
+    run whose ranks continue from different states, or wait for a rank that died."""
+    error: Optional[CheckpointError] = None
+    try:
+        found = checkpointer.load_latest()
+    except CheckpointError as e:  # re-raised below, once the other ranks have heard of it
+        error, found = e, None
+    mine = None if found is None else (str(found[1]), int(found[0]["iteration"]))
+    seen = all_gather_objects((socket.gethostname(), mine, None if error is None else str(error)))
+    if error is not None:
+        raise error
+    for r, (host, _, message) in enumerate(seen):
+        if message is not None:
+            raise TrainingError(f"--resume failed on rank {r} ({host}): {message}")
+    if len({m for _, m, _ in seen}) > 1:
+        listing = "; ".join(
+            f"rank {r} on {host}: "
+            + ("no checkpoint" if m is None else f"{m[0]} (iteration {m[1]})")
+            for r, (host, m, _) in enumerate(seen)
+        )
+        raise TrainingError(
+            f"--resume: the processes found different checkpoints in {checkpointer.dir} "
+            f"({listing}); every node must see the same --output-dir (a shared file system), "
+            "where rank 0 alone writes"
+        )
+    return found

@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence
 
@@ -71,12 +73,11 @@ def init_distributed(device: str = "auto", timeout_min: float = 30.0) -> DistCon
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         kwargs = {"device_id": dev} if use_cuda else {}
+        timeout = datetime.timedelta(minutes=timeout_min)
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            kwargs["store"] = _attempt_store(rank, world_size, timeout)
         dist.init_process_group(
-            backend,
-            rank=rank,
-            world_size=world_size,
-            timeout=datetime.timedelta(minutes=timeout_min),
-            **kwargs,
+            backend, rank=rank, world_size=world_size, timeout=timeout, **kwargs
         )
         logger.info(
             "distributed: rank %d of %d (local rank %d), backend %s",
@@ -86,6 +87,56 @@ def init_distributed(device: str = "auto", timeout_min: float = 30.0) -> DistCon
             backend,
         )
     return DistContext(rank, world_size, local_rank, dev)
+
+
+def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist.Store:
+    """The store of torchrun's agent, under a prefix that only this start of the workers uses.
+
+    torchrun (c10d rendezvous) keeps one store for the whole job and gives every restart of the
+    workers the same one, with the keys the killed workers wrote still in it. ``init_process_group``
+    on it would read a dead rank's gloo address or a finished barrier's counter (restarts failed
+    with "Gloo connectFullMesh ... Connection refused", or hung). ``TORCHELASTIC_RESTART_COUNT``
+    cannot name the start: each node's agent counts its own restarts. So rank 0 draws a new random
+    prefix and hands it to each rank in answer to the random nonce that rank just wrote; an answer
+    keyed by a nonce drawn in this process cannot be a dead worker's."""
+    store = dist.TCPStore(
+        host_name=os.environ["MASTER_ADDR"],
+        port=int(os.environ["MASTER_PORT"]),
+        world_size=world_size,
+        is_master=False,
+        timeout=timeout,
+    )
+    base = "detkit/start"
+    if rank != 0:
+        nonce = uuid.uuid4().hex
+        store.set(f"{base}/hello/{rank}", nonce)
+        prefix = store.get(f"{base}/reply/{nonce}").decode()  # waits for rank 0
+        store.set(f"{prefix}joined/{rank}", "1")
+        return dist.PrefixStore(prefix, store)
+    prefix = f"detkit/{uuid.uuid4().hex}/"
+    answered: set = set()
+    waiting = set(range(1, world_size))
+    deadline = time.monotonic() + timeout.total_seconds()
+    # a rank's hello key may still hold a dead worker's nonce: answer every nonce seen until the
+    # rank says (under the new prefix) that it has the answer
+    while waiting:
+        for r in sorted(waiting):
+            hello = f"{base}/hello/{r}"
+            if store.check([hello]):
+                nonce = store.get(hello).decode()
+                if nonce not in answered:
+                    answered.add(nonce)
+                    store.set(f"{base}/reply/{nonce}", prefix)
+        waiting = {r for r in waiting if not store.check([f"{prefix}joined/{r}"])}
+        if waiting and time.monotonic() > deadline:
+            raise TrainingError(
+                f"rank(s) {sorted(waiting)} did not join the process group within "
+                f"{timeout.total_seconds() / 60:.0f} minutes (torchrun store "
+                f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']})"
+            )
+        if waiting:
+            time.sleep(0.02)
+    return dist.PrefixStore(prefix, store)
 
 
 def wrap_ddp(model: torch.nn.Module, ctx: DistContext) -> torch.nn.Module:

@@ -27,7 +27,7 @@ from detkit.utils.logger import setup_logging
 from detkit.version import __version__
 
 from .checkpoint import LAST, Checkpointer, load_model_weights
-from .distributed import DistContext, cleanup_distributed, init_distributed
+from .distributed import DistContext, broadcast_object, cleanup_distributed, init_distributed
 from .hooks import default_hooks
 from .inference import run_inference
 from .preemption import StopSignals
@@ -94,16 +94,12 @@ def train_main(cfg, output_dir: Optional[str] = None, resume: bool = False) -> D
     try:
         _log_environment(ctx, cfg)
         run_on_all_ranks(lambda: _check_fresh_output(out, resume), "checking the output folder")
-        if (
-            resume
-            and (
-                done := finished_run(
-                    out, int(cfg.solver.max_iter), float(cfg.solver.max_time_minutes)
-                )
-            )
-            is not None
-        ):
-            return done
+        if resume:
+            limits = int(cfg.solver.max_iter), float(cfg.solver.max_time_minutes)
+            # rank 0's folder decides, so that every rank returns here or none does
+            done = broadcast_object(finished_run(out, *limits) if ctx.is_main else None)
+            if done is not None:
+                return done
         if ctx.is_main:
             Checkpointer(out).remove_stale_temporaries()
             cfg.dump(out / "config.yaml")

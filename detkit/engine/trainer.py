@@ -35,7 +35,12 @@ from detkit.modeling.precision import autocast, training_precision
 from detkit.utils.rng import get_rng_state, preserve_rng, seed_all, set_rng_state
 
 from .budget import MEASURE_ITERS, TimeBudget
-from .checkpoint import Checkpointer, load_model_weights, non_finite_tensors
+from .checkpoint import (
+    Checkpointer,
+    load_latest_on_all_ranks,
+    load_model_weights,
+    non_finite_tensors,
+)
 from .distributed import (
     DistContext,
     all_gather_objects,
@@ -244,7 +249,7 @@ class Trainer:
         )
 
     def _resume(self) -> Optional[Dict[str, Any]]:
-        found = self.checkpointer.load_latest()
+        found = load_latest_on_all_ranks(self.checkpointer)
         if found is None:
             logger.warning("--resume: no checkpoint in %s; starting from scratch", self.out)
             return None

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import torch
 
@@ -110,7 +113,8 @@ def truncate_file(path: Path, keep: int = 100) -> None:
         f.truncate(keep)
 
 
-# a training child that waits, at one iteration, for a signal (preemption and world-size tests)
+# a training child that waits, at one iteration, for a signal (preemption and world-size tests),
+# or whose rank 1 kills itself at one iteration (torchrun restart test)
 _CHILD = """
 import os, runpy, signal, sys
 sys.path.insert(0, {repo!r})
@@ -118,11 +122,16 @@ from detkit.engine.trainer import Trainer
 
 at = int(os.environ.get("DETKIT_TEST_SIGNAL_AT", "0"))
 twice = os.environ.get("DETKIT_TEST_SIGNAL_TWICE") == "1"
+kill_at = int(os.environ.get("DETKIT_TEST_KILL_RANK1_AT", "-1"))
 signals = {{signal.SIGTERM, signal.SIGUSR1}}
 original = Trainer.run_step
 
 
 def run_step(self, it, data_iter):
+    # rank 1 of torchrun's first start dies at once (SIGKILL) before iteration kill_at
+    first_start = os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0"
+    if it == kill_at and self.ctx.rank == 1 and first_start:
+        os.kill(os.getpid(), signal.SIGKILL)
     if it == at and self.ctx.rank == 0:
         signal.pthread_sigmask(signal.SIG_BLOCK, signals)
         print(f"waiting at iteration {{it}} in process {{os.getpid()}}", flush=True)
@@ -142,15 +151,19 @@ runpy.run_path(os.path.join({repo!r}, "tools", "train.py"), run_name="__main__")
 TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
-def train_until_signal(args, signal_at=0, send=None, twice=False, timeout=300, launcher=()):
+def train_until_signal(
+    args, signal_at=0, send=None, twice=False, timeout=300, launcher=(), kill_rank1_at=-1
+):
     """tools/train.py ``args`` in the child above (run by ``launcher``: python, or torchrun);
-    ``send`` is delivered at ``signal_at`` to rank 0's process group (its loader workers too)."""
+    ``send`` is delivered at ``signal_at`` to rank 0's process group (its loader workers too);
+    under torchrun, rank 1 of the first start kills itself at ``kill_rank1_at``."""
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         "OMP_NUM_THREADS": "1",
         "DETKIT_TEST_SIGNAL_AT": str(signal_at),
         "DETKIT_TEST_SIGNAL_TWICE": "1" if twice else "0",
+        "DETKIT_TEST_KILL_RANK1_AT": str(kill_rank1_at),
     }
     code = _CHILD.format(repo=str(REPO))
     if launcher:  # torchrun runs a file
@@ -186,3 +199,46 @@ def train_until_signal(args, signal_at=0, send=None, twice=False, timeout=300, l
         err = errors.read()
         errors.close()
     return proc.returncode, err
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_agents(commands: Sequence[Sequence[str]], timeout: float = 300) -> List[Tuple[int, str]]:
+    """Several ``python <command>`` (torchrun agents) at once, from the repository root; each one's
+    (exit status, output). The output goes to files: a full pipe would block an agent."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
+    logs = [tempfile.TemporaryFile(mode="w+") for _ in commands]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, *command],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for command, log in zip(commands, logs)
+    ]
+    deadline = time.monotonic() + timeout
+    results = []
+    try:
+        for proc in procs:
+            proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for proc, log in zip(procs, logs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            log.seek(0)
+            results.append((proc.returncode, log.read()))
+            log.close()
+    return results

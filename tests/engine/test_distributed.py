@@ -3,22 +3,15 @@ non-finite loss on one rank stops both ranks at the same iteration."""
 
 import json
 import os
-import socket
 import time
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.engine.helpers import TINY_MODEL
+from tests.engine.helpers import TINY_MODEL, free_port
 
 WORLD = 2
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _sample(with_boxes: bool) -> dict:
@@ -86,7 +79,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_no_positives_and_divergence(tmp_path):
-    ctx = mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False)
+    ctx = mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=False)
     deadline = time.monotonic() + 240
     while not ctx.join(timeout=5):
         if time.monotonic() > deadline:

@@ -4,7 +4,6 @@ workers), FrozenBN training without weights, a missing GPU, and errors under sev
 import json
 import os
 import shutil
-import socket
 import sys
 import time
 
@@ -16,7 +15,7 @@ from detkit.errors import ConfigError
 from detkit.modeling import build_model
 from detkit.modeling.build import check_backbone_init
 from detkit.utils.io import atomic_save
-from tests.engine.helpers import REPO, load_tool, tiny_config
+from tests.engine.helpers import REPO, free_port, load_tool, tiny_config
 from tests.helpers import error_lines
 
 
@@ -159,12 +158,6 @@ def test_video_device_cuda_without_cuda_is_one_line(monkeypatch, tmp_path, capsy
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_main(rank: int, port: int, out: str, nowhere: str) -> None:
     """Run tools/train.py as rank ``rank`` of 2, twice: a bad config key (fails before the process
     group exists) and a missing dataset (fails on rank 0 while building it, inside the group)."""
@@ -198,9 +191,7 @@ def _rank_main(rank: int, port: int, out: str, nowhere: str) -> None:
 @pytest.mark.slow
 def test_two_ranks_print_a_user_error_once_and_both_fail(tmp_path):
     nowhere = str(tmp_path / "nowhere")
-    ctx = mp.spawn(
-        _rank_main, args=(_free_port(), str(tmp_path), nowhere), nprocs=WORLD, join=False
-    )
+    ctx = mp.spawn(_rank_main, args=(free_port(), str(tmp_path), nowhere), nprocs=WORLD, join=False)
     deadline = time.monotonic() + 240
     while not ctx.join(timeout=5):
         if time.monotonic() > deadline:

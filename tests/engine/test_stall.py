@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -55,12 +56,15 @@ def _run(tmp_path, data_root, launcher, stall_rank, timeout=240):
         "DETKIT_TEST_STALL_RANK": str(stall_rank),
     }
     args = [str(cfg), "--output-dir", str(out), f"solver.stall_timeout_minutes={TIMEOUT_MINUTES}"]
+    # stderr to a file: the parent reads stdout first, and a child whose log filled a stderr pipe
+    # meanwhile would wait for it forever
+    errors = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen(
         [sys.executable, *launcher, str(child), *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=errors,
         text=True,
     )
     try:
@@ -69,13 +73,17 @@ def _run(tmp_path, data_root, launcher, stall_rank, timeout=240):
             if "stalling at iteration 3" in line:
                 started = time.monotonic()
                 break
-        assert started is not None, proc.stderr.read()[-3000:]
-        _, err = proc.communicate(timeout=timeout)
-        elapsed = time.monotonic() - started
+        if started is not None:
+            proc.communicate(timeout=timeout)
+            elapsed = time.monotonic() - started
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        errors.seek(0)
+        err = errors.read()
+        errors.close()
+    assert started is not None, err[-3000:]
     return proc.returncode, err, elapsed, out
 
 

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
+from ..evaluation.fast_coco import pairwise_iou
 from ..utils.io import atomic_write_bytes
 from ..visualization import FONT, DrawStyle, box_corners, dashed_rectangle, draw_label, draw_style
 
@@ -309,7 +310,7 @@ def _boxes_to_draw(entry: Mapping, names: Mapping[int, str], focus: Optional[Map
             # the object the focus error is about; -1: labelled at its bottom edge, since the
             # focus' own label takes the top-left corner it usually shares with it
             weight = -1
-        elif focus is None and not any(_iou(g["box"], d) > 0.7 for d in detected):
+        elif focus is None and not _overlaps(g["box"], detected, 0.7):
             weight = 1
         else:
             # under a detection: the outline only, the detection's label names the class (two
@@ -351,13 +352,13 @@ def _draw_box(img, xywh, color, text: str, dashed: bool, weight: int, style: Dra
     draw_label(img, text, corners, color, style, filled=not dashed)
 
 
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two XYWH boxes."""
-    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    inter = max(0.0, iw) * max(0.0, ih)
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return float(inter / union) if union > 0 else 0.0
+def _overlaps(box: Sequence[float], others: List[Sequence[float]], thresh: float) -> bool:
+    """Whether any of ``others`` overlaps the XYWH ``box`` with IoU above ``thresh``."""
+    if not others:
+        return False
+    many = np.asarray(others, dtype=np.float64).reshape(-1, 4)
+    one = np.broadcast_to(np.asarray(box, dtype=np.float64), many.shape)
+    return bool((pairwise_iou(many, one, np.zeros(len(many), bool)) > thresh).any())
 
 
 def _with_caption(img: np.ndarray, title: str, style: DrawStyle) -> np.ndarray:

@@ -24,18 +24,15 @@ from typing import List, Optional
 # this checkout's detkit, also without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detkit.utils.cli import tool_main, tool_parser
+from detkit.utils.cli import add_detections_source, reject_voc_only, tool_main, tool_parser
 
 logger = logging.getLogger("detkit")
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = tool_parser(__doc__)
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--gt", help="COCO ground-truth JSON (instances_*.json)")
-    mode.add_argument("--voc", help="a VOCdevkit/VOC20xx folder (Annotations/, ImageSets/Main/)")
-    parser.add_argument(
-        "--results", required=True, help="COCO: results JSON; VOC: folder of <prefix><class>.txt"
+    add_detections_source(
+        parser, "COCO: results JSON; VOC: folder of <prefix><class>.txt (the devkit's format)"
     )
     parser.add_argument("--output-dir", required=True, help="where the report goes")
     parser.add_argument(
@@ -60,13 +57,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         "--iou-thresh", type=float, default=0.5, help="confusion matrix IoU threshold"
     )
     parser.add_argument("--no-gallery", action="store_true", help="skip the image galleries")
-    parser.add_argument(
-        "--split", default="test", help="VOC image set (ImageSets/Main/<split>.txt)"
-    )
-    parser.add_argument("--prefix", default="comp4_det_test_", help="VOC result file prefix")
     args = parser.parse_args(argv)
-    if args.gt and (args.split != "test" or args.prefix != "comp4_det_test_"):
-        parser.error("--split/--prefix apply to --voc only")
+    reject_voc_only(parser, args)
     if args.voc and args.images:
         parser.error("--images applies to --gt only (VOC images are in <voc>/JPEGImages)")
     return args

@@ -24,7 +24,7 @@ from typing import List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detkit.evaluation import evaluate_coco_results, evaluate_voc_files
-from detkit.utils.cli import tool_main, tool_parser
+from detkit.utils.cli import add_detections_source, reject_voc_only, tool_main, tool_parser
 from detkit.utils.io import write_json
 
 logger = logging.getLogger("detkit")
@@ -32,14 +32,7 @@ logger = logging.getLogger("detkit")
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = tool_parser(__doc__)
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--gt", help="COCO ground-truth JSON (instances_*.json)")
-    mode.add_argument("--voc", help="a VOCdevkit/VOC20xx folder (Annotations/, ImageSets/Main/)")
-    parser.add_argument(
-        "--results",
-        required=True,
-        help="COCO: results JSON; VOC: folder holding <prefix><class>.txt",
-    )
+    add_detections_source(parser, "COCO: results JSON; VOC: folder holding <prefix><class>.txt")
     parser.add_argument("--out", default="metrics.json", help="where to write the metrics JSON")
     parser.add_argument(
         "--engine",
@@ -47,10 +40,6 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         choices=["fast", "pycocotools"],
         help="COCO engine (same numbers; fast is the vectorised one)",
     )
-    parser.add_argument(
-        "--split", default="test", help="VOC image set (ImageSets/Main/<split>.txt)"
-    )
-    parser.add_argument("--prefix", default="comp4_det_test_", help="VOC result file prefix")
     parser.add_argument("--use-07-metric", action="store_true", help="VOC2007 11-point AP")
     parser.add_argument("--iou", type=float, default=0.5, help="VOC IoU threshold")
     parser.add_argument(
@@ -59,11 +48,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         help="VOC: match at IoU >= threshold (default: strictly >, as the devkit)",
     )
     args = parser.parse_args(argv)
-    if args.gt and any(
-        getattr(args, k) != parser.get_default(k)
-        for k in ("split", "prefix", "use_07_metric", "iou", "iou_ge")
-    ):
-        parser.error("--split/--prefix/--use-07-metric/--iou/--iou-ge apply to --voc only")
+    reject_voc_only(parser, args, ("use_07_metric", "iou", "iou_ge"))
     if args.voc and args.engine != "fast":
         parser.error("--engine applies to --gt (COCO) only")
     return args

@@ -79,6 +79,31 @@ def tool_parser(doc: str) -> argparse.ArgumentParser:
     )
 
 
+def add_detections_source(parser: argparse.ArgumentParser, results_help: str) -> None:
+    """The options of the tools that read detections against a ground truth (tools/evaluate.py,
+    tools/analyze.py): ``--gt`` (COCO JSON) or ``--voc`` (a devkit folder), ``--results``, and the
+    VOC-only ``--split`` and ``--prefix`` (see :func:`reject_voc_only`)."""
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--gt", help="COCO ground-truth JSON (instances_*.json)")
+    mode.add_argument("--voc", help="a VOCdevkit/VOC20xx folder (Annotations/, ImageSets/Main/)")
+    parser.add_argument("--results", required=True, help=results_help)
+    parser.add_argument(
+        "--split", default="test", help="VOC image set (ImageSets/Main/<split>.txt)"
+    )
+    parser.add_argument("--prefix", default="comp4_det_test_", help="VOC result file prefix")
+
+
+def reject_voc_only(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, names: Sequence[str] = ()
+) -> None:
+    """A usage error when ``--gt`` is given with a VOC-only option (``--split``, ``--prefix`` and
+    ``names``, argparse destinations) changed from its default."""
+    names = ["split", "prefix", *names]
+    if args.gt and any(getattr(args, k) != parser.get_default(k) for k in names):
+        flags = "/".join("--" + k.replace("_", "-") for k in names)
+        parser.error(f"{flags} apply to --voc only")
+
+
 def tool_main(
     func: Optional[Callable[..., Optional[int]]] = None,
     *,

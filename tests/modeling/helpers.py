@@ -1,5 +1,6 @@
 """Tiny models and training samples for the model tests (plain functions; shared by
-test_detector.py, test_precision.py and test_refine.py)."""
+test_detector.py, test_precision.py and test_refine.py), and the seeded "trained-like" weights of
+the detectron2 and mmdetection parity tests."""
 
 import torch
 
@@ -25,3 +26,37 @@ def sample(boxes=((20.0, 24.0, 60.0, 70.0),), labels=(1,), size=(96, 128), seed=
         "gt_boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
         "gt_labels": torch.tensor(labels, dtype=torch.int64),
     }
+
+
+@torch.no_grad()
+def calibrating_norms(norms, damped_suffix: str, g: torch.Generator) -> list:
+    """Seeded scale and shift for each BatchNorm-like module of ``norms`` ((name, module) pairs, in
+    forward order; a small scale where the name ends with ``damped_suffix``: the last norm of a
+    residual branch, which damps the sum), and forward pre-hooks that set each one's running mean
+    and variance to those of its input. Random statistics would let activations grow ~2x per
+    residual block; calibrated on one photo (hooks fire in forward order, so each layer sees the
+    calibrated ones before it) they stay O(1). Returns the hook handles: run the model once on a
+    calibration image, then remove them."""
+    for name, m in norms:
+        lo, hi = (0.2, 0.5) if name.endswith(damped_suffix) else (0.5, 1.5)
+        m.weight.copy_(torch.rand(m.num_features, generator=g) * (hi - lo) + lo)
+        m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
+
+    def calibrate(module, inputs):
+        x = inputs[0]
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3)).clamp(min=1e-2) - module.eps)
+
+    return [m.register_forward_pre_hook(calibrate) for _, m in norms]
+
+
+@torch.no_grad()
+def fill_scaled(layer, x: torch.Tensor, std: float, g: torch.Generator, bias_std: float = 0.0):
+    """Seeded weights for ``layer`` (a linear layer or 1x1 convolution) whose outputs have std
+    ~``std`` on inputs like ``x`` (fan-in ``x.shape[1]``); the bias N(0, ``bias_std``), or zero."""
+    unit = 1.0 / (x.pow(2).mean().sqrt().item() * x.shape[1] ** 0.5)
+    layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * std * unit)
+    if bias_std:
+        layer.bias.copy_(torch.randn(layer.bias.shape, generator=g) * bias_std)
+    else:
+        layer.bias.zero_()

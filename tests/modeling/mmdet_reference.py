@@ -18,6 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.modeling.helpers import calibrating_norms, fill_scaled
+
 
 def import_mmdet():
     """mmdet with mmcv's ops, or a visible skip."""
@@ -71,16 +73,7 @@ def randomize(model, calibration_bgr: np.ndarray, logit_std: float = 1.5, seed: 
     """
     g = torch.Generator().manual_seed(seed)
     norms = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for name, m in norms:
-        lo, hi = (0.2, 0.5) if name.endswith("bn3") else (0.5, 1.5)
-        m.weight.copy_(torch.rand(m.num_features, generator=g) * (hi - lo) + lo)
-        m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-
-    def calibrate(module, inputs):
-        x = inputs[0]
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(x.var(dim=(0, 2, 3)).clamp(min=1e-2) - module.eps)
-
+    hooks = calibrating_norms(norms, "bn3", g)
     seen: Dict[str, torch.Tensor] = {}
     rpn = model.rpn_head
     head = model.roi_head.bbox_head
@@ -91,26 +84,16 @@ def randomize(model, calibration_bgr: np.ndarray, logit_std: float = 1.5, seed: 
 
         return hook
 
-    hooks = [m.register_forward_pre_hook(calibrate) for _, m in norms]
     hooks.append(rpn.rpn_cls.register_forward_pre_hook(keep_input("rpn")))
     hooks.append(head.fc_cls.register_forward_pre_hook(keep_input("box")))
     model.eval()
     detect(model, calibration_bgr)
     for h in hooks:
         h.remove()
-    x = seen["rpn"]
-    unit = 1.0 / (x.pow(2).mean().sqrt().item() * x.shape[1] ** 0.5)
-    rpn.rpn_cls.weight.copy_(torch.randn(rpn.rpn_cls.weight.shape, generator=g) * 0.5 * unit)
-    rpn.rpn_cls.bias.zero_()
-    rpn.rpn_reg.weight.copy_(torch.randn(rpn.rpn_reg.weight.shape, generator=g) * 0.2 * unit)
-    rpn.rpn_reg.bias.zero_()
-    x = seen["box"]
-    unit = 1.0 / (x.pow(2).mean().sqrt().item() * x.shape[1] ** 0.5)
-    cls, box = head.fc_cls, head.fc_reg
-    cls.weight.copy_(torch.randn(cls.weight.shape, generator=g) * logit_std * unit)
-    cls.bias.copy_(torch.randn(cls.bias.shape, generator=g) * 0.5)
-    box.weight.copy_(torch.randn(box.weight.shape, generator=g) * unit)
-    box.bias.zero_()
+    fill_scaled(rpn.rpn_cls, seen["rpn"], 0.5, g)
+    fill_scaled(rpn.rpn_reg, seen["rpn"], 0.2, g)
+    fill_scaled(head.fc_cls, seen["box"], logit_std, g, bias_std=0.5)
+    fill_scaled(head.fc_reg, seen["box"], 1.0, g)
 
 
 @torch.no_grad()

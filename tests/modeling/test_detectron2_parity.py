@@ -26,6 +26,7 @@ import torch
 
 from detkit.evaluation import parity
 from tests.helpers import ROOT, TESTDATA, reference_data
+from tests.modeling.helpers import calibrating_norms, fill_scaled
 
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -99,19 +100,9 @@ def randomize(model, calibration_bgr, frozen_bn, logit_std: float, seed: int = 0
     """
     g = torch.Generator().manual_seed(seed)
     norms = [(n, m) for n, m in model.named_modules() if isinstance(m, frozen_bn)]
-    for name, m in norms:
-        lo, hi = (0.2, 0.5) if name.endswith("conv3.norm") else (0.5, 1.5)
-        m.weight.copy_(torch.rand(m.num_features, generator=g) * (hi - lo) + lo)
-        m.bias.copy_(torch.rand(m.num_features, generator=g) * 0.2 - 0.1)
-
-    def calibrate(module, inputs):
-        x = inputs[0]
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(x.var(dim=(0, 2, 3)).clamp(min=1e-2) - module.eps)
-
     seen = {}
     predictor = model.roi_heads.box_predictor
-    hooks = [m.register_forward_pre_hook(calibrate) for _, m in norms]
+    hooks = calibrating_norms(norms, "conv3.norm", g)
     hooks.append(
         predictor.register_forward_pre_hook(lambda _, i: seen.setdefault("x", i[0].flatten(1)))
     )
@@ -120,13 +111,8 @@ def randomize(model, calibration_bgr, frozen_bn, logit_std: float, seed: int = 0
     model([{"image": image}])
     for h in hooks:
         h.remove()
-    x = seen["x"]
-    unit = 1.0 / (x.pow(2).mean().sqrt().item() * x.shape[1] ** 0.5)
-    cls, box = predictor.cls_score, predictor.bbox_pred
-    cls.weight.copy_(torch.randn(cls.weight.shape, generator=g) * logit_std * unit)
-    cls.bias.copy_(torch.randn(cls.bias.shape, generator=g) * 0.5)
-    box.weight.copy_(torch.randn(box.weight.shape, generator=g) * unit)
-    box.bias.zero_()
+    fill_scaled(predictor.cls_score, seen["x"], logit_std, g, bias_std=0.5)
+    fill_scaled(predictor.bbox_pred, seen["x"], 1.0, g)
 
 
 def save_zoo_pkl(model, path: Path) -> None:

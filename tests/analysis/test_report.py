@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from detkit.analysis import gallery, plots, report
+from detkit.analysis import gallery, plots, report, summary
 from detkit.evaluation.coco_io import load_coco_gt
 
 EVIL = "<b>&x"  # a class name that must be escaped in the HTML page
@@ -341,7 +341,7 @@ def test_report_of_an_analysis_without_data(tmp_path):
 
 
 def test_summary_in_words():
-    lines = report.summarize(make_analysis())
+    lines = summary.summarize(make_analysis())
     text = "\n".join(lines)
     assert lines[0].startswith("AP 41.2 (AP50 63.3, AP75 44.1) on 50 images")
     assert "fixing it would add 6.4 AP50 points; next come Bkg 4.2 and Cls 3.1." in text

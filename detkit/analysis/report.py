@@ -43,7 +43,7 @@ from ..version import __version__
 from . import plots
 from .gallery import ERROR_NAMES, ERROR_TYPES, draw_gallery_entries
 from .plots import AREAS, BREAKDOWN_LABELS, BREAKDOWN_TYPES, TIDE_MAIN, TIDE_SPECIAL, valid
-from .summary import TIDE_NAMES, _pct, summarize, top_confusions
+from .summary import TIDE_NAMES, percent, summarize, top_confusions
 from .tables import CSV_NAMES, PathLike, write_csvs
 
 logger = logging.getLogger("detkit")
@@ -190,7 +190,7 @@ def _frac_cell(x: Any, shade: bool = False) -> str:
     style = ""
     if shade:  # red (0) .. green (1), light enough to read the number on
         style = f' style="background: hsl({120 * min(1.0, float(x)):.0f}, 65%, 85%)"'
-    return f"<td{style}>{_pct(x)}</td>"
+    return f"<td{style}>{percent(x)}</td>"
 
 
 def _num(x: Any, digits: int = 2) -> str:
@@ -249,7 +249,7 @@ def _metrics_html(analysis: Mapping) -> str:
     rows = []
     for names in METRIC_ROWS:
         head = "".join(f"<th>{esc(n)}</th>" for n in names)
-        cells = "".join(f"<td>{_pct(m.get(n))}</td>" for n in names)
+        cells = "".join(f"<td>{percent(m.get(n))}</td>" for n in names)
         rows.append(f"<tr>{head}</tr><tr>{cells}</tr>")
     return f'<table class="metrics">{"".join(rows)}</table>'
 

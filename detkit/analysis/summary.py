@@ -34,7 +34,7 @@ BREAKDOWN_STEPS = (
 )
 
 
-def _pct(x: Any) -> str:
+def percent(x: Any) -> str:
     return f"{100.0 * x:.1f}" if valid(x) else "n/a"
 
 
@@ -74,7 +74,7 @@ def summarize(analysis: Mapping) -> List[str]:
     s = analysis.get("settings") or {}
     if valid(m.get("AP")):
         out.append(
-            f"AP {_pct(m.get('AP'))} (AP50 {_pct(m.get('AP50'))}, AP75 {_pct(m.get('AP75'))}) "
+            f"AP {percent(m.get('AP'))} (AP50 {percent(m.get('AP50'))}, AP75 {percent(m.get('AP75'))}) "
             f"on {s.get('n_images', '?')} images and {s.get('n_detections', '?')} detections."
         )
 
@@ -102,8 +102,8 @@ def summarize(analysis: Mapping) -> List[str]:
     if len(sizes) >= 2:
         worst = min(sizes, key=lambda k: sizes[k])
         word = {"APs": "Small", "APm": "Medium", "APl": "Large"}[worst]
-        others = ", ".join(f"{k} {_pct(v)}" for k, v in sizes.items() if k != worst)
-        out.append(f"{word} objects are the weakest: {worst} {_pct(sizes[worst])} ({others}).")
+        others = ", ".join(f"{k} {percent(v)}" for k, v in sizes.items() if k != worst)
+        out.append(f"{word} objects are the weakest: {worst} {percent(sizes[worst])} ({others}).")
 
     overall = ((analysis.get("coco_breakdown") or {}).get("all") or {}).get("all") or {}
     steps = []
@@ -118,7 +118,7 @@ def summarize(analysis: Mapping) -> List[str]:
         gain, a, b, words = max(steps)
         sentence = (
             f"In COCO's breakdown (all areas) the largest gap is {words}: removing them raises "
-            f"AP from {_pct(overall[a])} ({a}) to {_pct(overall[b])} ({b})"
+            f"AP from {percent(overall[a])} ({a}) to {percent(overall[b])} ({b})"
         )
         wrong = [st for st in steps if st[2] != "FN" and st[0] > 0]
         if b == "FN" and wrong:  # misses usually lead; say which wrong detections cost most
@@ -159,7 +159,7 @@ def summarize(analysis: Mapping) -> List[str]:
     per_class = {n: v for n, v in (m.get("per_class") or {}).items() if valid(v)}
     if len(per_class) >= 2:
         low = sorted(per_class, key=lambda n: (per_class[n], n))[:3]
-        out.append("Lowest AP: " + ", ".join(f"{n} {_pct(per_class[n])}" for n in low) + ".")
+        out.append("Lowest AP: " + ", ".join(f"{n} {percent(per_class[n])}" for n in low) + ".")
 
     cmp = analysis.get("compare") or {}
     deltas = {

@@ -116,7 +116,9 @@ class CheckpointHook(Hook):
 class StopOnSignalHook(Hook):
     """``solver.stop_signals`` (``engine/preemption.py``): after each iteration the ranks agree
     whether any received a stop signal; then the full training state at this iteration (unless the
-    checkpoint hook just wrote it) and :class:`TrainingStopped`, which ends the run."""
+    checkpoint hook just wrote it) and :class:`TrainingStopped`, which ends the run. After the last
+    iteration (its state written by the checkpoint hook, which runs before) a signal exits at once
+    (``StopSignals.exit_at_once``)."""
 
     def __init__(self, stop: StopSignals):
         self.stop = stop
@@ -129,6 +131,13 @@ class StopOnSignalHook(Hook):
         if t.last_saved != iteration:
             t.save_checkpoint(iteration)
         raise TrainingStopped(name, iteration)
+
+    def after_train(self) -> None:
+        # after the checkpoint hook wrote the last iteration's state: nothing is left to save
+        self.stop.exit_at_once(
+            f"after the last iteration ({self.trainer.max_iter}, in last.pth), during the final "
+            "evaluation or files; --resume runs them"
+        )
 
 
 class StallWatchdogHook(Hook):

@@ -20,7 +20,9 @@ are not covered.
 
 A second signal while stopping exits at once with the same status: checkpoints are written to a
 temporary file and renamed (``utils.io.atomic_save``), so exiting at any point leaves the previous
-or the new ``last.pth`` whole (the temporary is removed at the next start).
+or the new ``last.pth`` whole (the temporary is removed at the next start). So does a signal after
+the last iteration (:meth:`StopSignals.exit_at_once`): ``last.pth`` holds it, and ``--resume`` runs
+the final evaluation and writes the final files that the exit cut short.
 """
 
 from __future__ import annotations
@@ -101,6 +103,7 @@ class StopSignals:
             raise ValueError(f"unknown stop signal(s) {unknown}; allowed: {list(STOP_SIGNALS)}")
         self.names: List[str] = list(dict.fromkeys(names))
         self.received: Optional[str] = None
+        self._at_once: Optional[str] = None  # see exit_at_once
         self._previous: Dict[signal.Signals, object] = {}
         self._pid = os.getpid()
 
@@ -129,6 +132,8 @@ class StopSignals:
         if os.getpid() != self._pid:  # a forked child (data-loader worker) inherited the handler
             return
         name = signal.Signals(signum).name
+        if self._at_once is not None:
+            self._exit_now(name)
         if self.received is None:
             self.received = name
             logger.warning(
@@ -141,6 +146,26 @@ class StopSignals:
             "received %s while stopping: exiting at once with status %d; the checkpoints on disk "
             "are whole (atomic writes) and --resume continues from the newest",
             name,
+            exit_status(name),
+        )
+        _flush_logs()
+        os._exit(exit_status(name))
+
+    def exit_at_once(self, when: str) -> None:
+        """From now on a stop signal exits at once with :func:`exit_status`, logging "stopped by
+        signal <name> <when>" (what tools/slurm_train.sbatch looks for to requeue): for the end of
+        a run, whose last state is already in ``last.pth``, so that a stop during the final
+        evaluation ends the process before the scheduler kills it, and ``--resume`` runs that
+        evaluation. A signal received since the last agreement exits now."""
+        self._at_once = when
+        if self.received is not None and os.getpid() == self._pid:
+            self._exit_now(self.received)
+
+    def _exit_now(self, name: str) -> None:
+        logger.warning(
+            "stopped by signal %s %s; exiting at once with status %d",
+            name,
+            self._at_once,
             exit_status(name),
         )
         _flush_logs()

@@ -127,23 +127,38 @@ signals = {{signal.SIGTERM, signal.SIGUSR1}}
 original = Trainer.run_step
 
 
+in_final_eval = os.environ.get("DETKIT_TEST_SIGNAL_IN_FINAL_EVAL") == "1"
+original_evaluate = Trainer.evaluate
+
+
+def wait_for_signal(it):
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    print(f"waiting at iteration {{it}} in process {{os.getpid()}}", flush=True)
+    signum = signal.sigwait(signals)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
+    signal.raise_signal(signum)  # the handler (or the default action) runs now
+    if twice:
+        signal.raise_signal(signum)
+
+
 def run_step(self, it, data_iter):
     # rank 1 of torchrun's first start dies at once (SIGKILL) before iteration kill_at
     first_start = os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0"
     if it == kill_at and self.ctx.rank == 1 and first_start:
         os.kill(os.getpid(), signal.SIGKILL)
-    if it == at and self.ctx.rank == 0:
-        signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-        print(f"waiting at iteration {{it}} in process {{os.getpid()}}", flush=True)
-        signum = signal.sigwait(signals)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-        signal.raise_signal(signum)  # the handler (or the default action) runs now
-        if twice:
-            signal.raise_signal(signum)
+    if it == at and self.ctx.rank == 0 and not in_final_eval:
+        wait_for_signal(it)
     return original(self, it, data_iter)
 
 
+def evaluate(self, iteration, final=False):
+    if final and in_final_eval and self.ctx.rank == 0:
+        wait_for_signal(iteration)
+    return original_evaluate(self, iteration, final=final)
+
+
 Trainer.run_step = run_step
+Trainer.evaluate = evaluate
 sys.argv = ["tools/train.py", *sys.argv[1:]]
 runpy.run_path(os.path.join({repo!r}, "tools", "train.py"), run_name="__main__")
 """
@@ -152,11 +167,19 @@ TORCHRUN = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "
 
 
 def train_until_signal(
-    args, signal_at=0, send=None, twice=False, timeout=300, launcher=(), kill_rank1_at=-1
+    args,
+    signal_at=0,
+    send=None,
+    twice=False,
+    timeout=300,
+    launcher=(),
+    kill_rank1_at=-1,
+    in_final_eval=False,
 ):
     """tools/train.py ``args`` in the child above (run by ``launcher``: python, or torchrun);
-    ``send`` is delivered at ``signal_at`` to rank 0's process group (its loader workers too);
-    under torchrun, rank 1 of the first start kills itself at ``kill_rank1_at``."""
+    ``send`` is delivered at ``signal_at`` to rank 0's process group (its loader workers too), or
+    (``in_final_eval``) at the start of the final evaluation, ``signal_at`` being the last
+    iteration; under torchrun, rank 1 of the first start kills itself at ``kill_rank1_at``."""
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -164,6 +187,7 @@ def train_until_signal(
         "DETKIT_TEST_SIGNAL_AT": str(signal_at),
         "DETKIT_TEST_SIGNAL_TWICE": "1" if twice else "0",
         "DETKIT_TEST_KILL_RANK1_AT": str(kill_rank1_at),
+        "DETKIT_TEST_SIGNAL_IN_FINAL_EVAL": "1" if in_final_eval else "0",
     }
     code = _CHILD.format(repo=str(REPO))
     if launcher:  # torchrun runs a file

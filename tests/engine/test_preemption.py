@@ -143,3 +143,25 @@ def test_the_config_allows_the_signals_the_engine_handles():
     assert choices("solver.stop_signals") == STOP_SIGNALS
     with pytest.raises(ValueError, match="SIGKILL"):
         StopSignals(["SIGKILL"])
+
+
+@pytest.mark.slow
+def test_a_signal_during_the_final_evaluation_exits_and_resume_finishes(signal_config, tmp_path):
+    """After the last iteration (its state already in last.pth) a stop signal exits at once, so a
+    scheduler's time limit does not kill the job mid-evaluation; --resume evaluates and writes the
+    final files."""
+    out = tmp_path / "run"
+    args = [str(signal_config), "--output-dir", str(out)]
+    code, err = _train(args, signal_at=6, send=signal.SIGUSR1, in_final_eval=True)
+    assert code == 138 == exit_status("SIGUSR1"), err[-3000:]
+    assert load_checkpoint(out / "last.pth")["iteration"] == 6
+    assert not (out / "model_final.pth").exists() and not (out / "metrics.json").exists()
+    log = (out / "log.txt").read_text()
+    # "stopped by signal" is what tools/slurm_train.sbatch looks for to requeue
+    assert "stopped by signal SIGUSR1 after the last iteration (6, in last.pth)" in log, log[-2000:]
+
+    code, err = _train([*args, "--resume"])
+    assert code == 0, err[-3000:]
+    assert "resumed from" in (out / "log.txt").read_text()
+    assert (out / "model_final.pth").exists()
+    assert '"iteration": 6' in (out / "metrics.json").read_text()

@@ -114,9 +114,10 @@ def truncate_file(path: Path, keep: int = 100) -> None:
 
 
 # a training child that waits, at one iteration, for a signal (preemption and world-size tests),
-# or whose rank 1 kills itself at one iteration (torchrun restart test)
+# or whose rank 1 kills itself at one iteration (torchrun restart test). The signal is delivered
+# again, to the main thread, once it has come: the test knows the iteration it stops at
 _CHILD = """
-import os, runpy, signal, sys
+import os, runpy, signal, sys, time
 sys.path.insert(0, {repo!r})
 from detkit.engine.trainer import Trainer
 
@@ -132,13 +133,19 @@ original_evaluate = Trainer.evaluate
 
 
 def wait_for_signal(it):
-    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    # a handler of its own while waiting: the kernel may hand a signal sent to the process to any
+    # thread (the watchdog's, a loader's) that does not block it, so sigwait in the main thread
+    # could miss it, but a Python handler always runs in the main thread, between the sleeps
+    got = []
+    previous = {{s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in signals}}
     print(f"waiting at iteration {{it}} in process {{os.getpid()}}", flush=True)
-    signum = signal.sigwait(signals)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-    signal.raise_signal(signum)  # the handler (or the default action) runs now
+    while not got:
+        time.sleep(0.01)
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+    signal.raise_signal(got[0])  # to this thread: the handler (or the default action) runs now
     if twice:
-        signal.raise_signal(signum)
+        signal.raise_signal(got[0])
 
 
 def run_step(self, it, data_iter):

@@ -2,9 +2,9 @@
 signal at a known iteration, writes ``last.pth`` at it, says how to resume and exits 128 + the
 signal's number; ``--resume`` then ends with the uninterrupted run's weights, bit for bit.
 
-The child holds the signal blocked at the start of iteration ``DETKIT_TEST_SIGNAL_AT`` and waits
-for it there (``sigwait``), then delivers it to itself: the test sends it after reading the child's
-"waiting" line, with no sleep and no race, and the stop iteration is exactly that one."""
+The child catches the signal at the start of iteration ``DETKIT_TEST_SIGNAL_AT`` and waits for it
+there, then delivers it again to its main thread (``tests/engine/helpers.py``): the test sends it
+after reading the child's "waiting" line, so the stop iteration is exactly that one."""
 
 import signal
 import subprocess

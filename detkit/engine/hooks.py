@@ -135,8 +135,8 @@ class StopOnSignalHook(Hook):
     def after_train(self) -> None:
         # after the checkpoint hook wrote the last iteration's state: nothing is left to save
         self.stop.exit_at_once(
-            f"after the last iteration ({self.trainer.max_iter}, in last.pth), during the final "
-            "evaluation or files; --resume runs them"
+            f"after the last iteration ({self.trainer.max_iter}, in last.pth); --resume writes "
+            "the final evaluation and files if this cut them short"
         )
 
 

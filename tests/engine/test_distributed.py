@@ -1,8 +1,10 @@
 """Two CPU processes (gloo) in one test: DDP does not hang when one rank has no positives, and a
-non-finite loss on one rank stops both ranks at the same iteration."""
+non-finite loss on one rank stops both ranks at the same iteration. And the store prefix each start
+of torchrun's workers sets its process group up under (``engine.distributed._attempt_store``)."""
 
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -94,3 +96,51 @@ def test_two_ranks_no_positives_and_divergence(tmp_path):
     for report in reports:  # both ranks stop, at the same iteration, naming the term and the rank
         assert "non-finite loss at iteration 7: loss_box=nan (rank 1)" in report["error"]
         assert report["checkpointer_disabled"]
+
+
+def _start(world: int, timeout_s: float = 30.0) -> list:
+    """One start of ``world`` workers' store set-up (threads): each rank's store."""
+    from datetime import timedelta
+
+    from detkit.engine.distributed import _attempt_store
+
+    stores = [None] * world
+
+    def run(rank):
+        stores[rank] = _attempt_store(rank, world, timedelta(seconds=timeout_s))
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in reversed(range(world))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s + 5)
+    assert all(s is not None for s in stores), "a rank did not get its store"
+    return stores
+
+
+def test_each_start_of_the_workers_gets_a_store_prefix_of_its_own(monkeypatch):
+    """torchrun's agent keeps one store across restarts; a killed start's keys (here rank 1's
+    nonce and the answer it got, and a key of its process group) must not reach the next one."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    server = dist.TCPStore(
+        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30)
+    )
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(server.port))
+    server.set("detkit/start/hello/1", "dead")
+    server.set("detkit/start/reply/dead", "detkit/old/")
+    server.set("detkit/old/rank_0", "the dead rank 0's address")
+
+    first = _start(3)
+    first[0].set("rank_0", "alive")
+    assert [s.get("rank_0") for s in first] == [b"alive"] * 3  # one prefix for the start
+    assert server.get("detkit/old/rank_0") == b"the dead rank 0's address"
+
+    second = _start(3)  # a restart: the first start's keys are still in the store
+    assert not any(s.check(["rank_0"]) for s in second)
+    second[2].set("rank_0", "restarted")
+    assert [s.get("rank_0") for s in second] == [b"restarted"] * 3
+    assert first[1].get("rank_0") == b"alive"

@@ -31,6 +31,7 @@ the log says ``stopped by signal SIGTERM at iteration N; resume with: <this comm
 the tool exits with status 128 + the signal's number (143 for SIGTERM, 138 for SIGUSR1, as a shell
 reports a process a signal ended), so a scheduler can requeue the same command with ``--resume``. A
 second signal exits at once with that status; the checkpoints on disk stay whole (atomic writes).
+So does a signal after the last iteration (during the final evaluation): ``--resume`` then runs it.
 
 A process that finishes no iteration for ``solver.stall_timeout_minutes`` (default 10, 0 = off;
 evaluations excluded) logs an error naming its rank, host and last finished iteration and exits 75,

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from detkit.errors import TrainingError
 from detkit.evaluation.common import format_table
 from detkit.utils.io import write_json
 
@@ -187,3 +188,49 @@ def warn_config_changes(saved: Dict[str, Any], now: Dict[str, Any], prefix: str 
             warn_config_changes(a, b, f"{prefix}{key}.")
         elif a != b and key != "output_dir":
             logger.warning("config %s%s differs from the checkpoint's: %r -> %r", prefix, key, a, b)
+
+
+def check_world_size_change(
+    cfg,
+    path: os.PathLike,
+    state: Dict[str, Any],
+    saved: int,
+    now: int,
+    micro_batch: int,
+    accumulate: int,
+    iteration: int,
+) -> None:
+    """For ``--resume``: ``path`` (training state ``state``, at ``iteration``) was written by
+    ``saved`` processes, this run has ``now``. The images seen (iteration x solver.ims_per_batch, a
+    total over all processes) and the learning rate (from the total batch and
+    solver.reference_batch_size) carry over, but the data stream is sharded, grouped and augmented
+    per rank and the random states are per rank: the run cannot continue bit-identically, so this
+    raises a :class:`TrainingError` unless solver.allow_world_size_change is true, and otherwise
+    logs what changes (``micro_batch``, ``accumulate``: this run's)."""
+    if not bool(cfg.solver.allow_world_size_change):
+        raise TrainingError(
+            f"--resume: {path} was written by {saved} process(es), this run has {now}: the "
+            "data stream (sharded per process) and the random states cannot continue exactly. "
+            f"Resume with {saved} process(es), or set solver.allow_world_size_change=true to "
+            "continue with the same images seen and learning rate but not bit-identically"
+        )
+    total = int(cfg.solver.ims_per_batch)
+    saved_micro = (state.get("data") or {}).get("micro_batch")
+    logger.warning(
+        "resuming %s on %d process(es) instead of %d (solver.allow_world_size_change): images "
+        "per process and micro-batch %s -> %d; images seen kept (%d iterations x %d = %d, the "
+        "stream continues at batch %d of each process in the new sharding); learning rate "
+        "unchanged (solver.ims_per_batch=%d is the total, scaled by reference_batch_size=%d); "
+        "random states reseeded: the run continues, but not bit-identically",
+        path,
+        now,
+        saved,
+        saved_micro,
+        micro_batch,
+        iteration,
+        total,
+        iteration * total,
+        iteration * accumulate,
+        total,
+        int(cfg.solver.reference_batch_size),
+    )

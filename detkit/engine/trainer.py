@@ -53,7 +53,7 @@ from .distributed import (
 from .events import EventWriter
 from .hooks import Hook, default_hooks
 from .inference import bar_interval, run_inference
-from .reporting import divergence_advice, warn_config_changes
+from .reporting import check_world_size_change, divergence_advice, warn_config_changes
 from .solver import build_solver, check_solver, clip_and_step, micro_batch_size
 
 logger = logging.getLogger("detkit")
@@ -282,7 +282,16 @@ class Trainer:
         rngs = state.get("rng") or []
         saved_world = state.get("world_size")
         if saved_world is not None and int(saved_world) != self.ctx.world_size:
-            self._world_size_changed(int(saved_world), path, state)
+            check_world_size_change(
+                self.cfg,
+                path,
+                state,
+                int(saved_world),
+                self.ctx.world_size,
+                self.micro_batch,
+                self.accumulate,
+                self.start_iter,
+            )
             return None
         if saved_world is None or len(rngs) != self.ctx.world_size:
             logger.warning(
@@ -294,41 +303,6 @@ class Trainer:
             )
             return None
         return rngs[self.ctx.rank]
-
-    def _world_size_changed(self, saved: int, path, state: Dict[str, Any]) -> None:
-        """``path`` was written by ``saved`` processes, this run has another number. The images seen
-        (iteration x solver.ims_per_batch, a total over all processes) and the learning rate (from
-        the total batch and solver.reference_batch_size) carry over, but the data stream is
-        sharded, grouped and augmented per rank and the random states are per rank: the run cannot
-        continue bit-identically, so it refuses unless solver.allow_world_size_change is true."""
-        now = self.ctx.world_size
-        if not bool(self.cfg.solver.allow_world_size_change):
-            raise TrainingError(
-                f"--resume: {path} was written by {saved} process(es), this run has {now}: the "
-                "data stream (sharded per process) and the random states cannot continue exactly. "
-                f"Resume with {saved} process(es), or set solver.allow_world_size_change=true to "
-                "continue with the same images seen and learning rate but not bit-identically"
-            )
-        total = int(self.cfg.solver.ims_per_batch)
-        saved_micro = (state.get("data") or {}).get("micro_batch")
-        logger.warning(
-            "resuming %s on %d process(es) instead of %d (solver.allow_world_size_change): images "
-            "per process and micro-batch %s -> %d; images seen kept (%d iterations x %d = %d, the "
-            "stream continues at batch %d of each process in the new sharding); learning rate "
-            "unchanged (solver.ims_per_batch=%d is the total, scaled by reference_batch_size=%d); "
-            "random states reseeded: the run continues, but not bit-identically",
-            path,
-            now,
-            saved,
-            saved_micro,
-            self.micro_batch,
-            self.start_iter,
-            total,
-            self.start_iter * total,
-            self.start_iter * self.accumulate,
-            total,
-            int(self.cfg.solver.reference_batch_size),
-        )
 
     # ------------------------------------------------------------------ one iteration
     def forward_losses(self, batch: List[dict]) -> Dict[str, torch.Tensor]:

@@ -35,17 +35,21 @@ def batched_nms(
         if boxes.shape[0] < offset_below:
             offsets = groups.to(boxes) * (boxes.max() + torch.tensor(1).to(boxes))
             return nms(boxes + offsets[:, None], scores, iou_thresh)
-        keep_mask = torch.zeros_like(scores, dtype=torch.bool)
-        for g in torch.unique(groups):
-            idx = torch.where(groups == g)[0]
-            keep_mask[idx[nms(boxes[idx], scores[idx], iou_thresh)]] = True
-        keep = torch.where(keep_mask)[0]
+        # in index order before the score sort, as torchvision's per-group path
+        keep = _nms_each_group(boxes, scores, groups, iou_thresh, torch.unique(groups)).sort()[0]
         return keep[scores[keep].sort(descending=True)[1]]
     if num_groups < 1:
         raise ValueError("batched_nms needs num_groups >= 1 while tracing (one NMS per group)")
+    keep = _nms_each_group(boxes, scores, groups, iou_thresh, range(num_groups))
+    return keep[torch.sort(scores[keep], descending=True)[1]]
+
+
+def _nms_each_group(
+    boxes: Tensor, scores: Tensor, groups: Tensor, iou_thresh: float, ids
+) -> Tensor:
+    """The indices one NMS per group of ``ids`` keeps, group after group."""
     keeps = []
-    for g in range(num_groups):
+    for g in ids:
         idx = torch.where(groups == g)[0]
         keeps.append(idx[nms(boxes[idx], scores[idx], iou_thresh)])
-    keep = torch.cat(keeps)
-    return keep[torch.sort(scores[keep], descending=True)[1]]
+    return torch.cat(keeps)

@@ -175,19 +175,23 @@ class FasterRCNN(nn.Module):
         return {"boxes": boxes, "scores": scores, "labels": labels}
 
 
+def _uint8_resize(image: Tensor, size: Sequence[int], method: str, fn) -> Tensor:
+    """``fn(hwc uint8 array, (w, h))`` on a uint8 (3, H, W) image, back as a (3, h, w) tensor."""
+    if image.dtype != torch.uint8:
+        raise ValueError(f"resize_interpolation '{method}' resizes uint8 images, got {image.dtype}")
+    h, w = int(size[0]), int(size[1])
+    resized = fn(np.ascontiguousarray(image.cpu().numpy().transpose(1, 2, 0)), (w, h))
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(resized).transpose(2, 0, 1)))
+
+
 def pil_resize(image: Tensor, size: Sequence[int]) -> Tensor:
     """Resize a uint8 (3, H, W) image to ``size`` (h, w) with PIL's bilinear filter, detectron2's
     test-time resize. PIL's BILINEAR widens its support when shrinking (antialiased) and rounds to
     uint8: neither F.interpolate(bilinear) nor torch's antialias path gives the same bytes. PIL
     works per channel, so resizing RGB and flipping to BGR afterwards equals resizing BGR."""
-    if image.dtype != torch.uint8:
-        raise ValueError(
-            f"resize_interpolation 'pil_bilinear' resizes uint8 images, got {image.dtype}"
-        )
-    h, w = int(size[0]), int(size[1])
-    array = np.ascontiguousarray(image.cpu().numpy().transpose(1, 2, 0))
-    resized = np.asarray(Image.fromarray(array).resize((w, h), Image.BILINEAR))
-    return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+    return _uint8_resize(
+        image, size, "pil_bilinear", lambda a, wh: Image.fromarray(a).resize(wh, Image.BILINEAR)
+    )
 
 
 def cv2_resize(image: Tensor, size: Sequence[int]) -> Tensor:
@@ -196,14 +200,9 @@ def cv2_resize(image: Tensor, size: Sequence[int]) -> Tensor:
     and rounds its fixed-point result to uint8. Per channel, so RGB or BGR give the same bytes."""
     import cv2  # albumentations' dependency; only this resize needs it
 
-    if image.dtype != torch.uint8:
-        raise ValueError(
-            f"resize_interpolation 'cv2_bilinear' resizes uint8 images, got {image.dtype}"
-        )
-    h, w = int(size[0]), int(size[1])
-    array = np.ascontiguousarray(image.cpu().numpy().transpose(1, 2, 0))
-    resized = cv2.resize(array, (w, h), interpolation=cv2.INTER_LINEAR)
-    return torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+    return _uint8_resize(
+        image, size, "cv2_bilinear", lambda a, wh: cv2.resize(a, wh, interpolation=cv2.INTER_LINEAR)
+    )
 
 
 def _floor_size(shape, scale) -> tuple:

@@ -81,18 +81,58 @@ def load_weights(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)["model"]
 
 
+def child_env(extra: dict = None) -> dict:
+    """The environment of a child Python: this checkout first on the path, one OpenMP thread."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+        **(extra or {}),
+    }
+
+
+class Child:
+    """``with Child(command, env) as child:`` ``python <command>`` in the repository root, in a
+    session of its own, its stdout a pipe (``child.proc.stdout``) and its stderr a file: a parent
+    that reads stdout first would otherwise leave a child whose log filled a stderr pipe waiting
+    forever. On leaving, a child still running is killed; ``child.err`` is its stderr."""
+
+    def __init__(self, command: Sequence[str], env: dict):
+        self.command, self.env, self.err = list(command), env, ""
+
+    def __enter__(self) -> "Child":
+        self._errors = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, *self.command],
+            cwd=REPO,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=self._errors,
+            text=True,
+            start_new_session=True,  # its own process group (torchrun gives each worker one)
+        )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._errors.seek(0)
+        self.err = self._errors.read()
+        self._errors.close()
+
+
 def run_tool(
     args: Sequence[str], timeout: float = 300, env_extra: dict = None
 ) -> subprocess.CompletedProcess:
     """Run a tools/ script (or torchrun) in a subprocess from the repository root."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "OMP_NUM_THREADS": "1",
-        **(env_extra or {}),
-    }
     return subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, *args],
+        cwd=REPO,
+        env=child_env(env_extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -187,15 +227,14 @@ def train_until_signal(
     ``send`` is delivered at ``signal_at`` to rank 0's process group (its loader workers too), or
     (``in_final_eval``) at the start of the final evaluation, ``signal_at`` being the last
     iteration; under torchrun, rank 1 of the first start kills itself at ``kill_rank1_at``."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "OMP_NUM_THREADS": "1",
-        "DETKIT_TEST_SIGNAL_AT": str(signal_at),
-        "DETKIT_TEST_SIGNAL_TWICE": "1" if twice else "0",
-        "DETKIT_TEST_KILL_RANK1_AT": str(kill_rank1_at),
-        "DETKIT_TEST_SIGNAL_IN_FINAL_EVAL": "1" if in_final_eval else "0",
-    }
+    env = child_env(
+        {
+            "DETKIT_TEST_SIGNAL_AT": str(signal_at),
+            "DETKIT_TEST_SIGNAL_TWICE": "1" if twice else "0",
+            "DETKIT_TEST_KILL_RANK1_AT": str(kill_rank1_at),
+            "DETKIT_TEST_SIGNAL_IN_FINAL_EVAL": "1" if in_final_eval else "0",
+        }
+    )
     code = _CHILD.format(repo=str(REPO))
     if launcher:  # torchrun runs a file
         child = Path(args[0]).parent / "child.py"
@@ -203,33 +242,14 @@ def train_until_signal(
         command = [*launcher, str(child)]
     else:
         command = ["-c", code]
-    # stderr to a file: the parent blocks reading stdout first, and a child whose log filled a
-    # stderr pipe meanwhile would wait for it forever
-    errors = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(
-        [sys.executable, *command, *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=errors,
-        text=True,
-        start_new_session=True,  # its own process group (torchrun gives each worker one)
-    )
-    try:
+    with Child([*command, *args], env) as child:
         if send is not None:
-            line = proc.stdout.readline()
+            line = child.proc.stdout.readline()
             assert line.startswith(f"waiting at iteration {signal_at} in process "), line
             # to the process group, as torchrun and SLURM signal: the data-loader workers too
             os.killpg(int(line.split()[-1]), send)
-        proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        errors.seek(0)
-        err = errors.read()
-        errors.close()
-    return proc.returncode, err
+        child.proc.communicate(timeout=timeout)
+    return child.proc.returncode, child.err
 
 
 def free_port() -> int:
@@ -241,11 +261,7 @@ def free_port() -> int:
 def run_agents(commands: Sequence[Sequence[str]], timeout: float = 300) -> List[Tuple[int, str]]:
     """Several ``python <command>`` (torchrun agents) at once, from the repository root; each one's
     (exit status, output). The output goes to files: a full pipe would block an agent."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "OMP_NUM_THREADS": "1",
-    }
+    env = child_env()
     logs = [tempfile.TemporaryFile(mode="w+") for _ in commands]
     procs = [
         subprocess.Popen(

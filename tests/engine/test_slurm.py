@@ -10,7 +10,6 @@ Needs a running cluster: ``.ci/run`` starts one with ``.ci/slurm-up`` (slurm-wlm
 Debian, ``AuthInfo=cred_expire=10`` so that a requeued job waits 10 s instead of 120 s). Without one
 the test skips, saying how to start it."""
 
-import os
 import re
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ import time
 
 import pytest
 
-from tests.engine.helpers import REPO, free_port, tiny_config
+from tests.engine.helpers import REPO, child_env, free_port, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -69,16 +68,15 @@ def test_sbatch_stop_requeue_and_resume(data_root, tmp_path):
     extra += ["solver.steps=[20]", "solver.checkpoint_period=10"]
     tiny_config(data_root, extra).dump(config)
     out = tmp_path / "run"
-    env = {
-        **os.environ,
-        "CONFIG": str(config),
-        "OUTPUT_DIR": str(out),
-        "NPROC_PER_NODE": "1",
-        "RDZV_PORT": str(free_port()),
-        "PYTHON": sys.executable,
-        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "OMP_NUM_THREADS": "1",
-    }
+    env = child_env(
+        {
+            "CONFIG": str(config),
+            "OUTPUT_DIR": str(out),
+            "NPROC_PER_NODE": "1",
+            "RDZV_PORT": str(free_port()),
+            "PYTHON": sys.executable,
+        }
+    )
     submit = ["sbatch", "--parsable", "--nodes", "1", "--cpus-per-task", "1"]
     submit += ["--job-name", "detkit-test", "--output", str(tmp_path / "slurm-%j.out")]
     done = subprocess.run(

@@ -3,19 +3,15 @@ a subprocess whose rank ``DETKIT_TEST_STALL_RANK`` stops making progress at iter
 ``DETKIT_TEST_STALL_AT`` (it sleeps there: that is the stall, nothing waits on it) logs an error
 naming its rank, host and last finished iteration within the timeout, and exits 75."""
 
-import os
 import re
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 
 import pytest
 
 from detkit.engine.watchdog import EXIT_STALLED, StallWatchdog
-from tests.engine.helpers import REPO, tiny_config
+from tests.engine.helpers import REPO, Child, child_env, tiny_config
 
 _CHILD = """
 import os, runpy, sys, time
@@ -48,43 +44,19 @@ def _run(tmp_path, data_root, launcher, stall_rank, timeout=240):
     child = tmp_path / "child.py"
     child.write_text(_CHILD.format(repo=str(REPO)))
     out = tmp_path / "run"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "OMP_NUM_THREADS": "1",
-        "DETKIT_TEST_STALL_AT": "3",
-        "DETKIT_TEST_STALL_RANK": str(stall_rank),
-    }
+    env = child_env({"DETKIT_TEST_STALL_AT": "3", "DETKIT_TEST_STALL_RANK": str(stall_rank)})
     args = [str(cfg), "--output-dir", str(out), f"solver.stall_timeout_minutes={TIMEOUT_MINUTES}"]
-    # stderr to a file: the parent reads stdout first, and a child whose log filled a stderr pipe
-    # meanwhile would wait for it forever
-    errors = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(
-        [sys.executable, *launcher, str(child), *args],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=errors,
-        text=True,
-    )
-    try:
-        started = None
-        for line in proc.stdout:  # the child's stdout: read until the stall starts
+    started = elapsed = None
+    with Child([*launcher, str(child), *args], env) as run:
+        for line in run.proc.stdout:  # the child's stdout: read until the stall starts
             if "stalling at iteration 3" in line:
                 started = time.monotonic()
                 break
         if started is not None:
-            proc.communicate(timeout=timeout)
+            run.proc.communicate(timeout=timeout)
             elapsed = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        errors.seek(0)
-        err = errors.read()
-        errors.close()
-    assert started is not None, err[-3000:]
-    return proc.returncode, err, elapsed, out
+    assert started is not None, run.err[-3000:]
+    return run.proc.returncode, run.err, elapsed, out
 
 
 @pytest.mark.slow

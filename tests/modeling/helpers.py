@@ -60,3 +60,21 @@ def fill_scaled(layer, x: torch.Tensor, std: float, g: torch.Generator, bias_std
         layer.bias.copy_(torch.randn(layer.bias.shape, generator=g) * bias_std)
     else:
         layer.bias.zero_()
+
+
+def assert_parity(refs, outs, what: str, photos, source: str, match, min_spread: float) -> None:
+    """detkit's detections ``outs`` match the reference's ``refs`` (one dict per photo, named by
+    ``photos``) under ``match`` (the test's match fraction): at least 99% per photo and overall.
+    The reference must detect more than 10 objects per photo with scores spread by more than
+    ``min_spread``: a degenerate random model would make the comparison meaningless."""
+    total = matched = 0.0
+    for i, (ref, out) in enumerate(zip(refs, outs)):
+        out = {k: torch.as_tensor(v) for k, v in out.items() if k != "names"}
+        frac = match(ref, out)
+        matched += frac * len(ref["boxes"])
+        total += len(ref["boxes"])
+        assert frac >= 0.99, f"{what}, photo {photos[i]}: {frac:.3f} of {source}'s matched"
+        assert len(ref["boxes"]) > 10, f"{what}: the reference model should detect things"
+        spread = (ref["scores"].max() - ref["scores"].min()).item()
+        assert spread > min_spread, f"{what}, photo {photos[i]}: scores too alike ({spread:.3f})"
+    assert matched / total >= 0.99

@@ -26,6 +26,7 @@ import torch
 
 from detkit.evaluation import parity
 from tests.helpers import ROOT, TESTDATA, reference_data
+from tests.modeling.helpers import assert_parity as shared_assert_parity
 from tests.modeling.helpers import calibrating_norms, fill_scaled
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -196,17 +197,7 @@ def reference(request, photos, tmp_path_factory):
 
 
 def assert_parity(refs, outs, what):
-    total = matched = 0.0
-    for i, (ref, out) in enumerate(zip(refs, outs)):
-        frac = match_fraction(ref, out)
-        matched += frac * len(ref["boxes"])
-        total += len(ref["boxes"])
-        assert frac >= 0.99, f"{what}, photo {PHOTOS[i]}: {frac:.3f} of detectron2's matched"
-        # a degenerate random model would make the comparison meaningless
-        assert len(ref["boxes"]) > 10, f"{what}: the reference model should detect things"
-        spread = (ref["scores"].max() - ref["scores"].min()).item()
-        assert spread > 0.1, f"{what}, photo {PHOTOS[i]}: scores too alike ({spread:.3f})"
-    assert matched / total >= 0.99
+    shared_assert_parity(refs, outs, what, PHOTOS, "detectron2", match_fraction, min_spread=0.1)
 
 
 @pytest.mark.slow

@@ -55,6 +55,7 @@ from detkit.errors import CheckpointError
 from detkit.evaluation import parity
 from tests.helpers import ROOT, reference_data
 from tests.modeling import mmdet_reference
+from tests.modeling.helpers import assert_parity as shared_assert_parity
 
 MIN_SIZE = 320
 # design -> (mmdet config, detkit config, proposals kept after the RPN's NMS on both sides or None,
@@ -115,18 +116,7 @@ def reference(request, photos, tmp_path_factory):
 
 
 def assert_parity(refs, outs, what):
-    total = matched = 0.0
-    for i, (ref, out) in enumerate(zip(refs, outs)):
-        out = {k: torch.as_tensor(v) for k, v in out.items() if k != "names"}
-        frac = match_fraction(ref, out)
-        matched += frac * len(ref["boxes"])
-        total += len(ref["boxes"])
-        assert frac >= 0.99, f"{what}, photo {PHOTOS[i]}: {frac:.3f} of mmdetection's matched"
-        # a degenerate random model would make the comparison meaningless
-        assert len(ref["boxes"]) > 10, f"{what}: the reference model should detect things"
-        spread = (ref["scores"].max() - ref["scores"].min()).item()
-        assert spread > 0.05, f"{what}, photo {PHOTOS[i]}: scores too alike ({spread:.3f})"
-    assert matched / total >= 0.99
+    shared_assert_parity(refs, outs, what, PHOTOS, "mmdetection", match_fraction, min_spread=0.05)
 
 
 @pytest.mark.slow
